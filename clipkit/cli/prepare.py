@@ -1,0 +1,43 @@
+"""From a composed config to what training needs, checked: typed config, demo data, shards."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List, Tuple
+
+from omegaconf import DictConfig
+
+from clipkit.config.validate import CheckedConfig, check_config
+from clipkit.data.demo import write_demo
+from clipkit.data.shards import ShardSource, resolve_sources
+from clipkit.eval.datasets import open_eval_set
+
+log = logging.getLogger("clipkit")
+
+
+def demo_pending(checked: CheckedConfig) -> bool:
+    root = checked.cfg.data.demo_root
+    return root is not None and not (Path(root).expanduser() / "COMPLETE").is_file()
+
+
+def check_inputs(checked: CheckedConfig) -> List[ShardSource]:
+    """Shards and eval sets exist and are well formed."""
+    sources = resolve_sources(checked.cfg.data.train.shards)
+    for name, dataset in checked.cfg.eval.datasets.items():
+        open_eval_set(name, dataset)
+    return sources
+
+
+def precheck(raw: DictConfig) -> None:
+    """Everything that can be checked without writing anything (demo data may not exist yet)."""
+    checked = check_config(raw)
+    if not demo_pending(checked):
+        check_inputs(checked)
+
+
+def prepare(raw: DictConfig) -> Tuple[CheckedConfig, List[ShardSource]]:
+    checked = check_config(raw)
+    if demo_pending(checked):
+        log.info("generating the demo data set in %s (once; a few seconds)", checked.cfg.data.demo_root)
+        write_demo(Path(checked.cfg.data.demo_root))
+    return checked, check_inputs(checked)

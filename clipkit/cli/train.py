@@ -1,0 +1,52 @@
+"""``clipkit-train [overrides]``: a Hydra app. With no arguments it trains the demo experiment."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra._internal.utils import get_args_parser
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from clipkit.cli.errors import USER_ERRORS, fail
+from clipkit.cli.prepare import precheck, prepare
+from clipkit.config.compose import CONF_DIR, HYDRA_VERSION_BASE, compose_config, register_schema
+
+PROGRAM = "clipkit-train"
+# Hydra's own informational modes; it reports those itself.
+HYDRA_MODES = ("help", "hydra_help", "cfg", "info", "shell_completion", "multirun")
+
+
+def _precheck_argv(argv: list) -> None:
+    """Compose and check the config exactly as Hydra will, so errors are one line and exit 2."""
+    args = get_args_parser().parse_args(argv)
+    if any(getattr(args, mode, None) for mode in HYDRA_MODES):
+        return
+    overrides = [o for o in args.overrides if not o.startswith("hydra.")]
+    precheck(compose_config(overrides, config_dir=args.config_dir, config_name=args.config_name or "config"))
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=HYDRA_VERSION_BASE)
+def _train(raw: DictConfig) -> None:
+    from clipkit.train.trainer import Trainer  # heavy imports only once the config is good
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        checked, sources = prepare(raw)
+        Trainer(checked, sources, run_dir).fit()
+    except USER_ERRORS as exc:
+        fail(PROGRAM, exc)
+
+
+def main() -> None:
+    register_schema()
+    try:
+        _precheck_argv(sys.argv[1:])
+    except USER_ERRORS as exc:
+        fail(PROGRAM, exc)
+    _train()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Checks a composed config before any work: types per tower, value ranges, files that must exist.
+
+Everything raises :class:`ConfigError` naming the offending key.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from clipkit.config.schema import ClipkitConfig
+from clipkit.errors import ConfigError
+from clipkit.models.multimodal import split_pair
+from clipkit.models.towers import TOWERS, TowerConfig
+from clipkit.train.precision import PRECISIONS
+
+
+def did_you_mean(key: str, candidates: List[str]) -> str:
+    close = difflib.get_close_matches(key, candidates, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def omegaconf_problem(exc: OmegaConfBaseException, prefix: str = "", schema: Optional[type] = None) -> ConfigError:
+    """One-line ConfigError from an OmegaConf error, with the full dotted key."""
+    key = getattr(exc, "full_key", "") or ""
+    message = str(getattr(exc, "msg", "") or exc).strip().splitlines()[0]
+    if "not in struct" in message:
+        message = message.replace("is not in struct", "is not a known key")
+    if schema is not None and "not a known key" in message:
+        message += did_you_mean(key.rpartition(".")[2], [f.name for f in fields(schema)])
+    full_key = ".".join(p for p in (prefix, key) if p)
+    return ConfigError(full_key, message)
+
+
+def _tower_config(modality: str, node: Any) -> TowerConfig:
+    key = f"model.towers.{modality}"
+    if not isinstance(node, (dict, DictConfig)) or not node.get("name"):
+        raise ConfigError(f"{key}.name", f"each tower needs a name; known: {', '.join(TOWERS.names())}")
+    name = node["name"]
+    if name not in TOWERS:
+        raise ConfigError(f"{key}.name", f"unknown tower '{name}'; known: {', '.join(TOWERS.names())}")
+    schema = TOWERS.get(name).config_class
+    if schema.MODALITY != modality:
+        raise ConfigError(f"{key}.name", f"tower '{name}' encodes {schema.MODALITY}, not {modality}")
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(typed)
+    except OmegaConfBaseException as exc:
+        raise omegaconf_problem(exc, key, schema) from None
+
+
+def _positive(key: str, value: Optional[float], allow_zero: bool = False) -> None:
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+@dataclass
+class CheckedConfig:
+    """The config as typed objects, towers included."""
+
+    cfg: ClipkitConfig
+    towers: Dict[str, TowerConfig]
+
+
+def check_config(raw: DictConfig) -> CheckedConfig:
+    try:
+        cfg: ClipkitConfig = OmegaConf.to_object(raw)
+    except OmegaConfBaseException as exc:
+        raise omegaconf_problem(exc) from None
+    towers = {modality: _tower_config(modality, node) for modality, node in cfg.model.towers.items()}
+    if not towers:
+        raise ConfigError("model.towers", "no towers configured")
+    _positive("model.embed_dim", cfg.model.embed_dim)
+    for i, pair in enumerate(cfg.model.pairs):
+        first, second = split_pair(pair)
+        for modality in (first, second):
+            if modality not in towers:
+                raise ConfigError(f"model.pairs[{i}]", f"pair '{pair}' needs a '{modality}' tower "
+                                  f"(configured: {', '.join(towers)})")
+        if first == second:
+            raise ConfigError(f"model.pairs[{i}]", f"pair '{pair}' joins a modality with itself")
+
+    data = cfg.data
+    _positive("data.batch_size", data.batch_size)
+    _positive("data.workers", data.workers, allow_zero=True)
+    _positive("data.train.num_samples", data.train.num_samples)
+    _positive("data.train.shuffle_buffer", data.train.shuffle_buffer, allow_zero=True)
+    if len(data.image.mean) != 3 or len(data.image.std) != 3:
+        raise ConfigError("data.image.mean", "mean and std need 3 values (RGB)")
+
+    trainer = cfg.trainer
+    if (trainer.max_steps is None) == (trainer.epochs is None):
+        raise ConfigError("trainer.max_steps", "set exactly one of trainer.max_steps and trainer.epochs")
+    _positive("trainer.max_steps", trainer.max_steps)
+    _positive("trainer.epochs", trainer.epochs)
+    if trainer.precision not in PRECISIONS:
+        raise ConfigError("trainer.precision", f"'{trainer.precision}' is not one of {', '.join(PRECISIONS)}")
+    if trainer.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError("trainer.device", f"'{trainer.device}' is not one of auto, cpu, cuda")
+    for key in ("accum_steps", "log_every_n_steps", "ckpt_every_n_steps", "keep_last_k"):
+        _positive(f"trainer.{key}", getattr(trainer, key))
+    _positive("trainer.grad_clip_norm", trainer.grad_clip_norm)
+    if trainer.resume not in (None, "auto") and not Path(trainer.resume).expanduser().exists():
+        raise ConfigError("trainer.resume", f"no checkpoint at {trainer.resume} (use auto, null or a path)")
+
+    if cfg.optim.name != "adamw":
+        raise ConfigError("optim.name", f"unknown optimizer '{cfg.optim.name}' (known: adamw)")
+    _positive("optim.lr", cfg.optim.lr)
+    _positive("optim.weight_decay", cfg.optim.weight_decay, allow_zero=True)
+    if len(cfg.optim.betas) != 2:
+        raise ConfigError("optim.betas", "needs two values")
+    if cfg.sched.name not in ("cosine", "constant"):
+        raise ConfigError("sched.name", f"unknown schedule '{cfg.sched.name}' (known: cosine, constant)")
+    _positive("sched.warmup_steps", cfg.sched.warmup_steps, allow_zero=True)
+    if not 0 <= cfg.sched.min_lr_ratio <= 1:
+        raise ConfigError("sched.min_lr_ratio", f"must lie in [0, 1], got {cfg.sched.min_lr_ratio}")
+
+    _positive("eval.every_n_steps", cfg.eval.every_n_steps, allow_zero=True)
+    _positive("eval.batch_size", cfg.eval.batch_size)
+    return CheckedConfig(cfg, towers)

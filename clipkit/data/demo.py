@@ -1,0 +1,198 @@
+"""The built-in demo data set, made from nothing but code.
+
+Scenes of one or two coloured shapes at sizes and positions, with compositional captions ("a red
+circle to the left of a small blue square") in varied phrasings, so that matching an image to its
+caption needs colour, shape, size and layout, and retrieval among similar scenes is not trivial.
+
+Layout under ROOT (generated atomically: a temporary folder renamed into place when complete):
+- ``train/demo-NNNNNN.tar`` + ``sizes.json``: png + txt pairs for training;
+- ``eval/shapes``: zero-shot classification of "<colour> <shape>" in CLIP_benchmark's layout;
+- ``eval/scenes``: image<->text retrieval, several captions per image, CLIP_benchmark's layout.
+"""
+from __future__ import annotations
+
+import io
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Tuple
+
+from PIL import Image, ImageDraw
+
+from clipkit.data.write import fsync_tree, numbered, write_eval_set, write_shards
+
+VERSION = 1  # bump when the generated content changes; the folder name carries it
+COLOURS: Dict[str, Tuple[int, int, int]] = {
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 225),
+    "yellow": (235, 215, 40), "purple": (150, 60, 195), "orange": (245, 140, 30),
+}
+SHAPES = ("circle", "square", "triangle", "cross")
+SIZES = {"small": (6, 9), "large": (12, 16)}  # radius range in pixels
+TEMPLATES = (
+    "a {c}.", "a photo of a {c}.", "a drawing of a {c}.", "a {c} on a plain background.",
+    "a small {c}.", "a large {c}.", "a picture showing the {c}.",
+)
+RELATIONS = {"left": ("to the left of", "to the right of"), "above": ("above", "below")}
+
+
+@dataclass(frozen=True)
+class Shape:
+    colour: str
+    kind: str
+    size: str
+    x: int
+    y: int
+    radius: int
+
+    def phrase(self, with_size: bool) -> str:
+        """'a small red circle' / 'an orange square': the noun phrase with its article."""
+        words = " ".join(([self.size] if with_size else []) + [self.colour, self.kind])
+        return ("an " if words[0] in "aeiou" else "a ") + words
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    image_size: int = 64
+    train_samples: int = 24000
+    train_per_shard: int = 1000
+    zeroshot_per_class: int = 20
+    retrieval_images: int = 400
+    seed: int = 0
+
+
+def _draw(draw: ImageDraw.ImageDraw, shape: Shape) -> None:
+    x, y, r, fill = shape.x, shape.y, shape.radius, COLOURS[shape.colour]
+    if shape.kind == "circle":
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+    elif shape.kind == "square":
+        draw.rectangle([x - r, y - r, x + r, y + r], fill=fill)
+    elif shape.kind == "triangle":
+        draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=fill)
+    else:  # cross
+        w = max(2, r // 3)
+        draw.rectangle([x - r, y - w, x + r, y + w], fill=fill)
+        draw.rectangle([x - w, y - r, x + w, y + r], fill=fill)
+
+
+def _random_shape(rng: random.Random, size: int, region: Tuple[int, int, int, int],
+                  colour: str = "", kind: str = "") -> Shape:
+    size_name = rng.choice(list(SIZES))
+    radius = rng.randint(*SIZES[size_name])
+    x0, y0, x1, y1 = region
+    x = rng.randint(min(x0 + radius, x1 - radius), max(x0 + radius, x1 - radius))
+    y = rng.randint(min(y0 + radius, y1 - radius), max(y0 + radius, y1 - radius))
+    return Shape(colour or rng.choice(list(COLOURS)), kind or rng.choice(SHAPES), size_name, x, y, radius)
+
+
+def _render(rng: random.Random, shapes: List[Shape], size: int) -> bytes:
+    grey = rng.randint(90, 200)
+    background = tuple(min(255, max(0, grey + rng.randint(-25, 25))) for _ in range(3))
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    for shape in shapes:
+        _draw(draw, shape)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _two_shapes(rng: random.Random, size: int) -> Tuple[List[Shape], str]:
+    """Two shapes split left/right or top/bottom; returns them and the relation axis."""
+    axis = rng.choice(list(RELATIONS))
+    half = size // 2
+    if axis == "left":
+        regions = [(0, 0, half, size), (half, 0, size, size)]
+    else:
+        regions = [(0, 0, size, half), (0, half, size, size)]
+    first = _random_shape(rng, size, regions[0])
+    second = _random_shape(rng, size, regions[1])
+    while (second.colour, second.kind) == (first.colour, first.kind):
+        second = _random_shape(rng, size, regions[1])
+    return [first, second], axis
+
+
+def _single_captions(shape: Shape) -> List[str]:
+    return [shape.phrase(True), f"a picture of {shape.phrase(False)}",
+            f"{shape.phrase(True)} on a plain background"]
+
+
+def _pair_captions(shapes: List[Shape], axis: str) -> List[str]:
+    first, second = shapes
+    forward, backward = RELATIONS[axis]
+    return [f"{first.phrase(True)} {forward} {second.phrase(True)}",
+            f"{second.phrase(False)} {backward} {first.phrase(False)}",
+            f"{first.phrase(False)} and {second.phrase(False)}"]
+
+
+def _train_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
+    rng = random.Random(f"{spec.seed}/train")
+    full = (0, 0, spec.image_size, spec.image_size)
+    for _ in range(spec.train_samples):
+        if rng.random() < 0.5:
+            shapes = [_random_shape(rng, spec.image_size, full)]
+            caption = rng.choice(_single_captions(shapes[0]))
+        else:
+            shapes, axis = _two_shapes(rng, spec.image_size)
+            caption = rng.choice(_pair_captions(shapes, axis))
+        yield {"png": _render(rng, shapes, spec.image_size), "txt": caption}
+
+
+def zeroshot_classnames() -> List[str]:
+    return [f"{colour} {kind}" for colour in COLOURS for kind in SHAPES]
+
+
+def _zeroshot_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
+    rng = random.Random(f"{spec.seed}/zeroshot")
+    full = (0, 0, spec.image_size, spec.image_size)
+    for label, name in enumerate(zeroshot_classnames()):
+        colour, kind = name.split()
+        for _ in range(spec.zeroshot_per_class):
+            shape = _random_shape(rng, spec.image_size, full, colour, kind)
+            yield {"webp": _render(rng, [shape], spec.image_size), "cls": label}
+
+
+def _retrieval_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
+    rng = random.Random(f"{spec.seed}/retrieval")
+    for _ in range(spec.retrieval_images):
+        shapes, axis = _two_shapes(rng, spec.image_size)
+        yield {"webp": _render(rng, shapes, spec.image_size), "txt": "\n".join(_pair_captions(shapes, axis))}
+
+
+def _png_to_webp(samples: Iterator[Dict[str, object]]) -> Iterator[Dict[str, object]]:
+    """CLIP_benchmark's exports store images as lossless webp."""
+    for sample in samples:
+        image = Image.open(io.BytesIO(sample["webp"]))
+        buffer = io.BytesIO()
+        image.save(buffer, format="WEBP", lossless=True)
+        yield {**sample, "webp": buffer.getvalue()}
+
+
+def write_demo(root: Path, spec: DemoSpec = DemoSpec()) -> Path:
+    """Write the demo set under ``root`` unless it is already complete there; return ``root``."""
+    root = Path(root).expanduser()
+    if (root / "COMPLETE").is_file():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        write_shards(numbered("train", _train_samples(spec)), staging / "train", "demo", spec.train_per_shard)
+        write_eval_set(staging / "eval" / "shapes", _png_to_webp(numbered("zs", _zeroshot_samples(spec))),
+                       classnames=zeroshot_classnames(), templates=TEMPLATES)
+        write_eval_set(staging / "eval" / "scenes", _png_to_webp(numbered("rt", _retrieval_samples(spec))),
+                       dataset_type="retrieval")
+        (staging / "COMPLETE").write_text(f"clipkit demo v{VERSION} {spec}\n")
+        fsync_tree(staging)
+        if root.exists() and not (root / "COMPLETE").is_file():  # an incomplete earlier attempt
+            shutil.rmtree(root)
+        try:
+            staging.rename(root)
+        except OSError:
+            if not (root / "COMPLETE").is_file():
+                raise
+            shutil.rmtree(staging)  # another process finished the same set first
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return root

@@ -1,0 +1,168 @@
+"""The training data stream: webdataset shards -> decoded samples -> batch dicts.
+
+Every process (rank) and DataLoader worker reads its own slot of the shards. The stream is a
+deterministic function of (seed, epoch, slot), so a resumed run replays it and skips what was
+already consumed. Batches carry that bookkeeping with them:
+
+- ``position``: (worker, raw samples taken per source) when the batch was made. The trainer keeps
+  the latest one per worker; resuming skips that many raw samples (read, never decoded).
+- ``num_skipped``: corrupt samples and unreadable shard members skipped since the previous batch.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from clipkit.data.decode import CorruptSample, SampleDecoder
+from clipkit.data.shards import ShardSource
+from clipkit.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("image", "text")
+
+
+@dataclass
+class StreamState:
+    """Where a stream is: the epoch and, per DataLoader worker, raw samples taken per source."""
+
+    epoch: int = 0
+    taken: Dict[int, List[int]] = field(default_factory=dict)
+
+    def update(self, position: Tuple[int, List[int]]) -> None:
+        worker, counts = position
+        self.taken[int(worker)] = list(counts)
+
+
+class _SkipCounter:
+    """Worker-local count of skipped samples; webdataset calls it as an exception handler."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, exc: Exception) -> bool:
+        self.count += 1
+        log.warning("skipping unreadable data: %s", exc)
+        return True  # keep going
+
+
+def seeded_rng(*parts: object) -> random.Random:
+    """A generator seeded from its parts, the same in every process (unlike salted ``hash``)."""
+    return random.Random("/".join(map(str, parts)))
+
+
+def _slot_urls(urls: Sequence[str], epoch: int, seed: int, slot: int, slots: int) -> List[str]:
+    order = list(urls)
+    seeded_rng(seed, epoch, "shards").shuffle(order)
+    return order[slot::slots]
+
+
+class TrainStream(IterableDataset):
+    def __init__(self, sources: Sequence[ShardSource], decoder: SampleDecoder, batch_size: int,
+                 resampled: bool, shuffle_buffer: int, seed: int, epoch: int, rank: int,
+                 world_size: int, skip: Optional[Dict[int, List[int]]] = None) -> None:
+        super().__init__()
+        self.sources = list(sources)
+        self.decoder = decoder
+        self.batch_size = batch_size
+        self.resampled = resampled
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.epoch = epoch
+        self.rank = rank
+        self.world_size = world_size
+        self.skip = skip or {}
+
+    def _raw_source(self, index: int, slot: int, slots: int, counter: _SkipCounter) -> Iterator[dict]:
+        source = self.sources[index]
+        rng = seeded_rng(self.seed, self.epoch, slot, index)
+        if self.resampled:  # sample shards with replacement, forever
+            urls: Iterator = (source.urls[rng.randrange(len(source.urls))] for _ in iter(int, 1))
+        else:
+            urls = iter(_slot_urls(source.urls, self.epoch, self.seed, slot, slots))
+        raw = wds.tarfile_to_samples(handler=counter)({"url": u} for u in urls)
+        if self.shuffle_buffer > 1:
+            raw = wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)(raw)
+        return raw
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        slot, slots = self.rank * workers + worker, self.world_size * workers
+        counter = _SkipCounter()
+        streams = [self._raw_source(i, slot, slots, counter) for i in range(len(self.sources))]
+        taken = [0] * len(streams)
+        # Replaying a resumed epoch: drop what this worker already delivered, before decoding.
+        for i, n in enumerate(self.skip.get(worker, [])[: len(streams)]):
+            for _ in range(n):
+                if next(streams[i], None) is None:
+                    break
+                taken[i] += 1
+        mix_rng = seeded_rng(self.seed, self.epoch, slot, "mix", *taken)
+        live = list(range(len(streams)))
+        samples: List[Dict[str, torch.Tensor]] = []
+        reported = 0
+        while live:
+            i = live[0] if len(live) == 1 else mix_rng.choices(live, [self.sources[j].weight for j in live])[0]
+            raw = next(streams[i], None)
+            if raw is None:
+                live.remove(i)
+                continue
+            taken[i] += 1
+            try:
+                samples.append(self.decoder(raw))
+            except CorruptSample as exc:
+                counter(exc)
+                continue
+            if len(samples) == self.batch_size:
+                yield self._collate(samples, worker, taken, counter.count - reported)
+                reported = counter.count
+                samples = []
+        # A partial last batch is dropped, as every rank must see full batches of the same size.
+
+    @staticmethod
+    def _collate(samples: List[Dict[str, torch.Tensor]], worker: int, taken: List[int],
+                 skipped: int) -> dict:
+        batch: dict = {"position": (worker, list(taken)), "num_skipped": skipped}
+        for modality in MODALITIES:
+            rows = [s.get(modality) for s in samples]
+            present = [r is not None for r in rows]
+            batch[f"has_{modality}"] = torch.tensor(present)
+            if not any(present):
+                continue
+            template = next(r for r in rows if r is not None)
+            batch[modality] = torch.stack([r if r is not None else torch.zeros_like(template) for r in rows])
+        return batch
+
+
+def make_loader(stream: TrainStream, workers: int) -> DataLoader:
+    if not stream.resampled:
+        slots = stream.world_size * max(workers, 1)
+        for i, source in enumerate(stream.sources):
+            if len(source.urls) < slots:
+                raise DataError(
+                    f"data.train.shards: source {i} has {len(source.urls)} shards, fewer than the "
+                    f"{slots} reader slots (processes x data.workers); write more, smaller shards, "
+                    "lower data.workers, or set data.train.resampled=true")
+    return DataLoader(stream, batch_size=None, num_workers=workers,
+                      persistent_workers=False, prefetch_factor=4 if workers else None)
+
+
+def batches(loader_factory: Callable[[int], DataLoader], state: StreamState) -> Iterator[dict]:
+    """Batches across epochs: a new pass over the shards (reshuffled) each time one ends."""
+    while True:
+        produced = 0
+        for batch in loader_factory(state.epoch):
+            produced += 1
+            yield batch
+        if produced == 0:
+            raise DataError("data.train.shards: a full pass over the shards produced no complete "
+                            "batch (too few samples for data.batch_size, or every sample corrupt)")
+        state.epoch += 1
+        state.taken = {}

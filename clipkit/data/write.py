@@ -1,0 +1,80 @@
+"""Writing webdataset shards: training shards with sizes.json, and eval sets in CLIP_benchmark's layout."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+
+import webdataset as wds
+
+Sample = Dict[str, object]  # "__key__" plus one entry per member: bytes, str or int
+
+
+def write_shards(samples: Iterable[Sample], out_dir: Path, prefix: str, per_shard: int) -> List[Path]:
+    """Write ``prefix-000000.tar, ...`` with at most ``per_shard`` samples each, plus ``sizes.json``
+    (shard name -> sample count, open_clip's convention) so that epoch lengths are known."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sizes: Dict[str, int] = {}
+    paths: List[Path] = []
+    writer: Optional[wds.TarWriter] = None
+    for index, sample in enumerate(samples):
+        if index % per_shard == 0:
+            if writer is not None:
+                writer.close()
+            paths.append(out_dir / f"{prefix}-{len(paths):06d}.tar")
+            writer = wds.TarWriter(str(paths[-1]))
+            sizes[paths[-1].name] = 0
+        writer.write(sample)
+        sizes[paths[-1].name] += 1
+    if writer is not None:
+        writer.close()
+    (out_dir / "sizes.json").write_text(json.dumps(sizes, indent=1))
+    return paths
+
+
+def write_eval_set(
+    root: Path,
+    samples: Iterable[Sample],
+    split: str = "test",
+    per_shard: int = 1000,
+    classnames: Optional[Sequence[str]] = None,
+    templates: Optional[Sequence[str]] = None,
+    dataset_type: Optional[str] = None,
+) -> None:
+    """An eval set as ``clip_benchmark_export_wds`` writes it: ROOT/split/{0..N-1}.tar + nshards.txt,
+    ROOT/classnames.txt, ROOT/zeroshot_classification_templates.txt, ROOT/dataset_type.txt."""
+    split_dir = root / split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    nshards = 0
+    writer: Optional[wds.TarWriter] = None
+    for index, sample in enumerate(samples):
+        if index % per_shard == 0:
+            if writer is not None:
+                writer.close()
+            writer = wds.TarWriter(str(split_dir / f"{nshards}.tar"))
+            nshards += 1
+        writer.write(sample)
+    if writer is not None:
+        writer.close()
+    (split_dir / "nshards.txt").write_text(f"{nshards}\n")
+    if classnames is not None:
+        (root / "classnames.txt").write_text("\n".join(classnames) + "\n")
+    if templates is not None:
+        (root / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
+    if dataset_type is not None:
+        (root / "dataset_type.txt").write_text(dataset_type + "\n")
+
+
+def numbered(prefix: str, items: Iterable[Dict[str, object]]) -> Iterator[Sample]:
+    """Give each sample a stable ``__key__``."""
+    for index, item in enumerate(items):
+        yield {"__key__": f"{prefix}{index:07d}", **item}
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file under root to disk, so a later rename publishes complete contents."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as handle:
+                os.fsync(handle.fileno())

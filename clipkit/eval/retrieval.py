@@ -1,0 +1,29 @@
+"""Retrieval recall@k between items (images) and their captions, named as CLIP_benchmark names them.
+
+``image_retrieval_recall@k``: for each caption, its item is among the k most similar items.
+``text_retrieval_recall@k``: for each item, one of its captions is among the k most similar captions.
+"""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import torch
+
+
+def retrieval_metrics(items: torch.Tensor, texts: torch.Tensor, text_to_item: torch.Tensor,
+                      item_name: str = "image", ks: Sequence[int] = (1, 5, 10)) -> Dict[str, float]:
+    scores = texts.float() @ items.float().T  # captions x items
+    metrics: Dict[str, float] = {}
+    # caption -> item: rank of the true item among all items
+    true_scores = scores.gather(1, text_to_item[:, None])
+    item_rank = (scores > true_scores).sum(dim=1)
+    # item -> caption: best rank among the item's own captions
+    positives = text_to_item[None, :] == torch.arange(items.shape[0])[:, None]  # items x captions
+    per_item = scores.T  # items x captions
+    best_true = per_item.masked_fill(~positives, float("-inf")).max(dim=1, keepdim=True).values
+    text_rank = (per_item > best_true).sum(dim=1)
+    for k in ks:
+        metrics[f"{item_name}_retrieval_recall@{k}"] = (item_rank < k).float().mean().item()
+    for k in ks:
+        metrics[f"text_retrieval_recall@{k}"] = (text_rank < k).float().mean().item()
+    return metrics

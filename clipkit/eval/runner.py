@@ -1,0 +1,84 @@
+"""Runs every configured eval set against a model and writes ``eval/<name>.json``."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from clipkit.config.schema import EvalConfig
+from clipkit.eval.datasets import EvalSet, eval_loader, open_eval_set
+from clipkit.eval.retrieval import retrieval_metrics
+from clipkit.eval.zeroshot import classification_metrics, zero_shot_classifier
+from clipkit.models.multimodal import MultiModalModel
+
+log = logging.getLogger(__name__)
+
+Metrics = Dict[str, float]
+
+
+class Evaluator:
+    def __init__(self, cfg: EvalConfig, image_transform: Callable, tokenizer: Callable,
+                 device: torch.device, autocast: Callable) -> None:
+        self.cfg = cfg
+        self.image_transform = image_transform
+        self.tokenizer = tokenizer
+        self.device = device
+        self.autocast = autocast
+        self.sets: List[EvalSet] = [open_eval_set(name, c) for name, c in cfg.datasets.items()]
+
+    @torch.no_grad()
+    def run(self, model: MultiModalModel, step: int, out_dir: Optional[Path]) -> Dict[str, Metrics]:
+        was_training = model.training
+        model.eval()
+        results: Dict[str, Metrics] = {}
+        try:
+            for eval_set in self.sets:
+                start = time.time()
+                if eval_set.task == "zeroshot_classification":
+                    metrics = self._zeroshot(model, eval_set)
+                else:
+                    metrics = self._retrieval(model, eval_set)
+                results[eval_set.name] = metrics
+                log.info("eval %s (%.1fs): %s", eval_set.name, time.time() - start,
+                         ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "num_samples"))
+                if out_dir is not None:
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                    record = {"dataset": eval_set.name, "task": eval_set.task, "step": step, "metrics": metrics}
+                    (out_dir / f"{eval_set.name}.json").write_text(json.dumps(record, indent=2) + "\n")
+        finally:
+            model.train(was_training)
+        return results
+
+    def _encode(self, model: MultiModalModel, modality: str, inputs: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return model.encode(modality, inputs.to(self.device)).float()
+
+    def _zeroshot(self, model: MultiModalModel, eval_set: EvalSet) -> Metrics:
+        classifier = zero_shot_classifier(lambda t: self._encode(model, "text", t), self.tokenizer,
+                                          eval_set.classnames, eval_set.templates, self.device)
+        logits, labels = [], []
+        for images, targets in eval_loader(eval_set, self.image_transform, self.cfg.batch_size, self.cfg.workers):
+            logits.append(self._encode(model, eval_set.modality, images) @ classifier)
+            labels.extend(targets)
+        metrics = classification_metrics(torch.cat(logits).cpu(), torch.tensor(labels))
+        return {**metrics, "num_samples": len(labels)}
+
+    def _retrieval(self, model: MultiModalModel, eval_set: EvalSet) -> Metrics:
+        items, texts, text_to_item = [], [], []
+        for images, captions in eval_loader(eval_set, self.image_transform, self.cfg.batch_size, self.cfg.workers):
+            first = sum(len(x) for x in items)
+            items.append(self._encode(model, eval_set.modality, images).cpu())
+            for offset, caption_list in enumerate(captions):
+                texts.extend(caption_list)
+                text_to_item.extend([first + offset] * len(caption_list))
+        text_embeddings = torch.cat([
+            self._encode(model, "text", self.tokenizer(texts[i:i + self.cfg.batch_size])).cpu()
+            for i in range(0, len(texts), self.cfg.batch_size)
+        ])
+        metrics = retrieval_metrics(torch.cat(items), text_embeddings, torch.tensor(text_to_item),
+                                    item_name=eval_set.modality)
+        return {**metrics, "num_samples": sum(len(x) for x in items)}

@@ -1,0 +1,68 @@
+"""What every tower shares: its config fields, its wrapper, and loading local weights."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Optional
+
+import torch
+from torch import nn
+
+from clipkit.errors import CheckpointError
+from clipkit.registry import Registry
+
+
+@dataclass
+class TowerConfig:
+    MODALITY: ClassVar[str] = ""  # the modality the tower encodes; a key of model.towers
+
+    name: str = ""
+    lock: bool = False  # freeze the tower (LiT-style); see each tower for partial unlocking
+    grad_checkpointing: bool = False
+    weights: Optional[str] = None  # local state dict (.safetensors or torch file) for this tower
+
+
+class Tower(nn.Module):
+    """One modality's encoder: input batch -> embedding of size ``embed_dim`` (not normalised).
+
+    ``encoder`` is the library module doing the work (an open_clip tower), kept as is so its
+    weights map one to one onto open_clip's layout.
+    """
+
+    def __init__(self, modality: str, encoder: nn.Module, config: TowerConfig) -> None:
+        super().__init__()
+        self.modality = modality
+        self.encoder = encoder
+        self.config = config
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.encoder(inputs)
+
+
+TOWERS: Registry[Tower] = Registry("tower")
+
+
+def read_state_dict(path: str) -> dict:
+    """A state dict from a .safetensors file or a torch checkpoint (optionally under 'state_dict')."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise CheckpointError(f"weights file not found: {file}")
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(file))
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any decoding failure means the file is unusable
+        raise CheckpointError(f"cannot read weights file {file}: {exc}") from exc
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def load_weights(module: nn.Module, path: str) -> None:
+    state = read_state_dict(path)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if unexpected or len(missing) == len(list(module.state_dict())):
+        raise CheckpointError(
+            f"weights file {path} does not fit {type(module).__name__}: "
+            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}), {len(missing)} missing"
+        )

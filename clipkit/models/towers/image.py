@@ -1,0 +1,86 @@
+"""Image towers: open_clip's VisionTransformer at any size, and any timm backbone."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+from omegaconf import MISSING
+from open_clip.model import CLIPVisionCfg, _build_vision_tower
+
+from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, load_weights
+
+
+@dataclass
+class ImageTowerConfig(TowerConfig):
+    MODALITY: ClassVar[str] = "image"
+
+    image_size: int = 224
+    unlocked_groups: int = 0  # with `lock`, the last N layer groups stay trainable
+    freeze_bn_stats: bool = False
+
+
+@dataclass
+class ViTConfig(ImageTowerConfig):
+    name: str = "vit"
+    patch_size: int = 16
+    width: int = 768
+    layers: int = 12
+    head_width: int = 64
+    mlp_ratio: float = 4.0
+    ls_init_value: Optional[float] = None
+    patch_dropout: float = 0.0
+    pool_type: str = "tok"  # tok | avg
+    final_ln_after_pool: bool = False
+    no_ln_pre: bool = False
+
+    def open_clip_cfg(self) -> CLIPVisionCfg:
+        return CLIPVisionCfg(
+            layers=self.layers, width=self.width, head_width=self.head_width,
+            mlp_ratio=self.mlp_ratio, patch_size=self.patch_size, image_size=self.image_size,
+            ls_init_value=self.ls_init_value, patch_dropout=self.patch_dropout,
+            pool_type=self.pool_type, final_ln_after_pool=self.final_ln_after_pool,
+            no_ln_pre=self.no_ln_pre,
+        )
+
+
+@dataclass
+class TimmConfig(ImageTowerConfig):
+    name: str = "timm"
+    model_name: str = MISSING  # any timm model name, e.g. resnet50, vit_small_patch16_224
+    pool: str = "avg"  # avg | abs_attn | rot_attn | '' (the model's own pooling)
+    proj: str = "linear"  # linear | mlp | none
+    proj_bias: bool = False
+    drop: float = 0.0
+    drop_path: Optional[float] = None
+    patch_dropout: float = 0.0
+    trunk_weights: Optional[str] = None  # a local timm checkpoint for the backbone alone
+
+    def open_clip_cfg(self) -> CLIPVisionCfg:
+        return CLIPVisionCfg(
+            image_size=self.image_size, patch_dropout=self.patch_dropout,
+            timm_model_name=self.model_name, timm_model_pretrained=False, timm_pool=self.pool,
+            timm_proj="" if self.proj == "none" else self.proj, timm_proj_bias=self.proj_bias,
+            timm_drop=self.drop, timm_drop_path=self.drop_path,
+        )
+
+
+def _finish_image_tower(encoder, cfg: ImageTowerConfig) -> Tower:
+    if cfg.weights:
+        load_weights(encoder, cfg.weights)
+    if cfg.lock:
+        encoder.lock(unlocked_groups=cfg.unlocked_groups, freeze_bn_stats=cfg.freeze_bn_stats)
+    encoder.set_grad_checkpointing(cfg.grad_checkpointing)
+    return Tower(cfg.MODALITY, encoder, cfg)
+
+
+@TOWERS.register("vit", ViTConfig)
+def build_vit(cfg: ViTConfig, embed_dim: int) -> Tower:
+    return _finish_image_tower(_build_vision_tower(embed_dim, cfg.open_clip_cfg()), cfg)
+
+
+@TOWERS.register("timm", TimmConfig)
+def build_timm(cfg: TimmConfig, embed_dim: int) -> Tower:
+    encoder = _build_vision_tower(embed_dim, cfg.open_clip_cfg())
+    if cfg.trunk_weights:
+        load_weights(encoder.trunk, cfg.trunk_weights)
+    return _finish_image_tower(encoder, cfg)

@@ -1,0 +1,51 @@
+"""Text tower: open_clip's TextTransformer, fed by open_clip's bundled (offline) BPE tokenizer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+from open_clip.model import CLIPTextCfg, _build_text_tower
+from open_clip.tokenizer import SimpleTokenizer
+
+from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, load_weights
+
+
+@dataclass
+class TextTransformerConfig(TowerConfig):
+    MODALITY: ClassVar[str] = "text"
+
+    name: str = "transformer"
+    context_length: int = 77
+    vocab_size: int = 49408  # open_clip's BPE vocabulary
+    width: int = 512
+    heads: int = 8
+    layers: int = 12
+    mlp_ratio: float = 4.0
+    ls_init_value: Optional[float] = None
+    pool_type: str = "argmax"  # argmax (end-of-text token, as CLIP) | first | last
+    proj_bias: bool = False
+    unlocked_layers: int = 0  # with `lock`, the last N layers stay trainable
+    freeze_layer_norm: bool = True
+
+    def open_clip_cfg(self) -> CLIPTextCfg:
+        return CLIPTextCfg(
+            context_length=self.context_length, vocab_size=self.vocab_size, width=self.width,
+            heads=self.heads, layers=self.layers, mlp_ratio=self.mlp_ratio,
+            ls_init_value=self.ls_init_value, pool_type=self.pool_type, proj_bias=self.proj_bias,
+        )
+
+
+@TOWERS.register("transformer", TextTransformerConfig)
+def build_text_transformer(cfg: TextTransformerConfig, embed_dim: int) -> Tower:
+    encoder = _build_text_tower(embed_dim, cfg.open_clip_cfg())
+    if cfg.weights:
+        load_weights(encoder, cfg.weights)
+    if cfg.lock:
+        encoder.lock(unlocked_layers=cfg.unlocked_layers, freeze_layer_norm=cfg.freeze_layer_norm)
+    encoder.set_grad_checkpointing(cfg.grad_checkpointing)
+    return Tower(cfg.MODALITY, encoder, cfg)
+
+
+def build_tokenizer(cfg: TextTransformerConfig) -> SimpleTokenizer:
+    """open_clip's CLIP tokenizer, which ships its vocabulary and so works offline."""
+    return SimpleTokenizer(context_length=cfg.context_length)

@@ -1,0 +1,81 @@
+"""Where training metrics go: metrics.jsonl (always), the console, and optionally wandb / tensorboard."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from clipkit.config.schema import LoggerConfig
+
+log = logging.getLogger("clipkit")
+
+
+class MetricsLogger:
+    """Appends one JSON object per logged step to metrics.jsonl and fans out to the other sinks."""
+
+    def __init__(self, cfg: LoggerConfig, run_dir: Path, full_config: DictConfig, run_name: str,
+                 total_steps: int, start_step: int) -> None:
+        self.cfg = cfg
+        self.file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self.bar: Optional[tqdm] = None
+        if cfg.console and sys.stderr.isatty():
+            self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, desc="train")
+        self.wandb = None
+        if cfg.wandb:
+            os.environ.setdefault("WANDB_MODE", cfg.wandb_mode)
+            import wandb
+
+            self.wandb = wandb.init(project=cfg.wandb_project, name=run_name, dir=str(run_dir),
+                                    config=OmegaConf.to_container(full_config, resolve=True),
+                                    mode=cfg.wandb_mode, resume="allow")
+        self.tensorboard = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, record: Dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        step = record["step"]
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+        if self.tensorboard is not None:
+            for key, value in scalars.items():
+                self.tensorboard.add_scalar(key, value, step)
+
+    def progress(self, step: int, record: Dict[str, Any]) -> None:
+        """Console: a live bar on a terminal, one line per logged step otherwise."""
+        if not self.cfg.console:
+            return
+        summary = {"loss": record["loss/total"], "lr": record["lr"], "samples/s": record["samples_per_second"]}
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in summary.items()}, refresh=True)
+        else:
+            log.info("step %d  %s", step, "  ".join(f"{k} {v:.4g}" for k, v in summary.items()))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def results_table(results: Dict[str, Dict[str, float]]) -> List[str]:
+    """Markdown rows: one per eval set, its metrics as ``name value``."""
+    rows = ["| eval set | metrics |", "|---|---|"]
+    for name, metrics in results.items():
+        shown = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+        rows.append(f"| {name} | {shown} |")
+    return rows

@@ -1,0 +1,43 @@
+"""AdamW with CLIP's parameter groups, and warmup + cosine learning-rate schedule."""
+from __future__ import annotations
+
+import math
+from typing import List
+
+import torch
+from torch import nn
+
+from clipkit.config.schema import OptimConfig, SchedConfig
+
+
+def _exempt_from_decay(name: str, param: nn.Parameter) -> bool:
+    """Biases, norm gains, embeddings (incl. positional), class tokens and logit scales."""
+    return (param.ndim < 2 or "embedding" in name or "logit_scale" in name
+            or name.endswith(("class_embedding", "positional_embedding", "cls_token", "pos_embed")))
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    decay: List[nn.Parameter] = []
+    no_decay: List[nn.Parameter] = []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if _exempt_from_decay(name, param) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def lr_factor(step: int, total_steps: int, cfg: SchedConfig) -> float:
+    """Multiplier of optim.lr at ``step``: linear warmup, then cosine (or constant) decay."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.name == "constant":
+        return 1.0
+    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int,
+                    cfg: SchedConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, cfg))

@@ -1,0 +1,21 @@
+"""Numeric precision: autocast context and gradient scaler for fp32 | bf16 | fp16."""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager
+
+import torch
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def autocast_factory(precision: str, device: torch.device) -> Callable[[], ContextManager]:
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """A live scaler for fp16 only; for other precisions a disabled one (a no-op with the same API)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
