@@ -7,15 +7,31 @@ from pathlib import Path
 import hydra
 from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig
 
 from clipkit.cli.errors import USER_ERRORS, fail
 from clipkit.cli.prepare import precheck, prepare
 from clipkit.config.compose import CONF_DIR, HYDRA_VERSION_BASE, compose_config, register_schema
+from clipkit.errors import ConfigError
 
 PROGRAM = "clipkit-train"
 # Hydra's own informational modes; it reports those itself.
 HYDRA_MODES = ("help", "hydra_help", "cfg", "info", "shell_completion", "multirun")
+
+
+def _check_override_syntax(overrides: list) -> None:
+    """Name the override Hydra's grammar rejects; brace patterns are the usual culprit."""
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException as exc:
+            key, _, value = override.partition("=")
+            hint = f"; quote the value: '{key}=\"{value}\"'" if "{" in value or "[" in value else ""
+            raise ConfigError(key, f"cannot parse override '{override}' ({str(exc).splitlines()[0]})"
+                                   f"{hint}") from None
 
 
 def _precheck_argv(argv: list) -> None:
@@ -23,6 +39,7 @@ def _precheck_argv(argv: list) -> None:
     args = get_args_parser().parse_args(argv)
     if any(getattr(args, mode, None) for mode in HYDRA_MODES):
         return
+    _check_override_syntax(args.overrides)
     overrides = [o for o in args.overrides if not o.startswith("hydra.")]
     precheck(compose_config(overrides, config_dir=args.config_dir, config_name=args.config_name or "config"))
 

@@ -7,6 +7,7 @@ already consumed. Batches carry that bookkeeping with them:
 - ``position``: (worker, raw samples taken per source) when the batch was made. The trainer keeps
   the latest one per worker; resuming skips that many raw samples (read, never decoded).
 - ``num_skipped``: corrupt samples and unreadable shard members skipped since the previous batch.
+- ``num_rows``: the batch size; 0 in the record that closes a worker's stream with its last skips.
 """
 from __future__ import annotations
 
@@ -125,11 +126,14 @@ class TrainStream(IterableDataset):
                 reported = counter.count
                 samples = []
         # A partial last batch is dropped, as every rank must see full batches of the same size.
+        # Skips counted since the last batch still travel, in a record with no rows.
+        if counter.count > reported:
+            yield {"position": (worker, list(taken)), "num_skipped": counter.count - reported, "num_rows": 0}
 
     @staticmethod
     def _collate(samples: List[Dict[str, torch.Tensor]], worker: int, taken: List[int],
                  skipped: int) -> dict:
-        batch: dict = {"position": (worker, list(taken)), "num_skipped": skipped}
+        batch: dict = {"position": (worker, list(taken)), "num_skipped": skipped, "num_rows": len(samples)}
         for modality in MODALITIES:
             rows = [s.get(modality) for s in samples]
             present = [r is not None for r in rows]
@@ -159,7 +163,7 @@ def batches(loader_factory: Callable[[int], DataLoader], state: StreamState) -> 
     while True:
         produced = 0
         for batch in loader_factory(state.epoch):
-            produced += 1
+            produced += batch["num_rows"] > 0
             yield batch
         if produced == 0:
             raise DataError("data.train.shards: a full pass over the shards produced no complete "

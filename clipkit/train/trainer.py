@@ -159,10 +159,12 @@ class Trainer:
         return results
 
     def _next_micro_batch(self, data: Iterator[dict]) -> dict:
-        batch = next(data)
-        self.stream.update(batch["position"])
-        self.skipped_samples += batch["num_skipped"]
-        return batch
+        while True:
+            batch = next(data)
+            self.stream.update(batch["position"])
+            self.skipped_samples += batch["num_skipped"]
+            if batch["num_rows"]:
+                return batch
 
     def _inputs(self, batch: dict) -> Dict[str, torch.Tensor]:
         return {m: batch[m].to(self.device, non_blocking=True) for m in self.model.modalities if m in batch}

@@ -1,0 +1,84 @@
+"""``clipkit-eval checkpoint=PATH [out=DIR] [KEY=VALUE ...]``: evaluate a saved checkpoint.
+
+The checkpoint's own config.yaml supplies the model and the eval sets; ``KEY=VALUE`` overrides
+change it (e.g. ``eval.datasets.mine.root=/data/mine eval.datasets.mine.task=retrieval``, or
+``trainer.device=cpu``). Results go to ``OUT/<dataset>.json`` (default: the checkpoint's eval/).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from clipkit.cli.errors import USER_ERRORS, fail
+from clipkit.config.schema import ClipkitConfig
+from clipkit.config.validate import check_config, omegaconf_problem
+from clipkit.errors import CheckpointError, ConfigError
+
+PROGRAM = "clipkit-eval"
+USAGE = "usage: clipkit-eval checkpoint=PATH [out=DIR] [KEY=VALUE ...]"
+
+
+def _parse(argv: List[str]) -> Tuple[str, Optional[str], List[str]]:
+    checkpoint, out, overrides = None, None, []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ConfigError("", f"expected KEY=VALUE, got '{arg}' ({USAGE})")
+        if key == "checkpoint":
+            checkpoint = value
+        elif key == "out":
+            out = value
+        else:
+            overrides.append(arg)
+    if not checkpoint:
+        raise ConfigError("checkpoint", f"missing ({USAGE})")
+    return checkpoint, out, overrides
+
+
+def evaluate_checkpoint(checkpoint: str, overrides: List[str], out: Optional[str]) -> Dict[str, Dict[str, float]]:
+    from clipkit.eval.runner import Evaluator
+    from clipkit.models.build import build_bundle
+    from clipkit.train import checkpoint as ckpt
+    from clipkit.train.precision import autocast_factory
+    from clipkit.train.trainer import pick_device
+
+    folder = ckpt.resolve_checkpoint(checkpoint)
+    try:
+        saved = OmegaConf.load(folder / ckpt.CONFIG_FILE)
+    except Exception as exc:
+        raise CheckpointError(f"unreadable {folder / ckpt.CONFIG_FILE}: {exc}") from exc
+    try:
+        raw = OmegaConf.merge(OmegaConf.structured(ClipkitConfig), saved, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as exc:
+        raise omegaconf_problem(exc) from None
+    checked = check_config(raw)
+    device = pick_device(checked.cfg.trainer.device)
+    bundle = build_bundle(checked, device)
+    ckpt.load_model_weights(bundle.model, folder)
+    evaluator = Evaluator(checked.cfg.eval, bundle.eval_image_transform, bundle.tokenizer, device,
+                          autocast_factory(checked.cfg.trainer.precision, device))
+    if not evaluator.sets:
+        raise ConfigError("eval.datasets", "no eval sets configured")
+    step = int(ckpt.load_train_state(folder).get("step", 0))
+    return evaluator.run(bundle.model, step, Path(out) if out else folder / "eval")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    try:
+        checkpoint, out, overrides = _parse(sys.argv[1:] if argv is None else argv)
+        results = evaluate_checkpoint(checkpoint, overrides, out)
+    except USER_ERRORS as exc:
+        fail(PROGRAM, exc)
+    from clipkit.train.metrics import results_table
+
+    print("\n".join(results_table(results)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Shards from a user's files: a folder of media with same-named .txt captions, or a CSV/JSONL table."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Dict, Iterator, List, Tuple
+
+from clipkit.errors import DataError
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+def _media_sample(path: Path, caption: str) -> Dict[str, object]:
+    ext = path.suffix.lower().lstrip(".")
+    if ext not in IMAGE_EXTENSIONS:
+        raise DataError(f"{path}: unsupported file type '.{ext}' (supported: {', '.join(IMAGE_EXTENSIONS)})")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    return {"__key__": path.stem, ext: path.read_bytes(), "txt": caption}
+
+
+def folder_pairs(folder: Path) -> Iterator[Tuple[Path, str]]:
+    """Every media file under ``folder`` that has a ``<same name>.txt`` caption beside it."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder")
+    found = 0
+    for path in sorted(folder.rglob("*")):
+        caption_file = path.with_suffix(".txt")
+        if path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS and caption_file.is_file():
+            found += 1
+            yield path, caption_file.read_text(encoding="utf-8").strip()
+    if not found:
+        raise DataError(f"{folder}: no media file with a same-named .txt caption")
+
+
+def table_pairs(table: Path, path_column: str, caption_column: str) -> Iterator[Tuple[Path, str]]:
+    """Rows of a .csv (with a header) or .jsonl file; relative paths are relative to the table."""
+    if not table.is_file():
+        raise DataError(f"{table}: file not found")
+    if table.suffix == ".jsonl":
+        rows: List[dict] = [json.loads(line) for line in table.read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif table.suffix == ".csv":
+        with open(table, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    else:
+        raise DataError(f"{table}: expected a .csv or .jsonl file")
+    for number, row in enumerate(rows, start=1):
+        if path_column not in row or caption_column not in row:
+            raise DataError(f"{table}: row {number} lacks column '{path_column}' or '{caption_column}'")
+        path = Path(row[path_column]).expanduser()
+        yield (path if path.is_absolute() else table.parent / path), str(row[caption_column]).strip()
+
+
+def samples_from_pairs(pairs: Iterator[Tuple[Path, str]]) -> Iterator[Dict[str, object]]:
+    for index, (path, caption) in enumerate(pairs):
+        sample = _media_sample(path, caption)
+        sample["__key__"] = f"{index:09d}"  # unique even when file stems repeat across folders
+        yield sample

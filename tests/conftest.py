@@ -1,0 +1,42 @@
+"""Shared fixtures: a small demo data set written once per session, and a CLI runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from clipkit.data.demo import DemoSpec, write_demo
+
+SMALL_DEMO = DemoSpec(train_samples=1200, train_per_shard=150, zeroshot_per_class=4, retrieval_images=60)
+SMALL_SHARDS = "train/demo-{000000..000007}.tar"
+
+# A model small enough for a few seconds of CPU training.
+TINY_MODEL = [
+    "model.embed_dim=32",
+    "model.towers.image.width=32", "model.towers.image.layers=1", "model.towers.image.head_width=16",
+    "model.towers.image.image_size=32",
+    "model.towers.text.width=32", "model.towers.text.layers=1", "model.towers.text.heads=2",
+    "model.towers.text.context_length=16",
+]
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory) -> Path:
+    return write_demo(tmp_path_factory.mktemp("data") / "demo", SMALL_DEMO)
+
+
+def demo_overrides(root: Path) -> List[str]:
+    return [f"data.demo_root={root}", f'data.train.shards="{root}/{SMALL_SHARDS}"',
+            f"data.train.num_samples={SMALL_DEMO.train_samples}", "data.batch_size=16",
+            "data.workers=1", "sched.warmup_steps=2", *TINY_MODEL]
+
+
+def run_cli(program: str, args: List[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run an installed console script the way a user would."""
+    exe = Path(sys.executable).parent / program
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)

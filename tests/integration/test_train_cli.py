@@ -1,0 +1,135 @@
+"""The real commands, run as a user runs them: clipkit-train, clipkit-eval, clipkit-data."""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_MODEL, demo_overrides, run_cli
+
+CONTRACT_KEYS = {"step", "samples_seen", "loss/total", "loss/contrastive/image_text", "lr",
+                 "logit_scale/image_text", "samples_per_second", "data_time"}
+
+
+def read_metrics(run_dir: Path):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("override, key", [
+    ("trainer.max_step=5", "trainer.max_step"),
+    ("data.batch_size=lots", "data.batch_size"),
+    ('data.train.shards="/nowhere/shard-{0..3}.tar"', "data.train.shards"),
+    ("data.train.shards=/nowhere/shard-{0..3}.tar", "data.train.shards"),  # unquoted braces
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, small_demo, override, key):
+    result = run_cli("clipkit-train", [f"data.demo_root={small_demo}", override], tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"clipkit-train: error: {key}:"), result.stderr
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+@pytest.mark.slow
+def test_train_checkpoint_eval_and_reevaluate(tmp_path, small_demo):
+    run_dir = tmp_path / "run"
+    result = run_cli("clipkit-train", [*demo_overrides(small_demo), f"hydra.run.dir={run_dir}",
+                                       "trainer.max_steps=12", "trainer.ckpt_every_n_steps=5",
+                                       "trainer.log_every_n_steps=2", "eval.every_n_steps=10"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = read_metrics(run_dir)
+    steps = [r for r in records if "loss/total" in r]
+    assert [r["step"] for r in steps] == [2, 4, 6, 8, 10, 12]
+    assert CONTRACT_KEYS <= steps[-1].keys()
+    assert steps[-1]["samples_seen"] == 12 * 16
+    evals = [r for r in records if "eval/shapes/acc1" in r]
+    assert [r["step"] for r in evals] == [10, 12]
+    checkpoints = run_dir / "checkpoints"
+    assert (checkpoints / "latest").read_text().strip() == "step_0000012"
+    assert sorted(p.name for p in checkpoints.glob("step_*")) == ["step_0000005", "step_0000010", "step_0000012"]
+    for name in ("model.safetensors", "train_state.pt", "config.yaml"):
+        assert (checkpoints / "step_0000012" / name).is_file()
+    final = {name: json.loads((run_dir / "eval" / f"{name}.json").read_text()) for name in ("shapes", "scenes")}
+    assert final["scenes"]["metrics"]["image_retrieval_recall@10"] > 0
+    assert "acc1" in (run_dir / "report.md").read_text()
+
+    again = run_cli("clipkit-eval", [f"checkpoint={checkpoints / 'step_0000012'}", f"out={tmp_path / 'again'}"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for name, record in final.items():
+        redo = json.loads((tmp_path / "again" / f"{name}.json").read_text())
+        assert redo["metrics"] == pytest.approx(record["metrics"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_auto_continues_from_last_complete_checkpoint(tmp_path, small_demo):
+    run_dir = tmp_path / "run"
+    args = [*demo_overrides(small_demo), f"hydra.run.dir={run_dir}", "trainer.max_steps=40",
+            "trainer.ckpt_every_n_steps=4", "trainer.log_every_n_steps=1", "eval=none"]
+    exe = Path(sys.executable).parent / "clipkit-train"
+    process = subprocess.Popen([str(exe), *args, "trainer.resume=auto"], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run_dir / "checkpoints" / "step_0000008").is_dir():
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (run_dir / "checkpoints" / "latest").is_file(), "no checkpoint before the kill"
+    killed_at = max(r["step"] for r in read_metrics(run_dir))
+    assert killed_at < 40
+
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    resumed_from = int(latest.split("_")[1])
+    result = run_cli("clipkit-train", [*args, "trainer.resume=auto"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed from {run_dir / 'checkpoints' / latest} at step {resumed_from}" in result.stdout
+    records = read_metrics(run_dir)
+    after = [r["step"] for r in records[[r["step"] for r in records].index(killed_at) + 1:]]
+    assert after[0] == resumed_from + 1 and after[-1] == 40
+    assert records[-1]["samples_seen"] == 40 * 16
+
+
+@pytest.mark.slow
+def test_user_recipe_on_own_shards_via_config_dir(tmp_path, small_demo):
+    """A user's own folder of images -> clipkit-data -> an experiment in their own config dir."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, colour in enumerate(["red", "green", "blue", "yellow"] * 10):
+        Image.new("RGB", (40, 40), colour).save(images / f"{i}.jpg")
+        (images / f"{i}.txt").write_text(f"a {colour} picture")
+    made = run_cli("clipkit-data", ["folder", str(images), str(tmp_path / "shards"), "--per-shard", "10"], tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert "data.train.shards=" in made.stdout
+
+    config_dir = tmp_path / "myconf"
+    (config_dir / "experiment").mkdir(parents=True)
+    (config_dir / "experiment" / "colours.yaml").write_text(f"""# @package _global_
+defaults:
+  - override /data: webdataset
+  - override /eval: none
+name: colours
+data:
+  train:
+    shards: {tmp_path}/shards/shard-{{000000..000003}}.tar
+  batch_size: 8
+  workers: 2
+trainer:
+  max_steps: 6
+  log_every_n_steps: 2
+sched:
+  warmup_steps: 1
+eval:
+  datasets:
+    shapes:
+      root: {small_demo}/eval/shapes
+      task: zeroshot_classification
+""")
+    run_dir = tmp_path / "run"
+    result = run_cli("clipkit-train", ["--config-dir", str(config_dir), "experiment=colours",
+                                       f"hydra.run.dir={run_dir}", *TINY_MODEL], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(run_dir) if "loss/total" in r] == [2, 4, 6]
+    assert json.loads((run_dir / "eval" / "shapes.json").read_text())["metrics"]["acc1"] >= 0

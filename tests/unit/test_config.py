@@ -1,0 +1,70 @@
+import pytest
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from clipkit.cli.errors import one_line
+from clipkit.config.compose import compose_config
+from clipkit.config.validate import check_config
+from clipkit.data.shards import resolve_sources
+from clipkit.errors import ConfigError
+
+
+def error_line(overrides):
+    with pytest.raises((ConfigError, HydraException, OmegaConfBaseException)) as info:
+        check_config(compose_config(overrides))
+    return one_line(info.value)
+
+
+def test_default_config_composes_with_contract_keys():
+    checked = check_config(compose_config([]))
+    cfg = checked.cfg
+    assert cfg.name == "demo"
+    assert set(checked.towers) == {"image", "text"}
+    assert checked.towers["image"].name == "vit" and checked.towers["image"].image_size == 64
+    assert cfg.loss.contrastive.weight == 1.0 and cfg.data.batch_size > 0
+    for key in ("max_steps", "epochs", "precision", "ckpt_every_n_steps", "resume"):
+        assert hasattr(cfg.trainer, key)
+    assert {"shapes", "scenes"} <= set(cfg.eval.datasets)
+
+
+def test_misspelt_key_is_named_with_a_suggestion():
+    line = error_line(["trainer.max_step=5"])
+    assert line.startswith("trainer.max_step:") and "max_steps" in line and "\n" not in line
+
+
+def test_wrong_type_is_named():
+    assert error_line(["data.batch_size=many"]).startswith("data.batch_size:")
+
+
+def test_impossible_values_are_named():
+    assert error_line(["data.batch_size=-2"]).startswith("data.batch_size: must be > 0")
+    assert error_line(["trainer.precision=fp8"]).startswith("trainer.precision:")
+    assert error_line(["trainer.epochs=2"]).startswith("trainer.max_steps: set exactly one")
+
+
+def test_tower_fields_are_typed_by_their_registry_entry():
+    assert error_line(["model.towers.image.name=nope"]).startswith("model.towers.image.name: unknown tower")
+    assert error_line(["model.towers.image.name=transformer"]).endswith("encodes text, not image")
+    assert error_line(["model.towers.image.width=wide"]).startswith("model.towers.image.width:")
+    assert error_line(["+model.towers.image.widht=3"]).startswith("model.towers.image.widht:")
+
+
+def test_pairs_must_name_configured_towers():
+    assert "needs a 'audio' tower" in error_line(["model.pairs=[audio_text]"])
+
+
+def test_missing_and_empty_shards_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"shard not found: .*x-000000.tar \(and 1 more of 2\)"):
+        resolve_sources(str(tmp_path / "x-{000000..000001}.tar"))
+    with pytest.raises(ConfigError, match="empty shard pattern"):
+        resolve_sources("")
+
+
+def test_weighted_sources(tmp_path):
+    for name in ("a-0.tar", "a-1.tar", "b-0.tar"):
+        (tmp_path / name).write_bytes(b"")
+    sources = resolve_sources([{"shards": str(tmp_path / "a-{0..1}.tar"), "weight": 3},
+                               {"shards": str(tmp_path / "b-0.tar")}])
+    assert [len(s.urls) for s in sources] == [2, 1] and [s.weight for s in sources] == [3.0, 1.0]
+    with pytest.raises(ConfigError, match=r"\[0\].weight: must be a positive number"):
+        resolve_sources([{"shards": str(tmp_path / "b-0.tar"), "weight": 0}])
