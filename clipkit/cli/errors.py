@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import fields, is_dataclass
 from typing import NoReturn, Optional
 
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from clipkit.config.validate import did_you_mean
@@ -23,19 +23,12 @@ def _omegaconf_cause(exc: BaseException) -> Optional[OmegaConfBaseException]:
 
 
 def _suggestion(exc: OmegaConfBaseException) -> str:
-    """' (did you mean ...?)' for a misspelt key, from the keys the schema has at that place."""
-    full_key = getattr(exc, "full_key", "") or ""
-    if not isinstance(exc, (ConfigKeyError, ConfigAttributeError)) or not full_key:
+    """' (did you mean ...?)' for a misspelt key, from the fields of the dataclass it was set on."""
+    schema = getattr(exc, "object_type", None)
+    key = (getattr(exc, "full_key", "") or "").rpartition(".")[2]
+    if not isinstance(exc, (ConfigKeyError, ConfigAttributeError)) or not is_dataclass(schema) or not key:
         return ""
-    from clipkit.config.schema import ClipkitConfig
-
-    parent_path, _, key = full_key.rpartition(".")
-    parent = OmegaConf.structured(ClipkitConfig)
-    if parent_path:
-        parent = OmegaConf.select(parent, parent_path, default=None)
-    if not isinstance(parent, DictConfig):
-        return ""
-    return did_you_mean(key, [str(k) for k in parent.keys()])
+    return did_you_mean(key, [f.name for f in fields(schema)])
 
 
 def _hydra_message(exc: BaseException) -> str:

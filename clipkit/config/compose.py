@@ -21,7 +21,15 @@ HYDRA_VERSION_BASE = "1.3"
 
 
 def register_schema() -> None:
-    ConfigStore.instance().store(name=SCHEMA_NAME, node=ClipkitConfig)
+    """The root schema, and each registered tower's dataclass as an option of the config group
+    ``model/towers/<modality>``: a preset selects a tower by name and gets all its typed fields."""
+    from clipkit.models.towers import TOWERS
+
+    store = ConfigStore.instance()
+    store.store(name=SCHEMA_NAME, node=ClipkitConfig)
+    for name in TOWERS.names():
+        schema = TOWERS.get(name).config_class
+        store.store(group=f"model/towers/{schema.MODALITY}", name=name, node=schema)
 
 
 def compose_config(overrides: Optional[List[str]] = None, config_dir: Optional[str] = None,

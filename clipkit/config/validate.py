@@ -44,6 +44,10 @@ def _tower_config(modality: str, node: Any) -> TowerConfig:
     if name not in TOWERS:
         raise ConfigError(f"{key}.name", f"unknown tower '{name}'; known: {', '.join(TOWERS.names())}")
     schema = TOWERS.get(name).config_class
+    selected = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+    if isinstance(selected, type) and issubclass(selected, TowerConfig) and selected is not schema:
+        raise ConfigError(f"{key}.name", f"tower '{name}' has its own fields: select it with "
+                                         f"model/towers/{modality}={name} instead of setting the name")
     if schema.MODALITY != modality:
         raise ConfigError(f"{key}.name", f"tower '{name}' encodes {schema.MODALITY}, not {modality}")
     try:
@@ -71,7 +75,8 @@ def check_config(raw: DictConfig) -> CheckedConfig:
         cfg: ClipkitConfig = OmegaConf.to_object(raw)
     except OmegaConfBaseException as exc:
         raise omegaconf_problem(exc) from None
-    towers = {modality: _tower_config(modality, node) for modality, node in cfg.model.towers.items()}
+    # From the composed nodes, not cfg: to_object has already turned typed towers into instances.
+    towers = {str(modality): _tower_config(str(modality), node) for modality, node in raw.model.towers.items()}
     if not towers:
         raise ConfigError("model.towers", "no towers configured")
     _positive("model.embed_dim", cfg.model.embed_dim)

@@ -61,6 +61,8 @@ class Trainer:
         self.sources = sources
         cfg = self.cfg
         self.device = pick_device(cfg.trainer.device)
+        if cfg.trainer.precision == "fp16" and self.device.type == "cpu":
+            log.warning("trainer.precision=fp16 on CPU is emulated and slow; bf16 is the fast choice there")
         seed_everything(cfg.seed)
         self.bundle: ModelBundle = build_bundle(checked, self.device)
         self.model = self.bundle.model

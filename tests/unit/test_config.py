@@ -44,9 +44,18 @@ def test_impossible_values_are_named():
 
 def test_tower_fields_are_typed_by_their_registry_entry():
     assert error_line(["model.towers.image.name=nope"]).startswith("model.towers.image.name: unknown tower")
-    assert error_line(["model.towers.image.name=transformer"]).endswith("encodes text, not image")
+    assert "select it with model/towers/image=timm" in error_line(["model.towers.image.name=timm"])
+    assert "Could not find 'model/towers/image/transformer'" in error_line(["model/towers/image=transformer"])
     assert error_line(["model.towers.image.width=wide"]).startswith("model.towers.image.width:")
-    assert error_line(["+model.towers.image.widht=3"]).startswith("model.towers.image.widht:")
+    assert error_line(["model.towers.image.widht=3"]) == (
+        "model.towers.image.widht: Key 'widht' not in 'ViTConfig' (did you mean 'width'?)")
+
+
+def test_every_tower_field_can_be_overridden_and_presets_switch_towers():
+    checked = check_config(compose_config(["model.towers.text.lock=true", "model.towers.image.weights=/w.pt"]))
+    assert checked.towers["text"].lock and checked.towers["image"].weights == "/w.pt"
+    timm = check_config(compose_config(["model=timm_resnet50"])).towers["image"]
+    assert timm.name == "timm" and timm.model_name == "resnet50"
 
 
 def test_pairs_must_name_configured_towers():

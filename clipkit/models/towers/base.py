@@ -60,7 +60,11 @@ def read_state_dict(path: str) -> dict:
 
 def load_weights(module: nn.Module, path: str) -> None:
     state = read_state_dict(path)
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even when strict=False
+        raise CheckpointError(f"weights file {path} does not fit {type(module).__name__}: "
+                              f"{str(exc).strip().splitlines()[-1].strip()[:200]}") from None
     if unexpected or len(missing) == len(list(module.state_dict())):
         raise CheckpointError(
             f"weights file {path} does not fit {type(module).__name__}: "

@@ -1,0 +1,61 @@
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from clipkit.errors import CheckpointError
+from clipkit.models.multimodal import build_model
+from clipkit.models.towers import TOWERS
+from clipkit.models.towers.image import TimmConfig, ViTConfig
+from clipkit.models.towers.text import TextTransformerConfig, build_tokenizer
+
+VIT = dict(image_size=32, patch_size=8, width=32, layers=2, head_width=16)
+
+
+def test_registry_lists_builtin_towers():
+    assert {"vit", "timm", "transformer"} <= set(TOWERS.names())
+
+
+def test_vit_and_text_towers_embed_to_embed_dim():
+    model = build_model(24, {"image": ViTConfig(**VIT), "text": TextTransformerConfig(context_length=8, width=32, heads=2, layers=1)},
+                        ["image_text"], math.log(1 / 0.07), 100.0)
+    tokens = build_tokenizer(model.towers["text"].config)(["a red circle", "a blue square"])
+    out = model({"image": torch.randn(2, 3, 32, 32), "text": tokens})
+    assert out["image"].shape == (2, 24) and out["text"].shape == (2, 24)
+    assert torch.allclose(out["image"].norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert model.logit_scale("image_text").item() == pytest.approx(1 / 0.07, rel=1e-4)
+
+
+def test_logit_scale_is_clamped_at_max():
+    model = build_model(8, {"image": ViTConfig(**VIT), "text": TextTransformerConfig(context_length=8, width=32, heads=2, layers=1)},
+                        ["image_text"], math.log(1 / 0.07), 100.0)
+    with torch.no_grad():
+        model.logit_scales["image_text"].fill_(10.0)
+    assert model.logit_scale("image_text").item() == pytest.approx(100.0)
+    model.clamp_logit_scales()
+    assert model.logit_scales["image_text"].item() == pytest.approx(torch.log(torch.tensor(100.0)).item())
+
+
+def test_timm_backbone_tower():
+    tower = TOWERS.get("timm").build(TimmConfig(model_name="resnet18", image_size=32), 16)
+    assert tower(torch.randn(2, 3, 32, 32)).shape == (2, 16)
+
+
+def test_lock_freezes_tower_and_grad_checkpointing_is_set():
+    tower = TOWERS.get("vit").build(ViTConfig(**VIT, lock=True, grad_checkpointing=True), 16)
+    assert not any(p.requires_grad for p in tower.parameters())
+    assert tower.encoder.transformer.grad_checkpointing
+    partly = TOWERS.get("vit").build(ViTConfig(**VIT, lock=True, unlocked_groups=1), 16)
+    assert any(p.requires_grad for p in partly.parameters())
+
+
+def test_local_weights_are_loaded(tmp_path):
+    source = TOWERS.get("vit").build(ViTConfig(**VIT), 16)
+    path = tmp_path / "tower.safetensors"
+    save_file({k: v.contiguous() for k, v in source.encoder.state_dict().items()}, str(path))
+    loaded = TOWERS.get("vit").build(ViTConfig(**VIT, weights=str(path)), 16)
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(loaded(x), source(x))
+    with pytest.raises(CheckpointError, match="does not fit"):
+        TOWERS.get("vit").build(ViTConfig(**{**VIT, "width": 64, "head_width": 32}, weights=str(path)), 16)

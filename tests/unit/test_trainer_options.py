@@ -1,0 +1,47 @@
+"""Short in-process runs of the trainer with the options a recipe can switch on."""
+import json
+
+import pytest
+
+from clipkit.cli.prepare import prepare
+from clipkit.config.compose import compose_config
+from clipkit.train.trainer import Trainer
+from tests.conftest import demo_overrides
+
+
+def train(small_demo, tmp_path, *overrides):
+    checked, sources = prepare(compose_config([*demo_overrides(small_demo), "trainer.max_steps=3",
+                                               "trainer.log_every_n_steps=1", "eval=none", *overrides]))
+    Trainer(checked, sources, tmp_path).fit()
+    return [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_trains(small_demo, tmp_path, precision):
+    records = train(small_demo, tmp_path, f"trainer.precision={precision}")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(r["loss/total"] == r["loss/total"] for r in records)  # no NaN
+
+
+def test_accumulation_counts_the_accumulated_batch(small_demo, tmp_path):
+    records = train(small_demo, tmp_path, "trainer.accum_steps=2")
+    assert records[-1]["samples_seen"] == 3 * 2 * 16
+
+
+def test_epochs_with_sizes_json_and_tensorboard(small_demo, tmp_path):
+    records = train(small_demo, tmp_path, "trainer.max_steps=null", "trainer.epochs=1",
+                    "data.train.num_samples=null", "logger.tensorboard=true")
+    assert records[-1]["step"] == 1200 // 16  # sizes.json: 1200 samples, batch 16
+    assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_locked_tower_does_not_change(small_demo, tmp_path):
+    checked, sources = prepare(compose_config([*demo_overrides(small_demo), "trainer.max_steps=2",
+                                               "eval=none", "model.towers.text.lock=true"]))
+    trainer = Trainer(checked, sources, tmp_path)
+    before = {k: v.clone() for k, v in trainer.model.towers["text"].state_dict().items()}
+    image_before = trainer.model.towers["image"].encoder.proj.clone()
+    trainer.fit()
+    after = trainer.model.towers["text"].state_dict()
+    assert all((before[k] == after[k]).all() for k in before)
+    assert not (trainer.model.towers["image"].encoder.proj == image_before).all()
