@@ -23,7 +23,7 @@ def retrieval_metrics(items: torch.Tensor, texts: torch.Tensor, text_to_item: to
     best_true = per_item.masked_fill(~positives, float("-inf")).max(dim=1, keepdim=True).values
     text_rank = (per_item > best_true).sum(dim=1)
     for k in ks:
-        metrics[f"{item_name}_retrieval_recall@{k}"] = (item_rank < k).float().mean().item()
+        metrics[f"{item_name}_retrieval_recall@{k}"] = (item_rank < k).double().mean().item()
     for k in ks:
-        metrics[f"text_retrieval_recall@{k}"] = (text_rank < k).float().mean().item()
+        metrics[f"text_retrieval_recall@{k}"] = (text_rank < k).double().mean().item()
     return metrics

@@ -30,9 +30,9 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Dict[s
     recalls: List[float] = []
     for cls in labels.unique():
         rows = labels == cls
-        recalls.append((predicted[rows] == cls).float().mean().item())
+        recalls.append((predicted[rows] == cls).double().mean().item())
     return {
-        "acc1": correct[:, 0].float().mean().item(),
-        "acc5": correct.any(dim=1).float().mean().item(),
+        "acc1": correct[:, 0].double().mean().item(),
+        "acc5": correct.any(dim=1).double().mean().item(),
         "mean_per_class_recall": sum(recalls) / len(recalls),
     }

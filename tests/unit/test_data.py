@@ -92,3 +92,22 @@ def test_epochs_reshuffle_shard_order(shards):
 def test_too_few_shards_for_reader_slots_is_an_error(shards):
     with pytest.raises(DataError, match="fewer than the 5 reader slots"):
         stream(shards, workers=5)
+
+
+def test_weighted_sources_mix_in_proportion(tmp_path):
+    for name, count in (("a", 3), ("b", 1)):
+        samples = ({"__key__": f"{name}{i}", "png": png((0, 0, 0)), "txt": name} for i in range(count * 20))
+        write_shards(samples, tmp_path, name, 20)
+    sources = resolve_sources([{"shards": str(tmp_path / "a-{000000..000002}.tar"), "weight": 3},
+                               {"shards": str(tmp_path / "b-000000.tar"), "weight": 1}])
+    tokenizer = build_tokenizer(TextTransformerConfig(context_length=8))
+    a_tokens = tokenizer(["a"])[0]
+    loader = make_loader(TrainStream(sources, decoder(), 8, True, 10, seed=0, epoch=0, rank=0,
+                                     world_size=1), 0)
+    texts = []
+    for batch in loader:
+        texts.extend(batch["text"])
+        if len(texts) >= 800:
+            break
+    share_a = sum(torch.equal(t, a_tokens) for t in texts) / len(texts)
+    assert 0.70 < share_a < 0.80, share_a
