@@ -7,6 +7,7 @@ change it (e.g. ``eval.datasets.mine.root=/data/mine eval.datasets.mine.task=ret
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -41,11 +42,11 @@ def _parse(argv: List[str]) -> Tuple[str, Optional[str], List[str]]:
 
 
 def evaluate_checkpoint(checkpoint: str, overrides: List[str], out: Optional[str]) -> Dict[str, Dict[str, float]]:
+    from clipkit import distributed
     from clipkit.eval.runner import Evaluator
     from clipkit.models.build import build_bundle
     from clipkit.train import checkpoint as ckpt
     from clipkit.train.precision import autocast_factory
-    from clipkit.train.trainer import pick_device
 
     folder = ckpt.resolve_checkpoint(checkpoint)
     try:
@@ -57,15 +58,20 @@ def evaluate_checkpoint(checkpoint: str, overrides: List[str], out: Optional[str
     except OmegaConfBaseException as exc:
         raise omegaconf_problem(exc) from None
     checked = check_config(raw)
-    device = pick_device(checked.cfg.trainer.device)
-    bundle = build_bundle(checked, device)
-    ckpt.load_model_weights(bundle.model, folder)
-    evaluator = Evaluator(checked.cfg.eval, bundle.eval_image_transform, bundle.tokenizer, device,
-                          autocast_factory(checked.cfg.trainer.precision, device))
-    if not evaluator.sets:
-        raise ConfigError("eval.datasets", "no eval sets configured")
-    step = int(ckpt.load_train_state(folder).get("step", 0))
-    return evaluator.run(bundle.model, step, Path(out) if out else folder / "eval")
+    # Under torchrun, every process evaluates its share of each set.
+    env = distributed.init_distributed(checked.cfg.trainer.device, checked.cfg.trainer.dist_backend)
+    try:
+        bundle = build_bundle(checked, env.device)
+        ckpt.load_model_weights(bundle.model, folder)
+        evaluator = Evaluator(checked.cfg.eval, bundle.eval_image_transform, bundle.tokenizer, env.device,
+                              autocast_factory(checked.cfg.trainer.precision, env.device), env)
+        if not evaluator.sets:
+            raise ConfigError("eval.datasets", "no eval sets configured")
+        step = int(ckpt.load_train_state(folder).get("step", 0))
+        out_dir = (Path(out) if out else folder / "eval") if env.is_main else None
+        return evaluator.run(bundle.model, step, out_dir)
+    finally:
+        distributed.shutdown(env)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -77,7 +83,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         fail(PROGRAM, exc)
     from clipkit.train.metrics import results_table
 
-    print("\n".join(results_table(results)))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("\n".join(results_table(results)))
 
 
 if __name__ == "__main__":

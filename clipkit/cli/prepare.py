@@ -35,9 +35,11 @@ def precheck(raw: DictConfig) -> None:
         check_inputs(checked)
 
 
-def prepare(raw: DictConfig) -> Tuple[CheckedConfig, List[ShardSource]]:
+def prepare(raw: DictConfig, is_main: bool = True) -> Tuple[CheckedConfig, List[ShardSource]]:
+    """Checked config and shard sources; the main process generates missing demo data, and the
+    others must only call this after it has (see clipkit.cli.train)."""
     checked = check_config(raw)
-    if demo_pending(checked):
+    if is_main and demo_pending(checked):
         log.info("generating the demo data set in %s (once; a few seconds)", checked.cfg.data.demo_root)
         write_demo(Path(checked.cfg.data.demo_root))
     return checked, check_inputs(checked)

@@ -1,6 +1,7 @@
 """``clipkit-train [overrides]``: a Hydra app. With no arguments it trains the demo experiment."""
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from clipkit.config.compose import CONF_DIR, HYDRA_VERSION_BASE, compose_config,
 from clipkit.errors import ConfigError
 
 PROGRAM = "clipkit-train"
+log = logging.getLogger("clipkit")
 # Hydra's own informational modes; it reports those itself.
 HYDRA_MODES = ("help", "hydra_help", "cfg", "info", "shell_completion", "multirun")
 
@@ -44,16 +46,39 @@ def _precheck_argv(argv: list) -> None:
     precheck(compose_config(overrides, config_dir=args.config_dir, config_name=args.config_name or "config"))
 
 
+def _shared_run_dir(own: Path) -> Path:
+    """Rank 0's run folder: with a timestamped default, processes started a second apart would
+    otherwise each pick their own."""
+    from clipkit.distributed import broadcast_object
+
+    shared = Path(broadcast_object(str(own)))
+    if shared != own:
+        log.warning("using rank 0's run folder %s (set hydra.run.dir to choose one)", shared)
+    return shared
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=HYDRA_VERSION_BASE)
 def _train(raw: DictConfig) -> None:
-    from clipkit.train.trainer import Trainer  # heavy imports only once the config is good
+    from clipkit import distributed  # heavy imports only once the config is good
+    from clipkit.train.trainer import Trainer
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    env = None
     try:
-        checked, sources = prepare(raw)
-        Trainer(checked, sources, run_dir).fit()
+        env = distributed.init_distributed(raw.trainer.device, raw.trainer.dist_backend)
+        if not env.is_main:
+            logging.getLogger("clipkit").setLevel(logging.WARNING)
+        run_dir = _shared_run_dir(Path(HydraConfig.get().runtime.output_dir))
+        if env.is_main:
+            checked, sources = prepare(raw)
+        distributed.barrier()  # the demo data, if it had to be generated, is complete now
+        if not env.is_main:
+            checked, sources = prepare(raw, is_main=False)
+        Trainer(checked, sources, run_dir, env).fit()
     except USER_ERRORS as exc:
         fail(PROGRAM, exc)
+    finally:
+        if env is not None:
+            distributed.shutdown(env)
 
 
 def main() -> None:

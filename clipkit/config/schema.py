@@ -73,6 +73,9 @@ class DataConfig:
 @dataclass
 class ContrastiveLossConfig:
     weight: float = 1.0
+    # Across processes: each scores its own rows against all gathered columns (B x N logits).
+    # false: every process scores the full N x N matrix; same gradients, more memory.
+    local_loss: bool = True
 
 
 @dataclass
@@ -103,7 +106,8 @@ class TrainerConfig:
     max_steps: Optional[int] = None
     epochs: Optional[int] = None
     precision: str = "fp32"  # fp32 | bf16 | fp16
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda (each process takes the GPU of its local rank)
+    dist_backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
     accum_steps: int = 1
     grad_clip_norm: Optional[float] = 1.0
     log_every_n_steps: int = 10

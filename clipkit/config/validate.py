@@ -106,6 +106,8 @@ def check_config(raw: DictConfig) -> CheckedConfig:
         raise ConfigError("trainer.precision", f"'{trainer.precision}' is not one of {', '.join(PRECISIONS)}")
     if trainer.device not in ("auto", "cpu", "cuda"):
         raise ConfigError("trainer.device", f"'{trainer.device}' is not one of auto, cpu, cuda")
+    if trainer.dist_backend not in ("auto", "nccl", "gloo"):
+        raise ConfigError("trainer.dist_backend", f"'{trainer.dist_backend}' is not one of auto, nccl, gloo")
     for key in ("accum_steps", "log_every_n_steps", "ckpt_every_n_steps", "keep_last_k"):
         _positive(f"trainer.{key}", getattr(trainer, key))
     _positive("trainer.grad_clip_norm", trainer.grad_clip_norm)

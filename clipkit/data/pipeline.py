@@ -31,14 +31,17 @@ MODALITIES = ("image", "text")
 
 @dataclass
 class StreamState:
-    """Where a stream is: the epoch and, per DataLoader worker, raw samples taken per source."""
+    """Where a stream is: the epoch, the raw samples taken per source by each DataLoader worker,
+    and the corrupt samples skipped so far."""
 
     epoch: int = 0
     taken: Dict[int, List[int]] = field(default_factory=dict)
+    skipped: int = 0
 
-    def update(self, position: Tuple[int, List[int]]) -> None:
-        worker, counts = position
+    def consume(self, record: dict) -> None:
+        worker, counts = record["position"]
         self.taken[int(worker)] = list(counts)
+        self.skipped += record["num_skipped"]
 
 
 class _SkipCounter:
@@ -158,12 +161,26 @@ def make_loader(stream: TrainStream, workers: int) -> DataLoader:
                       persistent_workers=False, prefetch_factor=4 if workers else None)
 
 
-def batches(loader_factory: Callable[[int], DataLoader], state: StreamState) -> Iterator[dict]:
-    """Batches across epochs: a new pass over the shards (reshuffled) each time one ends."""
+def batches(loader_factory: Callable[[int], DataLoader], state: StreamState,
+            all_have_batch: Callable[[bool], bool] = lambda have: have) -> Iterator[dict]:
+    """Batches across epochs, updating ``state`` as each is handed out.
+
+    A new pass over the shards (reshuffled) starts when this process runs out, or, with several
+    processes, when any of them does (``all_have_batch`` asks them all), so that every process
+    takes the same number of steps.
+    """
     while True:
+        records = iter(loader_factory(state.epoch))
         produced = 0
-        for batch in loader_factory(state.epoch):
-            produced += batch["num_rows"] > 0
+        while True:
+            batch = next(records, None)
+            while batch is not None and not batch["num_rows"]:  # bookkeeping only
+                state.consume(batch)
+                batch = next(records, None)
+            if not all_have_batch(batch is not None):
+                break
+            state.consume(batch)
+            produced += 1
             yield batch
         if produced == 0:
             raise DataError("data.train.shards: a full pass over the shards produced no complete "

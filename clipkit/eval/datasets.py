@@ -77,14 +77,15 @@ Target = Union[int, List[str]]
 class _EvalStream(IterableDataset):
     """(image tensor, class index or caption list) per sample; corrupt samples are skipped."""
 
-    def __init__(self, eval_set: EvalSet, transform: Callable) -> None:
+    def __init__(self, shards: List[str], eval_set: EvalSet, transform: Callable) -> None:
         super().__init__()
+        self.shards = shards
         self.eval_set = eval_set
         self.transform = transform
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, Target]]:
         info = get_worker_info()
-        shards = self.eval_set.shards[info.id::info.num_workers] if info else self.eval_set.shards
+        shards = self.shards[info.id::info.num_workers] if info else self.shards
         for sample in wds.tarfile_to_samples(handler=wds.warn_and_continue)({"url": u} for u in shards):
             try:
                 image_key = next(k for k in IMAGE_KEYS if k in sample)
@@ -106,7 +107,9 @@ def _collate(rows: List[Tuple[torch.Tensor, Target]]) -> Tuple[torch.Tensor, Lis
     return torch.stack([r[0] for r in rows]), [r[1] for r in rows]
 
 
-def eval_loader(eval_set: EvalSet, transform: Callable, batch_size: int, workers: int) -> DataLoader:
-    workers = min(workers, len(eval_set.shards))
-    return DataLoader(_EvalStream(eval_set, transform), batch_size=batch_size,
-                      num_workers=workers, collate_fn=_collate)
+def eval_loader(eval_set: EvalSet, transform: Callable, batch_size: int, workers: int,
+                rank: int = 0, world_size: int = 1) -> DataLoader:
+    """This process's share of the eval shards (every world_size-th from its rank)."""
+    shards = eval_set.shards[rank::world_size]
+    return DataLoader(_EvalStream(shards, eval_set, transform), batch_size=batch_size,
+                      num_workers=min(workers, len(shards)), collate_fn=_collate)

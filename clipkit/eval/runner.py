@@ -9,6 +9,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from clipkit import distributed as dist_utils
 from clipkit.config.schema import EvalConfig
 from clipkit.eval.datasets import EvalSet, eval_loader, open_eval_set
 from clipkit.eval.retrieval import retrieval_metrics
@@ -22,8 +23,10 @@ Metrics = Dict[str, float]
 
 class Evaluator:
     def __init__(self, cfg: EvalConfig, image_transform: Callable, tokenizer: Callable,
-                 device: torch.device, autocast: Callable) -> None:
+                 device: torch.device, autocast: Callable,
+                 env: dist_utils.DistEnv = dist_utils.DistEnv()) -> None:
         self.cfg = cfg
+        self.env = env
         self.image_transform = image_transform
         self.tokenizer = tokenizer
         self.device = device
@@ -32,6 +35,8 @@ class Evaluator:
 
     @torch.no_grad()
     def run(self, model: MultiModalModel, step: int, out_dir: Optional[Path]) -> Dict[str, Metrics]:
+        """Every process evaluates its share of each set; all get the same metrics. Results are
+        written to ``out_dir/<set>.json`` when out_dir is given (by the main process only)."""
         was_training = model.training
         model.eval()
         results: Dict[str, Metrics] = {}
@@ -57,28 +62,45 @@ class Evaluator:
         with self.autocast():
             return model.encode(modality, inputs.to(self.device)).float()
 
+    def _loader(self, eval_set: EvalSet):
+        return eval_loader(eval_set, self.image_transform, self.cfg.batch_size, self.cfg.workers,
+                           self.env.rank, self.env.world_size)
+
+    def _gather(self, rows: torch.Tensor) -> torch.Tensor:
+        return dist_utils.gather_rows(rows, self.device).cpu()
+
     def _zeroshot(self, model: MultiModalModel, eval_set: EvalSet) -> Metrics:
         classifier = zero_shot_classifier(lambda t: self._encode(model, "text", t), self.tokenizer,
                                           eval_set.classnames, eval_set.templates, self.device)
-        logits, labels = [], []
-        for images, targets in eval_loader(eval_set, self.image_transform, self.cfg.batch_size, self.cfg.workers):
+        logits = [torch.zeros(0, len(eval_set.classnames), device=self.device)]
+        labels: List[int] = []
+        for images, targets in self._loader(eval_set):
             logits.append(self._encode(model, eval_set.modality, images) @ classifier)
             labels.extend(targets)
-        metrics = classification_metrics(torch.cat(logits).cpu(), torch.tensor(labels))
-        return {**metrics, "num_samples": len(labels)}
+        all_logits = self._gather(torch.cat(logits))
+        all_labels = self._gather(torch.tensor(labels, dtype=torch.long, device=self.device))
+        return {**classification_metrics(all_logits, all_labels), "num_samples": len(all_labels)}
 
     def _retrieval(self, model: MultiModalModel, eval_set: EvalSet) -> Metrics:
-        items, texts, text_to_item = [], [], []
-        for images, captions in eval_loader(eval_set, self.image_transform, self.cfg.batch_size, self.cfg.workers):
+        items = [torch.zeros(0, model.embed_dim, device=self.device)]
+        texts: List[str] = []
+        text_to_item: List[int] = []
+        for images, captions in self._loader(eval_set):
             first = sum(len(x) for x in items)
-            items.append(self._encode(model, eval_set.modality, images).cpu())
+            items.append(self._encode(model, eval_set.modality, images))
             for offset, caption_list in enumerate(captions):
                 texts.extend(caption_list)
                 text_to_item.extend([first + offset] * len(caption_list))
-        text_embeddings = torch.cat([
-            self._encode(model, "text", self.tokenizer(texts[i:i + self.cfg.batch_size])).cpu()
+        text_embeddings = [torch.zeros(0, model.embed_dim, device=self.device)] + [
+            self._encode(model, "text", self.tokenizer(texts[i:i + self.cfg.batch_size]))
             for i in range(0, len(texts), self.cfg.batch_size)
-        ])
-        metrics = retrieval_metrics(torch.cat(items), text_embeddings, torch.tensor(text_to_item),
-                                    item_name=eval_set.modality)
-        return {**metrics, "num_samples": sum(len(x) for x in items)}
+        ]
+        # Item indices are local to each process: shift them by the items of lower ranks.
+        item_counts = dist_utils.gather_objects(sum(len(x) for x in items))
+        offset = sum(item_counts[: self.env.rank])
+        all_items = self._gather(torch.cat(items))
+        all_texts = self._gather(torch.cat(text_embeddings))
+        mapping = self._gather(torch.tensor([offset + i for i in text_to_item], dtype=torch.long,
+                                            device=self.device))
+        metrics = retrieval_metrics(all_items, all_texts, mapping, item_name=eval_set.modality)
+        return {**metrics, "num_samples": len(all_items)}

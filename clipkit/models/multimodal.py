@@ -22,6 +22,7 @@ class MultiModalModel(nn.Module):
         self,
         towers: Dict[str, Tower],
         pairs: Iterable[str],
+        embed_dim: int,
         init_logit_scale: float = math.log(1 / 0.07),
         max_logit_scale: float = 100.0,
     ) -> None:
@@ -32,6 +33,7 @@ class MultiModalModel(nn.Module):
             {pair: nn.Parameter(torch.tensor(float(init_logit_scale))) for pair in self.pairs}
         )
         self.max_log_logit_scale = math.log(max_logit_scale)
+        self.embed_dim = embed_dim
 
     @property
     def modalities(self) -> List[str]:
@@ -59,4 +61,4 @@ class MultiModalModel(nn.Module):
 def build_model(embed_dim: int, towers: Dict[str, TowerConfig], pairs: Iterable[str],
                 init_logit_scale: float, max_logit_scale: float) -> MultiModalModel:
     built = {modality: TOWERS.get(cfg.name).build(cfg, embed_dim) for modality, cfg in towers.items()}
-    return MultiModalModel(built, pairs, init_logit_scale, max_logit_scale)
+    return MultiModalModel(built, pairs, embed_dim, init_logit_scale, max_logit_scale)

@@ -34,7 +34,8 @@ class Objective:
                     continue
                 scale = model.logit_scale(pair)
                 term = clip_loss(embeddings[first][rows], embeddings[second][rows],
-                                 scale if scale_grad else scale.detach(), self.gather)
+                                 scale if scale_grad else scale.detach(), self.gather,
+                                 self.cfg.contrastive.local_loss)
                 terms[f"contrastive/{pair}"] = term
                 total = total + self.cfg.contrastive.weight * term
         terms["total"] = total

@@ -3,6 +3,7 @@ import torch
 
 from clipkit.cli.prepare import prepare
 from clipkit.config.compose import compose_config
+from clipkit.data.pipeline import batches
 from clipkit.train.trainer import Trainer
 from tests.conftest import demo_overrides
 
@@ -14,8 +15,8 @@ def grads(model):
 def test_feature_cache_accumulation_equals_one_big_batch(small_demo, tmp_path):
     checked, sources = prepare(compose_config(demo_overrides(small_demo) + ["trainer.accum_steps=2"]))
     trainer = Trainer(checked, sources, tmp_path)
-    data = iter(trainer._loader(0))
-    micro = [trainer._next_micro_batch(data), trainer._next_micro_batch(data)]
+    data = batches(trainer._loader, trainer.stream)
+    micro = [next(data), next(data)]
     inputs = [trainer._inputs(b) for b in micro]
     present = trainer._present(micro)
 

@@ -74,7 +74,7 @@ def test_resume_skips_exactly_what_was_consumed(shards):
     full = [b for b in stream(shards, workers=2) if b["num_rows"]]
     state = StreamState()
     for batch in full[:3]:
-        state.update(batch["position"])
+        state.consume(batch)
     resumed = [b for b in stream(shards, workers=2, skip=state.taken) if b["num_rows"]]
     seen = {tuple(t.tolist()) for b in full[:3] for t in b["text"]}
     rest = {tuple(t.tolist()) for b in resumed for t in b["text"]}
