@@ -11,7 +11,8 @@ import pytest
 
 from clipkit.data.demo import DemoSpec, write_demo
 
-SMALL_DEMO = DemoSpec(train_samples=1200, train_per_shard=150, zeroshot_per_class=4, retrieval_images=60)
+SMALL_DEMO = DemoSpec(train_samples=1200, train_per_shard=150, zeroshot_per_class=4, retrieval_images=60,
+                      eval_per_shard=40)
 SMALL_SHARDS = "train/demo-{000000..000007}.tar"
 
 # A model small enough for a few seconds of CPU training.
@@ -37,6 +38,14 @@ def demo_overrides(root: Path) -> List[str]:
 
 def run_cli(program: str, args: List[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run an installed console script the way a user would."""
-    exe = Path(sys.executable).parent / program
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return run_command([str(Path(sys.executable).parent / program), *args], cwd, timeout)
+
+
+def torchrun(nproc: int, args: List[str]) -> List[str]:
+    """The command line of a real torchrun launch on this machine (gloo on CPU)."""
+    return [str(Path(sys.executable).parent / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", *args]
+
+
+def run_command(command: List[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)

@@ -59,6 +59,7 @@ class DemoSpec:
     train_per_shard: int = 1000
     zeroshot_per_class: int = 20
     retrieval_images: int = 400
+    eval_per_shard: int = 1000
     seed: int = 0
 
 
@@ -179,9 +180,9 @@ def write_demo(root: Path, spec: DemoSpec = DemoSpec()) -> Path:
     try:
         write_shards(numbered("train", _train_samples(spec)), staging / "train", "demo", spec.train_per_shard)
         write_eval_set(staging / "eval" / "shapes", _png_to_webp(numbered("zs", _zeroshot_samples(spec))),
-                       classnames=zeroshot_classnames(), templates=TEMPLATES)
+                       per_shard=spec.eval_per_shard, classnames=zeroshot_classnames(), templates=TEMPLATES)
         write_eval_set(staging / "eval" / "scenes", _png_to_webp(numbered("rt", _retrieval_samples(spec))),
-                       dataset_type="retrieval")
+                       per_shard=spec.eval_per_shard, dataset_type="retrieval")
         (staging / "COMPLETE").write_text(f"clipkit demo v{VERSION} {spec}\n")
         fsync_tree(staging)
         if root.exists() and not (root / "COMPLETE").is_file():  # an incomplete earlier attempt

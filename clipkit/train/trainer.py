@@ -1,7 +1,6 @@
 """The training loop: data -> model -> objective -> step, with logging, evaluation and checkpoints."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import time
@@ -27,6 +26,7 @@ from clipkit.train import checkpoint as ckpt
 from clipkit.train.metrics import MetricsLogger, results_table
 from clipkit.train.optim import build_optimizer, build_scheduler
 from clipkit.train.precision import autocast_factory, grad_scaler
+from clipkit.train.step import forward_backward
 
 log = logging.getLogger("clipkit")
 
@@ -181,18 +181,13 @@ class Trainer:
 
     def _train_step(self, data: Iterator[dict]) -> dict:
         start = time.time()
-        accum = self.cfg.trainer.accum_steps
-        micro = [next(data) for _ in range(accum)]
+        micro = [next(data) for _ in range(self.cfg.trainer.accum_steps)]
         data_time = time.time() - start
         inputs = [self._inputs(b) for b in micro]
         present = self._present(micro)
         self.optimizer.zero_grad(set_to_none=True)
-        if accum == 1:
-            with self.autocast():
-                losses = self.objective(self.core, self.model(inputs[0]), present)
-            self.scaler.scale(losses["total"]).backward()
-        else:
-            losses = self._accumulated_backward(inputs, present)
+        losses = forward_backward(self.model, self.core, self.objective, inputs, present,
+                                  self.autocast, self.scaler)
         self.scaler.unscale_(self.optimizer)
         if self.cfg.trainer.grad_clip_norm:
             torch.nn.utils.clip_grad_norm_(self.core.parameters(), self.cfg.trainer.grad_clip_norm)
@@ -212,27 +207,6 @@ class Trainer:
                 **{f"logit_scale/{p}": self.core.logit_scale(p).item() for p in self.core.pairs},
                 "samples_per_second": self.global_batch / elapsed, "data_time": data_time,
                 "skipped_samples": int(skipped.item())}
-
-    def _accumulated_backward(self, inputs: List[Dict[str, torch.Tensor]],
-                              present: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Negatives span the whole accumulated batch: embed every micro-batch without gradient,
-        then re-embed one micro-batch at a time with gradient and back-propagate the full loss.
-        The sum over micro-batches is exactly the gradient of one step on the concatenated batch.
-        The logit scales take their gradient from one pass only (the last, which DDP syncs)."""
-        with torch.no_grad(), self.autocast():
-            cached = [self.model(x) for x in inputs]
-        losses: Dict[str, torch.Tensor] = {}
-        last = len(inputs) - 1
-        for j, x in enumerate(inputs):
-            sync = contextlib.nullcontext() if j == last or not self.env.distributed else self.model.no_sync()
-            with sync:
-                with self.autocast():
-                    live = self.model(x)
-                    merged = {m: torch.cat([live[m] if i == j else cached[i][m] for i in range(len(inputs))])
-                              for m in live}
-                    losses = self.objective(self.core, merged, present, scale_grad=j == last)
-                self.scaler.scale(losses["total"]).backward()
-        return losses
 
     # ------------------------------------------------------------------------------ outputs
     def _save(self) -> None:

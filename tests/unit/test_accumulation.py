@@ -4,6 +4,7 @@ import torch
 from clipkit.cli.prepare import prepare
 from clipkit.config.compose import compose_config
 from clipkit.data.pipeline import batches
+from clipkit.train.step import forward_backward
 from clipkit.train.trainer import Trainer
 from tests.conftest import demo_overrides
 
@@ -21,7 +22,8 @@ def test_feature_cache_accumulation_equals_one_big_batch(small_demo, tmp_path):
     present = trainer._present(micro)
 
     trainer.model.zero_grad()
-    accumulated_loss = trainer._accumulated_backward(inputs, present)["total"]
+    accumulated_loss = forward_backward(trainer.model, trainer.core, trainer.objective, inputs, present,
+                                        trainer.autocast, trainer.scaler)["total"]
     accumulated = grads(trainer.model)
 
     trainer.model.zero_grad()

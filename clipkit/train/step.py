@@ -1,0 +1,46 @@
+"""One optimisation step's forward and backward, over one or several accumulated micro-batches."""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager, Dict, List
+
+import torch
+from torch import nn
+
+from clipkit.models.multimodal import MultiModalModel
+from clipkit.objectives.objective import Objective
+
+Inputs = Dict[str, torch.Tensor]
+
+
+def forward_backward(model: nn.Module, core: MultiModalModel, objective: Objective,
+                     inputs: List[Inputs], present: Dict[str, torch.Tensor],
+                     autocast: Callable[[], ContextManager], scaler: torch.amp.GradScaler) -> Dict[str, torch.Tensor]:
+    """Accumulate into ``.grad`` the gradient of the objective on the concatenated micro-batches.
+
+    ``model`` is ``core`` itself or its DistributedDataParallel wrapper. With several
+    micro-batches, the negatives span all of them (feature cache): every micro-batch is embedded
+    without gradient, then re-embedded one at a time with gradient while the others stay cached,
+    and the full loss is back-propagated. The sum over micro-batches is exactly the gradient of one
+    step on the concatenated batch. The logit scales take their gradient from the last pass only,
+    and DDP synchronises only that pass.
+    """
+    if len(inputs) == 1:
+        with autocast():
+            losses = objective(core, model(inputs[0]), present)
+        scaler.scale(losses["total"]).backward()
+        return losses
+    with torch.no_grad(), autocast():
+        cached = [model(x) for x in inputs]
+    last = len(inputs) - 1
+    losses: Dict[str, torch.Tensor] = {}
+    for j, x in enumerate(inputs):
+        skip_sync = j < last and hasattr(model, "no_sync")
+        with model.no_sync() if skip_sync else contextlib.nullcontext():
+            with autocast():
+                live = model(x)
+                merged = {m: torch.cat([live[m] if i == j else cached[i][m] for i in range(len(inputs))])
+                          for m in live}
+                losses = objective(core, merged, present, scale_grad=j == last)
+            scaler.scale(losses["total"]).backward()
+    return losses

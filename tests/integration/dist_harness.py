@@ -1,0 +1,75 @@
+"""Run under torchrun: one DDP step's loss and gradients on this rank's slice of a fixed batch.
+
+    torchrun --nproc_per_node=2 dist_harness.py MODE OUT_DIR
+
+MODE is ``local`` (local loss), ``global`` (full gathered matrix) or ``accum`` (local loss with
+two accumulated micro-batches per rank). Each rank saves {"loss", "grads"} to OUT_DIR/rank<r>.pt.
+``reference(n)`` computes the same on one process over the whole batch.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from clipkit import distributed
+from clipkit.config.schema import ContrastiveLossConfig, LossConfig
+from clipkit.models.multimodal import MultiModalModel, build_model
+from clipkit.models.towers.image import ViTConfig
+from clipkit.models.towers.text import TextTransformerConfig
+from clipkit.objectives.objective import Objective
+from clipkit.train.precision import autocast_factory, grad_scaler
+from clipkit.train.step import forward_backward
+
+PER_RANK = 6
+
+
+def tiny_model() -> MultiModalModel:
+    torch.manual_seed(0)
+    return build_model(16, {"image": ViTConfig(image_size=16, patch_size=8, width=32, layers=1, head_width=16),
+                            "text": TextTransformerConfig(context_length=8, width=32, heads=2, layers=1)},
+                       ["image_text"], math.log(1 / 0.07), 100.0)
+
+
+def fixed_batch(n: int) -> Dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randint(1, 49000, (n, 8), generator=generator)
+    tokens[:, -1] = 49407  # end-of-text, where argmax pooling reads
+    return {"image": torch.randn(n, 3, 16, 16, generator=generator), "text": tokens}
+
+
+def step(model, core: MultiModalModel, objective: Objective, batch: Dict[str, torch.Tensor], parts: int):
+    rows = batch["image"].shape[0]
+    chunks: List[Dict[str, torch.Tensor]] = [{k: v.chunk(parts)[i] for k, v in batch.items()} for i in range(parts)]
+    present = {m: torch.ones(rows, dtype=torch.bool) for m in batch}
+    cpu = torch.device("cpu")
+    losses = forward_backward(model, core, objective, chunks, present, autocast_factory("fp32", cpu),
+                              grad_scaler("fp32", cpu))
+    grads = {n: p.grad.detach().clone() for n, p in core.named_parameters() if p.grad is not None}
+    return losses["total"].detach(), grads
+
+
+def reference(n: int, parts: int = 1):
+    core = tiny_model()
+    return step(core, core, Objective(LossConfig()), fixed_batch(n), parts)
+
+
+def main(mode: str, out_dir: Path) -> None:
+    env = distributed.init_distributed("cpu", "gloo")
+    core = tiny_model()
+    model = DistributedDataParallel(core)
+    loss_cfg = LossConfig(contrastive=ContrastiveLossConfig(local_loss=mode != "global"))
+    objective = Objective(loss_cfg, distributed.gather_with_grad)
+    full = fixed_batch(PER_RANK * env.world_size)
+    mine = {k: v[env.rank * PER_RANK:(env.rank + 1) * PER_RANK] for k, v in full.items()}
+    loss, grads = step(model, core, objective, mine, parts=2 if mode == "accum" else 1)
+    torch.save({"loss": distributed.all_reduce_mean(loss), "grads": grads}, out_dir / f"rank{env.rank}.pt")
+    distributed.shutdown(env)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))

@@ -1,0 +1,114 @@
+"""torchrun with 2 processes (gloo on CPU), started for real."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import demo_overrides, run_cli, run_command, torchrun
+from tests.integration.dist_harness import PER_RANK, reference
+
+HARNESS = str(Path(__file__).with_name("dist_harness.py"))
+
+
+@pytest.mark.parametrize("mode", ["local", "global", "accum"])
+def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path, mode):
+    """2 ranks x B rows (local loss, full gathered matrix, or 2 accumulated halves per rank) give
+    the loss and the gradients of one process on the 2B rows."""
+    result = run_command(torchrun(2, [HARNESS, mode, str(tmp_path)]), tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected_loss, expected = reference(2 * PER_RANK)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert abs(got["loss"].item() - expected_loss.item()) <= 1e-5
+        assert got["grads"].keys() == expected.keys()
+        worst = max((got["grads"][n] - expected[n]).abs().max().item() for n in expected)
+        assert worst <= 1e-5, (rank, worst)
+
+
+def descendants(pid: int):
+    """Every process below ``pid`` (torchrun starts each worker in a session of its own)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def read_steps(run_dir: Path):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_process_training_is_killed_and_resumes(tmp_path, small_demo):
+    run_dir = tmp_path / "run"
+    args = ["-m", "clipkit.cli.train", *demo_overrides(small_demo), f"hydra.run.dir={run_dir}",
+            "trainer.max_steps=24", "trainer.ckpt_every_n_steps=4", "trainer.log_every_n_steps=1",
+            "eval.every_n_steps=12"]
+    launch = subprocess.Popen(torchrun(2, args), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run_dir / "checkpoints" / "step_0000008").is_dir():
+        time.sleep(0.1)
+    for pid in [launch.pid, *descendants(launch.pid)]:  # the launcher and its workers: a lost node
+        os.kill(pid, signal.SIGKILL)
+    launch.wait()
+    time.sleep(0.5)
+    killed_at = max(r["step"] for r in read_steps(run_dir))
+    assert killed_at < 24, "training finished before it could be killed"
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    resumed_from = int(latest.split("_")[1])
+    assert resumed_from >= 8
+
+    result = run_command(torchrun(2, [*args, "trainer.resume=auto"]), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed from {run_dir / 'checkpoints' / latest} at step {resumed_from}" in result.stdout
+    records = read_steps(run_dir)
+    train = [r for r in records if "loss/total" in r]
+    assert train[-1]["step"] == 24 and train[-1]["samples_seen"] == 24 * 16 * 2  # global batch
+    assert [r["step"] for r in records if "eval/shapes/acc1" in r][-2:] == [12, 24]
+    assert json.loads((run_dir / "eval" / "shapes.json").read_text())["metrics"]["num_samples"] == 96
+
+
+@pytest.mark.slow
+def test_distributed_eval_equals_single_process_eval(tmp_path, small_demo):
+    run_dir = tmp_path / "run"
+    trained = run_cli("clipkit-train", [*demo_overrides(small_demo), f"hydra.run.dir={run_dir}",
+                                        "trainer.max_steps=6", "eval=none"], tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    eval_args = [f"checkpoint={run_dir}", f"eval.datasets.shapes.root={small_demo}/eval/shapes",
+                 f"eval.datasets.scenes.root={small_demo}/eval/scenes", "eval.datasets.scenes.task=retrieval",
+                 "eval.batch_size=16"]
+    single = run_cli("clipkit-eval", [*eval_args, f"out={tmp_path / 'single'}"], tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    both = run_command(torchrun(2, ["-m", "clipkit.cli.eval", *eval_args, f"out={tmp_path / 'dist'}"]), tmp_path)
+    assert both.returncode == 0, both.stderr[-3000:]
+    for name, count in (("shapes", 96), ("scenes", 60)):
+        one = json.loads((tmp_path / "single" / f"{name}.json").read_text())["metrics"]
+        two = json.loads((tmp_path / "dist" / f"{name}.json").read_text())["metrics"]
+        assert one["num_samples"] == two["num_samples"] == count
+        assert two == pytest.approx(one, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_launch_script_trains_the_demo_in_one_run_folder(tmp_path, small_demo):
+    script = Path(__file__).resolve().parents[2] / "launch" / "torchrun.sh"
+    result = run_command(["bash", str(script), "--nproc", "2", "--rdzv", "localhost:29517",
+                          *demo_overrides(small_demo), "trainer.max_steps=4", "eval=none"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "runs" / "demo").iterdir())
+    assert len(runs) == 1, runs  # both processes wrote into rank 0's folder
+    assert (runs[0] / "checkpoints" / "latest").read_text().strip() == "step_0000004"
+    assert read_steps(runs[0])[-1]["samples_seen"] == 4 * 16 * 2
