@@ -50,6 +50,12 @@ def _launcher_env() -> Optional[Tuple[int, int, int]]:
     return None
 
 
+def launched_world_size() -> int:
+    """Processes the launcher started (1 without one), known before any process group exists."""
+    launched = _launcher_env()
+    return launched[1] if launched else 1
+
+
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` takes the local rank's GPU when there is one, else the CPU."""
     if name == "cuda" and not torch.cuda.is_available():

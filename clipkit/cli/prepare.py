@@ -9,6 +9,8 @@ from omegaconf import DictConfig
 
 from clipkit.config.validate import CheckedConfig, check_config
 from clipkit.data.demo import write_demo
+from clipkit.data.pipeline import check_reader_slots
+from clipkit.distributed import launched_world_size
 from clipkit.data.shards import ShardSource, resolve_sources
 from clipkit.eval.datasets import open_eval_set
 
@@ -21,8 +23,11 @@ def demo_pending(checked: CheckedConfig) -> bool:
 
 
 def check_inputs(checked: CheckedConfig) -> List[ShardSource]:
-    """Shards and eval sets exist and are well formed."""
+    """Shards and eval sets exist and are well formed, and there are enough shards for every
+    process (as the launcher's environment says) and data worker."""
     sources = resolve_sources(checked.cfg.data.train.shards)
+    if not checked.cfg.data.train.resampled:
+        check_reader_slots(sources, launched_world_size(), checked.cfg.data.workers)
     for name, dataset in checked.cfg.eval.datasets.items():
         open_eval_set(name, dataset)
     return sources

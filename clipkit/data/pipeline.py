@@ -148,15 +148,20 @@ class TrainStream(IterableDataset):
         return batch
 
 
+def check_reader_slots(sources: Sequence[ShardSource], world_size: int, workers: int) -> None:
+    """In epoch mode every process x worker reads distinct shards, so each needs at least one."""
+    slots = world_size * max(workers, 1)
+    for i, source in enumerate(sources):
+        if len(source.urls) < slots:
+            raise DataError(
+                f"data.train.shards: source {i} has {len(source.urls)} shards, fewer than the "
+                f"{slots} reader slots (processes x data.workers); write more, smaller shards, "
+                "lower data.workers, or set data.train.resampled=true")
+
+
 def make_loader(stream: TrainStream, workers: int) -> DataLoader:
     if not stream.resampled:
-        slots = stream.world_size * max(workers, 1)
-        for i, source in enumerate(stream.sources):
-            if len(source.urls) < slots:
-                raise DataError(
-                    f"data.train.shards: source {i} has {len(source.urls)} shards, fewer than the "
-                    f"{slots} reader slots (processes x data.workers); write more, smaller shards, "
-                    "lower data.workers, or set data.train.resampled=true")
+        check_reader_slots(stream.sources, stream.world_size, workers)
     return DataLoader(stream, batch_size=None, num_workers=workers,
                       persistent_workers=False, prefetch_factor=4 if workers else None)
 
