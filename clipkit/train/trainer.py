@@ -96,10 +96,11 @@ class Trainer:
         return max(1, trainer.epochs * (num_samples // self.global_batch))
 
     def _loader(self, epoch: int):
+        skip, self.skip = self.skip, {}  # what a resumed epoch already delivered: skipped once
         stream = TrainStream(
             self.sources, self.decoder, self.cfg.data.batch_size, self.cfg.data.train.resampled,
             self.cfg.data.train.shuffle_buffer, self.cfg.seed, epoch, self.env.rank, self.env.world_size,
-            skip=self.skip if epoch == self.stream.epoch else None)
+            skip=skip)
         return make_loader(stream, self.cfg.data.workers)
 
     def _resume(self) -> None:

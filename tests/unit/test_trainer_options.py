@@ -45,3 +45,12 @@ def test_locked_tower_does_not_change(small_demo, tmp_path):
     after = trainer.model.towers["text"].state_dict()
     assert all((before[k] == after[k]).all() for k in before)
     assert not (trainer.model.towers["image"].encoder.proj == image_before).all()
+
+
+def test_resume_skip_applies_to_the_interrupted_epoch_only(small_demo, tmp_path):
+    checked, sources = prepare(compose_config([*demo_overrides(small_demo), "trainer.max_steps=3", "eval=none"]))
+    trainer = Trainer(checked, sources, tmp_path)
+    trainer.skip = {0: [1000]}  # as restored from a checkpoint: 1000 of 1200 samples already taken
+    resumed_epoch = sum(1 for b in trainer._loader(0) if b["num_rows"])
+    next_epoch = sum(1 for b in trainer._loader(1) if b["num_rows"])
+    assert resumed_epoch == 200 // 16 and next_epoch == 1200 // 16
