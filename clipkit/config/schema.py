@@ -55,6 +55,7 @@ class SampleKeysConfig:
 
     image: List[str] = field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
     text: List[str] = field(default_factory=lambda: ["txt", "json"])
+    audio: List[str] = field(default_factory=lambda: ["flac", "wav", "mp3", "ogg"])
     caption_field: str = "caption"  # the field holding the caption in a `json` member
 
 
@@ -76,6 +77,8 @@ class ContrastiveLossConfig:
     # Across processes: each scores its own rows against all gathered columns (B x N logits).
     # false: every process scores the full N x N matrix; same gradients, more memory.
     local_loss: bool = True
+    # Relative weight per pair of model.pairs (e.g. {audio_text: 0.5}); pairs not listed weigh 1.
+    pair_weights: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -89,6 +89,11 @@ def check_config(raw: DictConfig) -> CheckedConfig:
         if first == second:
             raise ConfigError(f"model.pairs[{i}]", f"pair '{pair}' joins a modality with itself")
 
+    for pair, weight in cfg.loss.contrastive.pair_weights.items():
+        if pair not in cfg.model.pairs:
+            raise ConfigError(f"loss.contrastive.pair_weights.{pair}", f"not a pair of model.pairs {cfg.model.pairs}")
+        _positive(f"loss.contrastive.pair_weights.{pair}", weight, allow_zero=True)
+
     data = cfg.data
     _positive("data.batch_size", data.batch_size)
     _positive("data.workers", data.workers, allow_zero=True)

@@ -42,10 +42,11 @@ class SampleDecoder:
     """Decodes the modalities a model uses; absent ones are simply not in the output."""
 
     def __init__(self, keys: SampleKeysConfig, image_transform: Optional[Callable] = None,
-                 tokenizer: Optional[Callable] = None) -> None:
+                 tokenizer: Optional[Callable] = None, audio_loader: Optional[Callable] = None) -> None:
         self.keys = keys
         self.image_transform = image_transform
         self.tokenizer = tokenizer
+        self.audio_loader = audio_loader
 
     def __call__(self, sample: Dict[str, object]) -> Dict[str, torch.Tensor]:
         out: Dict[str, torch.Tensor] = {}
@@ -62,6 +63,10 @@ class SampleDecoder:
                     if not caption:
                         raise ValueError("empty caption")
                     out["text"] = self.tokenizer([caption])[0]
+            if self.audio_loader is not None:
+                ext = _first_member(sample, self.keys.audio)
+                if ext is not None:
+                    out["audio"] = self.audio_loader(sample[ext])
         except Exception as exc:  # any decoder failure means this one sample is unusable
             raise CorruptSample(f"sample {key} in {sample.get('__url__', '?')}: {exc}") from exc
         if not out:

@@ -26,7 +26,7 @@ from clipkit.errors import DataError
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("image", "text")
+MODALITIES = ("image", "text", "audio")
 
 
 @dataclass

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
 from clipkit.config.validate import CheckedConfig
+from clipkit.data.audio import AudioLoader
 from clipkit.data.transforms import build_image_transform
 from clipkit.models.multimodal import MultiModalModel, build_model
 from clipkit.models.towers.text import build_tokenizer
@@ -14,10 +15,20 @@ from clipkit.models.towers.text import build_tokenizer
 
 @dataclass
 class ModelBundle:
+    """The model and what turns raw sample members into its inputs (None: no such tower)."""
+
     model: MultiModalModel
     tokenizer: Optional[Callable]
     train_image_transform: Optional[Callable]
     eval_image_transform: Optional[Callable]
+    train_audio_loader: Optional[Callable]
+    eval_audio_loader: Optional[Callable]
+    input_shapes: Dict[str, Tuple[int, ...]]  # one sample's input, per modality
+    input_dtypes: Dict[str, torch.dtype]
+
+    def empty_inputs(self, modality: str, rows: int) -> torch.Tensor:
+        """Zeros standing in for a modality that no row of a batch carries."""
+        return torch.zeros((rows, *self.input_shapes[modality]), dtype=self.input_dtypes[modality])
 
 
 def build_bundle(checked: CheckedConfig, device: torch.device) -> ModelBundle:
@@ -26,9 +37,16 @@ def build_bundle(checked: CheckedConfig, device: torch.device) -> ModelBundle:
                         cfg.model.init_logit_scale, cfg.model.max_logit_scale).to(device)
     image = checked.towers.get("image")
     text = checked.towers.get("text")
+    audio = checked.towers.get("audio")
     return ModelBundle(
         model=model,
         tokenizer=build_tokenizer(text) if text is not None else None,
         train_image_transform=build_image_transform(cfg.data.image, image.image_size, True) if image else None,
         eval_image_transform=build_image_transform(cfg.data.image, image.image_size, False) if image else None,
+        train_audio_loader=AudioLoader(audio.sample_rate, audio.clip_samples, train=True) if audio else None,
+        eval_audio_loader=AudioLoader(audio.sample_rate, audio.clip_samples, train=False) if audio else None,
+        input_shapes={**({"image": (3, image.image_size, image.image_size)} if image else {}),
+                      **({"text": (text.context_length,)} if text else {}),
+                      **({"audio": (audio.clip_samples,)} if audio else {})},
+        input_dtypes={"image": torch.float32, "text": torch.long, "audio": torch.float32},
     )

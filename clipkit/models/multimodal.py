@@ -53,9 +53,22 @@ class MultiModalModel(nn.Module):
         for scale in self.logit_scales.values():
             scale.clamp_(0.0, self.max_log_logit_scale)
 
-    def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Normalised embeddings for every modality this model has and the batch carries."""
-        return {m: self.encode(m, batch[m]) for m in self.modalities if m in batch}
+    def forward(self, batch: Dict[str, torch.Tensor], present: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """(B, D) normalised embeddings for every modality; rows lacking it (``present[m]`` false)
+        are zero. Only present rows are encoded. Where no row has a modality, one row is encoded
+        with weight zero, so that every tower is in every step's graph: DDP and the gathers of
+        every process then see the same tensors, whichever modalities their batches carry."""
+        out = {}
+        for modality in self.modalities:
+            inputs, rows = batch[modality], present[modality]
+            index = rows.nonzero().squeeze(1)
+            if index.numel():
+                encoded = self.encode(modality, inputs[index])
+                out[modality] = encoded.new_zeros(inputs.shape[0], encoded.shape[1]).index_put((index,), encoded)
+            else:
+                encoded = self.encode(modality, inputs[:1])
+                out[modality] = encoded.new_zeros(inputs.shape[0], encoded.shape[1]) + 0.0 * encoded.sum()
+        return out
 
 
 def build_model(embed_dim: int, towers: Dict[str, TowerConfig], pairs: Iterable[str],

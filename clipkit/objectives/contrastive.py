@@ -12,7 +12,7 @@ Written against a ``gather`` hook: ``gather(x)`` returns the rows of every proce
 """
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +25,32 @@ def no_gather(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
 
 
 def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
-              gather: Gather = no_gather, local_loss: bool = True) -> torch.Tensor:
-    """Mean of the a->b and b->a cross-entropies; a and b are L2-normalised, row i matches row i."""
+              gather: Gather = no_gather, local_loss: bool = True,
+              valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean of the a->b and b->a cross-entropies; a and b are L2-normalised, row i matches row i.
+
+    ``valid`` marks the rows that carry both modalities: only they are scored, and only they are
+    negatives. The mean is over the valid rows of the global batch; where there are none, the
+    loss is an exact zero that still depends on a and b.
+    """
+    rows = a.shape[0]
+    if valid is None:
+        valid = torch.ones(rows, dtype=torch.bool, device=a.device)
     all_a, offset = gather(a)
     all_b, _ = gather(b)
+    all_valid = gather(valid.to(a.dtype))[0].detach() > 0.5
+    processes = all_a.shape[0] // rows
     if not local_loss:
-        a, b, offset = all_a, all_b, 0
+        a, b, valid, offset, processes = all_a, all_b, all_valid, 0, 1
+    total_valid = int(all_valid.sum())
+    if total_valid == 0:
+        return (a.sum() + b.sum()) * 0.0
     labels = torch.arange(a.shape[0], device=a.device) + offset
-    logits_a = logit_scale * a @ all_b.T
-    logits_b = logit_scale * b @ all_a.T
-    return (F.cross_entropy(logits_a, labels) + F.cross_entropy(logits_b, labels)) / 2
+    blocked = ~all_valid[None, :]  # columns without a partner are no negatives
+    logits_a = (logit_scale * a @ all_b.T).masked_fill(blocked, float("-inf"))
+    logits_b = (logit_scale * b @ all_a.T).masked_fill(blocked, float("-inf"))
+    labels = labels.masked_fill(~valid, -100)  # rows without a partner are not scored
+    per_row = (F.cross_entropy(logits_a, labels, reduction="sum", ignore_index=-100)
+               + F.cross_entropy(logits_b, labels, reduction="sum", ignore_index=-100)) / 2
+    # Averaged over processes (as DDP averages gradients), this is the mean over all valid rows.
+    return per_row * processes / total_valid

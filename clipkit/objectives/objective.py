@@ -24,19 +24,15 @@ class Objective:
         """
         terms: Dict[str, torch.Tensor] = {}
         total = next(iter(embeddings.values())).new_zeros(())
-        if self.cfg.contrastive.weight > 0:
+        contrastive = self.cfg.contrastive
+        if contrastive.weight > 0:
             for pair in model.pairs:
                 first, second = split_pair(pair)
-                if first not in embeddings or second not in embeddings:
-                    continue
-                rows = present[first] & present[second]
-                if not bool(rows.any()):
-                    continue
                 scale = model.logit_scale(pair)
-                term = clip_loss(embeddings[first][rows], embeddings[second][rows],
+                term = clip_loss(embeddings[first], embeddings[second],
                                  scale if scale_grad else scale.detach(), self.gather,
-                                 self.cfg.contrastive.local_loss)
+                                 contrastive.local_loss, present[first] & present[second])
                 terms[f"contrastive/{pair}"] = term
-                total = total + self.cfg.contrastive.weight * term
+                total = total + contrastive.weight * contrastive.pair_weights.get(pair, 1.0) * term
         terms["total"] = total
         return terms

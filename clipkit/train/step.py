@@ -14,9 +14,10 @@ Inputs = Dict[str, torch.Tensor]
 
 
 def forward_backward(model: nn.Module, core: MultiModalModel, objective: Objective,
-                     inputs: List[Inputs], present: Dict[str, torch.Tensor],
+                     inputs: List[Inputs], present: List[Inputs],
                      autocast: Callable[[], ContextManager], scaler: torch.amp.GradScaler) -> Dict[str, torch.Tensor]:
-    """Accumulate into ``.grad`` the gradient of the objective on the concatenated micro-batches.
+    """Accumulate into ``.grad`` the gradient of the objective on the concatenated micro-batches
+    (``inputs[i]`` with its row masks ``present[i]``).
 
     ``model`` is ``core`` itself or its DistributedDataParallel wrapper. With several
     micro-batches, the negatives span all of them (feature cache): every micro-batch is embedded
@@ -27,20 +28,21 @@ def forward_backward(model: nn.Module, core: MultiModalModel, objective: Objecti
     """
     if len(inputs) == 1:
         with autocast():
-            losses = objective(core, model(inputs[0]), present)
+            losses = objective(core, model(inputs[0], present[0]), present[0])
         scaler.scale(losses["total"]).backward()
         return losses
     with torch.no_grad(), autocast():
-        cached = [model(x) for x in inputs]
+        cached = [model(x, p) for x, p in zip(inputs, present)]
+    all_present = {m: torch.cat([p[m] for p in present]) for m in present[0]}
     last = len(inputs) - 1
     losses: Dict[str, torch.Tensor] = {}
-    for j, x in enumerate(inputs):
+    for j, (x, p) in enumerate(zip(inputs, present)):
         skip_sync = j < last and hasattr(model, "no_sync")
         with model.no_sync() if skip_sync else contextlib.nullcontext():
             with autocast():
-                live = model(x)
+                live = model(x, p)
                 merged = {m: torch.cat([live[m] if i == j else cached[i][m] for i in range(len(inputs))])
                           for m in live}
-                losses = objective(core, merged, present, scale_grad=j == last)
+                losses = objective(core, merged, all_present, scale_grad=j == last)
             scaler.scale(losses["total"]).backward()
     return losses

@@ -77,7 +77,8 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.sched)
         self.evaluator = Evaluator(cfg.eval, self.bundle.eval_image_transform, self.bundle.tokenizer,
                                    self.device, self.autocast, env)
-        self.decoder = SampleDecoder(cfg.data.keys, self.bundle.train_image_transform, self.bundle.tokenizer)
+        self.decoder = SampleDecoder(cfg.data.keys, self.bundle.train_image_transform, self.bundle.tokenizer,
+                                     self.bundle.train_audio_loader)
         self.stream = StreamState()
         self.skip: Dict[int, List[int]] = {}
         self.step = 0
@@ -175,17 +176,20 @@ class Trainer:
         return results
 
     def _inputs(self, batch: dict) -> Dict[str, torch.Tensor]:
-        return {m: batch[m].to(self.device, non_blocking=True) for m in self.core.modalities if m in batch}
+        """Every modality of the model; one that no row of the batch carries comes as zeros."""
+        rows = batch["num_rows"]
+        return {m: (batch[m] if m in batch else self.bundle.empty_inputs(m, rows)).to(self.device, non_blocking=True)
+                for m in self.core.modalities}
 
-    def _present(self, batches_: List[dict]) -> Dict[str, torch.Tensor]:
-        return {m: torch.cat([b[f"has_{m}"] for b in batches_]).to(self.device) for m in self.core.modalities}
+    def _present(self, batch: dict) -> Dict[str, torch.Tensor]:
+        return {m: batch[f"has_{m}"].to(self.device) for m in self.core.modalities}
 
     def _train_step(self, data: Iterator[dict]) -> dict:
         start = time.time()
         micro = [next(data) for _ in range(self.cfg.trainer.accum_steps)]
         data_time = time.time() - start
         inputs = [self._inputs(b) for b in micro]
-        present = self._present(micro)
+        present = [self._present(b) for b in micro]
         self.optimizer.zero_grad(set_to_none=True)
         losses = forward_backward(self.model, self.core, self.objective, inputs, present,
                                   self.autocast, self.scaler)

@@ -2,9 +2,10 @@
 
     torchrun --nproc_per_node=2 dist_harness.py MODE OUT_DIR
 
-MODE is ``local`` (local loss), ``global`` (full gathered matrix) or ``accum`` (local loss with
-two accumulated micro-batches per rank). Each rank saves {"loss", "grads"} to OUT_DIR/rank<r>.pt.
-``reference(n)`` computes the same on one process over the whole batch.
+MODE is ``local`` (local loss), ``global`` (full gathered matrix), ``accum`` (local loss with
+two accumulated micro-batches per rank) or ``masked`` (some rows of rank 0 and every row of rank 1
+lack the image). Each rank saves {"loss", "grads"} to OUT_DIR/rank<r>.pt. ``reference(n, mode)``
+computes the same on one process over the whole batch.
 """
 from __future__ import annotations
 
@@ -42,10 +43,18 @@ def fixed_batch(n: int) -> Dict[str, torch.Tensor]:
     return {"image": torch.randn(n, 3, 16, 16, generator=generator), "text": tokens}
 
 
-def step(model, core: MultiModalModel, objective: Objective, batch: Dict[str, torch.Tensor], parts: int):
-    rows = batch["image"].shape[0]
+def fixed_present(n: int, mode: str) -> Dict[str, torch.Tensor]:
+    image = torch.ones(n, dtype=torch.bool)
+    if mode == "masked":
+        image[[1, 4]] = False
+        image[PER_RANK:2 * PER_RANK] = False  # rank 1: no image at all
+    return {"image": image, "text": torch.ones(n, dtype=torch.bool)}
+
+
+def step(model, core: MultiModalModel, objective: Objective, batch: Dict[str, torch.Tensor],
+         mask: Dict[str, torch.Tensor], parts: int):
     chunks: List[Dict[str, torch.Tensor]] = [{k: v.chunk(parts)[i] for k, v in batch.items()} for i in range(parts)]
-    present = {m: torch.ones(rows, dtype=torch.bool) for m in batch}
+    present = [{k: v.chunk(parts)[i] for k, v in mask.items()} for i in range(parts)]
     cpu = torch.device("cpu")
     losses = forward_backward(model, core, objective, chunks, present, autocast_factory("fp32", cpu),
                               grad_scaler("fp32", cpu))
@@ -53,9 +62,9 @@ def step(model, core: MultiModalModel, objective: Objective, batch: Dict[str, to
     return losses["total"].detach(), grads
 
 
-def reference(n: int, parts: int = 1):
+def reference(n: int, mode: str):
     core = tiny_model()
-    return step(core, core, Objective(LossConfig()), fixed_batch(n), parts)
+    return step(core, core, Objective(LossConfig()), fixed_batch(n), fixed_present(n, mode), parts=1)
 
 
 def main(mode: str, out_dir: Path) -> None:
@@ -64,9 +73,11 @@ def main(mode: str, out_dir: Path) -> None:
     model = DistributedDataParallel(core)
     loss_cfg = LossConfig(contrastive=ContrastiveLossConfig(local_loss=mode != "global"))
     objective = Objective(loss_cfg, distributed.gather_with_grad)
-    full = fixed_batch(PER_RANK * env.world_size)
-    mine = {k: v[env.rank * PER_RANK:(env.rank + 1) * PER_RANK] for k, v in full.items()}
-    loss, grads = step(model, core, objective, mine, parts=2 if mode == "accum" else 1)
+    n = PER_RANK * env.world_size
+    mine = slice(env.rank * PER_RANK, (env.rank + 1) * PER_RANK)
+    batch = {k: v[mine] for k, v in fixed_batch(n).items()}
+    mask = {k: v[mine] for k, v in fixed_present(n, mode).items()}
+    loss, grads = step(model, core, objective, batch, mask, parts=2 if mode == "accum" else 1)
     torch.save({"loss": distributed.all_reduce_mean(loss), "grads": grads}, out_dir / f"rank{env.rank}.pt")
     distributed.shutdown(env)
 

@@ -15,13 +15,14 @@ from tests.integration.dist_harness import PER_RANK, reference
 HARNESS = str(Path(__file__).with_name("dist_harness.py"))
 
 
-@pytest.mark.parametrize("mode", ["local", "global", "accum"])
+@pytest.mark.parametrize("mode", ["local", "global", "accum", "masked"])
 def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path, mode):
-    """2 ranks x B rows (local loss, full gathered matrix, or 2 accumulated halves per rank) give
-    the loss and the gradients of one process on the 2B rows."""
+    """2 ranks x B rows (local loss, full gathered matrix, 2 accumulated halves per rank, or rows
+    lacking a modality, all of them on one rank) give the loss and the gradients of one process
+    on the 2B rows, and nothing hangs."""
     result = run_command(torchrun(2, [HARNESS, mode, str(tmp_path)]), tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    expected_loss, expected = reference(2 * PER_RANK)
+    expected_loss, expected = reference(2 * PER_RANK, mode)
     for rank in (0, 1):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert abs(got["loss"].item() - expected_loss.item()) <= 1e-5

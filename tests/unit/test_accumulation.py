@@ -19,7 +19,7 @@ def test_feature_cache_accumulation_equals_one_big_batch(small_demo, tmp_path):
     data = batches(trainer._loader, trainer.stream)
     micro = [next(data), next(data)]
     inputs = [trainer._inputs(b) for b in micro]
-    present = trainer._present(micro)
+    present = [trainer._present(b) for b in micro]
 
     trainer.model.zero_grad()
     accumulated_loss = forward_backward(trainer.model, trainer.core, trainer.objective, inputs, present,
@@ -28,7 +28,8 @@ def test_feature_cache_accumulation_equals_one_big_batch(small_demo, tmp_path):
 
     trainer.model.zero_grad()
     joined = {m: torch.cat([x[m] for x in inputs]) for m in inputs[0]}
-    single_loss = trainer.objective(trainer.model, trainer.model(joined), present)["total"]
+    joined_present = {m: torch.cat([p[m] for p in present]) for m in present[0]}
+    single_loss = trainer.objective(trainer.model, trainer.model(joined, joined_present), joined_present)["total"]
     single_loss.backward()
     single = grads(trainer.model)
 

@@ -39,6 +39,8 @@ def test_gather_hook_scores_local_rows_against_all_columns():
     local = slice(2, 4)
 
     def gather(x):
+        if x.ndim == 1:  # the validity mask: every row valid on the fake other ranks
+            return torch.ones(6, dtype=x.dtype), 2
         full = a_all if x.data_ptr() == a_all[local].data_ptr() else b_all
         return full, 2
 
@@ -48,3 +50,20 @@ def test_gather_hook_scores_local_rows_against_all_columns():
     expected = (F.cross_entropy(logits[local], labels[local])
                 + F.cross_entropy(logits.T[local], labels[local])) / 2
     assert torch.allclose(local_loss, expected, atol=1e-10)
+
+
+def test_rows_without_a_partner_are_neither_scored_nor_negatives():
+    torch.manual_seed(2)
+    a = F.normalize(torch.randn(8, 5, dtype=torch.float64), dim=-1)
+    b = F.normalize(torch.randn(8, 5, dtype=torch.float64), dim=-1)
+    valid = torch.tensor([1, 0, 1, 1, 0, 1, 1, 0], dtype=torch.bool)
+    scale = torch.tensor(7.0, dtype=torch.float64)
+    masked = clip_loss(a, b, scale, valid=valid)
+    assert torch.allclose(masked, naive_clip_loss(a[valid], b[valid], scale), atol=1e-10)
+
+
+def test_no_valid_row_gives_an_exact_zero_that_keeps_the_graph():
+    a = torch.randn(4, 3, requires_grad=True)
+    loss = clip_loss(a, torch.randn(4, 3), torch.tensor(10.0), valid=torch.zeros(4, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(a.grad, torch.zeros(4, 3))

@@ -21,7 +21,8 @@ def test_vit_and_text_towers_embed_to_embed_dim():
     model = build_model(24, {"image": ViTConfig(**VIT), "text": TextTransformerConfig(context_length=8, width=32, heads=2, layers=1)},
                         ["image_text"], math.log(1 / 0.07), 100.0)
     tokens = build_tokenizer(model.towers["text"].config)(["a red circle", "a blue square"])
-    out = model({"image": torch.randn(2, 3, 32, 32), "text": tokens})
+    everything = {"image": torch.ones(2, dtype=torch.bool), "text": torch.ones(2, dtype=torch.bool)}
+    out = model({"image": torch.randn(2, 3, 32, 32), "text": tokens}, everything)
     assert out["image"].shape == (2, 24) and out["text"].shape == (2, 24)
     assert torch.allclose(out["image"].norm(dim=-1), torch.ones(2), atol=1e-5)
     assert model.logit_scale("image_text").item() == pytest.approx(1 / 0.07, rel=1e-4)

@@ -1,0 +1,147 @@
+"""Audio towers: waveform -> log-mel (on the device) -> backbone -> projection to embed_dim.
+
+``ast``: a timm VisionTransformer with one input channel over the non-square mel x time patch grid
+(AST / ImageBind style), with optionally overlapping patches. ``cnn``: a small CNN (PANNs-style
+conv blocks, mean over frequency, mean + max over time).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import ClassVar, List, Optional
+
+import torch
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from clipkit.models.towers.audio_frontend import LogMelFrontend
+from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, load_weights
+
+
+@dataclass
+class AudioTowerConfig(TowerConfig):
+    MODALITY: ClassVar[str] = "audio"
+
+    sample_rate: int = 16000
+    clip_seconds: float = 10.0  # every clip is cropped or padded to this length
+    n_fft: int = 400
+    hop_length: int = 160
+    n_mels: int = 128
+    f_min: float = 0.0
+    f_max: Optional[float] = None  # None: sample_rate / 2
+    log_offset: float = 1e-6
+    norm: str = "instance"  # instance (per clip) | fixed (norm_mean / norm_std)
+    norm_mean: float = 0.0
+    norm_std: float = 1.0
+    freq_mask: int = 0  # SpecAugment, training only: widest frequency mask in mel bins (0: off)
+    time_mask: int = 0  # widest time mask in frames (0: off)
+    num_masks: int = 2
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.sample_rate * self.clip_seconds))
+
+    def frontend(self) -> LogMelFrontend:
+        return LogMelFrontend(self.sample_rate, self.n_fft, self.hop_length, self.n_mels, self.f_min,
+                              self.f_max, self.log_offset, self.norm, self.norm_mean, self.norm_std,
+                              self.freq_mask, self.time_mask, self.num_masks)
+
+
+@dataclass
+class SpectrogramTransformerConfig(AudioTowerConfig):
+    name: str = "ast"
+    patch_size: int = 16
+    patch_stride: int = 16  # < patch_size: overlapping patches, as AST (16 / 10)
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    pool: str = "token"  # token | avg
+    drop_path: float = 0.0
+
+
+@dataclass
+class AudioCNNConfig(AudioTowerConfig):
+    name: str = "cnn"
+    channels: List[int] = field(default_factory=lambda: [32, 64, 128, 256])
+
+
+class StridedPatchEmbed(PatchEmbed):
+    """timm's PatchEmbed with a stride of its own, so patches may overlap."""
+
+    def __init__(self, *args, stride: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.proj = nn.Conv2d(self.proj.in_channels, self.proj.out_channels, self.patch_size, stride=stride)
+        self.grid_size = tuple((s - p) // stride + 1 for s, p in zip(self.img_size, self.patch_size))
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+
+
+class AudioEncoder(nn.Module):
+    """Front end, backbone (pooled features of size ``width``) and a linear projection."""
+
+    def __init__(self, frontend: LogMelFrontend, backbone: nn.Module, width: int, embed_dim: int) -> None:
+        super().__init__()
+        self.frontend = frontend
+        self.backbone = backbone
+        self.proj = nn.Linear(width, embed_dim, bias=False)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.backbone(self.frontend(wave)))
+
+    def lock(self) -> None:
+        for param in self.parameters():
+            param.requires_grad = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+
+
+class AudioCNN(nn.Module):
+    def __init__(self, channels: List[int]) -> None:
+        super().__init__()
+        blocks, previous = [], 1
+        for width in channels:
+            blocks.append(nn.Sequential(
+                nn.Conv2d(previous, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.AvgPool2d(2)))
+            previous = width
+        self.blocks = nn.ModuleList(blocks)
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        x = spec
+        for block in self.blocks:
+            x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and self.training else block(x)
+        x = x.mean(dim=2)  # over frequency
+        return x.mean(dim=-1) + x.amax(dim=-1)  # over time
+
+
+def _finish(encoder: AudioEncoder, cfg: AudioTowerConfig) -> Tower:
+    if cfg.weights:
+        load_weights(encoder, cfg.weights)
+    if cfg.lock:
+        encoder.lock()
+    encoder.set_grad_checkpointing(cfg.grad_checkpointing)
+    return Tower(cfg.MODALITY, encoder, cfg)
+
+
+@TOWERS.register("ast", SpectrogramTransformerConfig)
+def build_spectrogram_transformer(cfg: SpectrogramTransformerConfig, embed_dim: int) -> Tower:
+    frontend = cfg.frontend()
+    grid = (cfg.n_mels, frontend.frames(cfg.clip_samples))
+    backbone = VisionTransformer(
+        img_size=grid, patch_size=cfg.patch_size, in_chans=1, num_classes=0, global_pool=cfg.pool,
+        embed_dim=cfg.width, depth=cfg.layers, num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
+        drop_path_rate=cfg.drop_path, embed_layer=partial(StridedPatchEmbed, stride=cfg.patch_stride))
+    return _finish(AudioEncoder(frontend, backbone, cfg.width, embed_dim), cfg)
+
+
+@TOWERS.register("cnn", AudioCNNConfig)
+def build_audio_cnn(cfg: AudioCNNConfig, embed_dim: int) -> Tower:
+    return _finish(AudioEncoder(cfg.frontend(), AudioCNN(cfg.channels), cfg.channels[-1], embed_dim), cfg)
