@@ -11,11 +11,12 @@ import pytest
 
 from clipkit.data.demo import DemoSpec, write_demo
 
-SMALL_DEMO = DemoSpec(train_samples=1200, train_per_shard=150, zeroshot_per_class=4, retrieval_images=60,
+SMALL_DEMO = DemoSpec(image_text_samples=1200, audio_text_samples=360, trimodal_samples=240,
+                      zeroshot_per_class=4, retrieval_images=60, sounds_per_class=6, retrieval_sounds=40,
                       eval_per_shard=40)
-SMALL_SHARDS = "train/demo-{000000..000007}.tar"
+SMALL_DEMO_SAMPLES = 1200 + 360 + 240
 
-# A model small enough for a few seconds of CPU training.
+# Image and text towers small enough for a few seconds of CPU training (model=tiny's towers).
 TINY_MODEL = [
     "model.embed_dim=32",
     "model.towers.image.width=32", "model.towers.image.layers=1", "model.towers.image.head_width=16",
@@ -23,6 +24,8 @@ TINY_MODEL = [
     "model.towers.text.width=32", "model.towers.text.layers=1", "model.towers.text.heads=2",
     "model.towers.text.context_length=16",
 ]
+# ... and the audio tower of the demo's tri-modal model.
+TINY_AUDIO = ["model.towers.audio.channels=[8,16]", "model.towers.audio.n_mels=32"]
 
 
 @pytest.fixture(scope="session")
@@ -31,9 +34,9 @@ def small_demo(tmp_path_factory) -> Path:
 
 
 def demo_overrides(root: Path) -> List[str]:
-    return [f"data.demo_root={root}", f'data.train.shards="{root}/{SMALL_SHARDS}"',
-            f"data.train.num_samples={SMALL_DEMO.train_samples}", "data.batch_size=16",
-            "data.workers=1", "sched.warmup_steps=2", *TINY_MODEL]
+    """The demo experiment (image, text and audio) on the small demo set, with tiny towers."""
+    return [f"data.demo_root={root}", f"data.train.num_samples={SMALL_DEMO_SAMPLES}", "data.batch_size=16",
+            "data.workers=1", "sched.warmup_steps=2", *TINY_MODEL, *TINY_AUDIO]
 
 
 def run_cli(program: str, args: List[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -63,7 +63,7 @@ def evaluate_checkpoint(checkpoint: str, overrides: List[str], out: Optional[str
     try:
         bundle = build_bundle(checked, env.device)
         ckpt.load_model_weights(bundle.model, folder)
-        evaluator = Evaluator(checked.cfg.eval, bundle.eval_image_transform, bundle.tokenizer, env.device,
+        evaluator = Evaluator(checked.cfg.eval, bundle.eval_loaders(), bundle.tokenizer, env.device,
                               autocast_factory(checked.cfg.trainer.precision, env.device), env)
         if not evaluator.sets:
             raise ConfigError("eval.datasets", "no eval sets configured")

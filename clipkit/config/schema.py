@@ -134,8 +134,11 @@ class LoggerConfig:
 class EvalDatasetConfig:
     root: str = MISSING
     task: str = "zeroshot_classification"  # zeroshot_classification | retrieval
-    modality: str = "image"
+    modality: str = "image"  # what the samples are: image | audio
     split: str = "test"
+    # retrieval only: what the items are matched with: text (the captions) or the other
+    # modality the samples carry (image <-> audio retrieval)
+    against: str = "text"
 
 
 @dataclass

@@ -38,6 +38,16 @@ def decode_caption(ext: str, data: bytes, caption_field: str) -> str:
     return text.strip()
 
 
+class ImageLoader:
+    """bytes -> preprocessed image tensor."""
+
+    def __init__(self, transform: Callable) -> None:
+        self.transform = transform
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        return self.transform(decode_image(data))
+
+
 class SampleDecoder:
     """Decodes the modalities a model uses; absent ones are simply not in the output."""
 

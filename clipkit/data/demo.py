@@ -3,11 +3,16 @@
 Scenes of one or two coloured shapes at sizes and positions, with compositional captions ("a red
 circle to the left of a small blue square") in varied phrasings, so that matching an image to its
 caption needs colour, shape, size and layout, and retrieval among similar scenes is not trivial.
+Sounds with captions of their timbre, pitch, rhythm, loudness and contour ("three short high
+beeps"). Tri-modal samples tie a one-shape scene to a sound: the shape sets the timbre (circle:
+beep, square: buzz, triangle: rasp, cross: hiss) and the size the pitch (small: high, large: low).
 
 Layout under ROOT (generated atomically: a temporary folder renamed into place when complete):
-- ``train/demo-NNNNNN.tar`` + ``sizes.json``: png + txt pairs for training;
-- ``eval/shapes``: zero-shot classification of "<colour> <shape>" in CLIP_benchmark's layout;
-- ``eval/scenes``: image<->text retrieval, several captions per image, CLIP_benchmark's layout.
+- ``train/image_text``, ``train/audio_text``, ``train/trimodal``: shards (png / flac / png + flac,
+  with txt) and sizes.json, SHARDS[source] shards each whatever the sample counts;
+- ``eval/shapes`` (image zero-shot, "<colour> <shape>"), ``eval/scenes`` (image<->text retrieval),
+  ``eval/sounds`` (audio zero-shot, "<pitch> <timbre>"), ``eval/sound_captions`` (audio<->text
+  retrieval), ``eval/scene_sounds`` (image<->audio retrieval), all in CLIP_benchmark's layout.
 """
 from __future__ import annotations
 
@@ -21,9 +26,11 @@ from typing import Dict, Iterator, List, Tuple
 
 from PIL import Image, ImageDraw
 
+from clipkit.data.demo_audio import PITCHES, TIMBRES, Sound, encode_flac, random_sound, render
 from clipkit.data.write import fsync_tree, numbered, write_eval_set, write_shards
 
-VERSION = 1  # bump when the generated content changes; the folder name carries it
+VERSION = 2  # bump when the generated content changes; the folder name carries it
+SHARDS = {"image_text": 16, "audio_text": 6, "trimodal": 4}  # conf/data/demo.yaml names these
 COLOURS: Dict[str, Tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 225),
     "yellow": (235, 215, 40), "purple": (150, 60, 195), "orange": (245, 140, 30),
@@ -55,10 +62,13 @@ class Shape:
 @dataclass(frozen=True)
 class DemoSpec:
     image_size: int = 64
-    train_samples: int = 24000
-    train_per_shard: int = 1000
+    image_text_samples: int = 16000
+    audio_text_samples: int = 6400
+    trimodal_samples: int = 4000
     zeroshot_per_class: int = 20
     retrieval_images: int = 400
+    sounds_per_class: int = 25
+    retrieval_sounds: int = 300
     eval_per_shard: int = 1000
     seed: int = 0
 
@@ -127,10 +137,10 @@ def _pair_captions(shapes: List[Shape], axis: str) -> List[str]:
             f"{first.phrase(False)} and {second.phrase(False)}"]
 
 
-def _train_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
+def _image_text_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
     rng = random.Random(f"{spec.seed}/train")
     full = (0, 0, spec.image_size, spec.image_size)
-    for _ in range(spec.train_samples):
+    for _ in range(spec.image_text_samples):
         if rng.random() < 0.5:
             shapes = [_random_shape(rng, spec.image_size, full)]
             caption = rng.choice(_single_captions(shapes[0]))
@@ -170,6 +180,69 @@ def _png_to_webp(samples: Iterator[Dict[str, object]]) -> Iterator[Dict[str, obj
         yield {**sample, "webp": buffer.getvalue()}
 
 
+TIMBRE_OF_SHAPE = dict(zip(SHAPES, TIMBRES))
+PITCH_OF_SIZE = {"small": "high", "large": "low"}
+
+
+def _scene_with_sound(rng: random.Random, spec: DemoSpec) -> Tuple[Shape, Sound]:
+    shape = _random_shape(rng, spec.image_size, (0, 0, spec.image_size, spec.image_size))
+    sound = random_sound(rng, TIMBRE_OF_SHAPE[shape.kind], PITCH_OF_SIZE[shape.size])
+    return shape, sound
+
+
+def _audio_text_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
+    rng = random.Random(f"{spec.seed}/audio_text")
+    for _ in range(spec.audio_text_samples):
+        sound = random_sound(rng)
+        yield {"flac": encode_flac(render(sound, rng)), "txt": rng.choice(sound.captions())}
+
+
+def _trimodal_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
+    rng = random.Random(f"{spec.seed}/trimodal")
+    for _ in range(spec.trimodal_samples):
+        shape, sound = _scene_with_sound(rng, spec)
+        caption = f"{rng.choice(_single_captions(shape))} with {rng.choice(sound.captions())}"
+        yield {"png": _render(rng, [shape], spec.image_size), "flac": encode_flac(render(sound, rng)),
+               "txt": caption}
+
+
+def sound_classnames() -> List[str]:
+    return [f"{pitch} {timbre}" for pitch in PITCHES for timbre in TIMBRES]
+
+
+SOUND_TEMPLATES = ("a {c}.", "the sound of a {c}.", "a recording of a {c}.", "a short {c}.",
+                   "a long {c}.", "a loud {c}.", "a quiet {c}.")
+
+
+def _sound_zeroshot_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
+    rng = random.Random(f"{spec.seed}/sounds")
+    for label, name in enumerate(sound_classnames()):
+        pitch, timbre = name.split()
+        for _ in range(spec.sounds_per_class):
+            yield {"flac": encode_flac(render(random_sound(rng, timbre, pitch), rng)), "cls": label}
+
+
+def _sound_retrieval_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
+    rng = random.Random(f"{spec.seed}/sound_captions")
+    for _ in range(spec.retrieval_sounds):
+        sound = random_sound(rng)
+        yield {"flac": encode_flac(render(sound, rng)), "txt": "\n".join(sound.captions())}
+
+
+def _scene_sound_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
+    rng = random.Random(f"{spec.seed}/scene_sounds")
+    for _ in range(spec.retrieval_sounds):
+        shape, sound = _scene_with_sound(rng, spec)
+        yield {"webp": _render(rng, [shape], spec.image_size), "flac": encode_flac(render(sound, rng))}
+
+
+def _write_source(samples: Iterator[Dict[str, object]], count: int, out_dir: Path, source: str) -> None:
+    per_shard = -(-count // SHARDS[source])
+    written = write_shards(numbered(source, samples), out_dir, "demo", per_shard)
+    if len(written) != SHARDS[source]:
+        raise ValueError(f"{count} {source} samples do not fill {SHARDS[source]} shards")
+
+
 def write_demo(root: Path, spec: DemoSpec = DemoSpec()) -> Path:
     """Write the demo set under ``root`` unless it is already complete there; return ``root``."""
     root = Path(root).expanduser()
@@ -178,11 +251,21 @@ def write_demo(root: Path, spec: DemoSpec = DemoSpec()) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
-        write_shards(numbered("train", _train_samples(spec)), staging / "train", "demo", spec.train_per_shard)
-        write_eval_set(staging / "eval" / "shapes", _png_to_webp(numbered("zs", _zeroshot_samples(spec))),
-                       per_shard=spec.eval_per_shard, classnames=zeroshot_classnames(), templates=TEMPLATES)
-        write_eval_set(staging / "eval" / "scenes", _png_to_webp(numbered("rt", _retrieval_samples(spec))),
-                       per_shard=spec.eval_per_shard, dataset_type="retrieval")
+        train = staging / "train"
+        _write_source(_image_text_samples(spec), spec.image_text_samples, train / "image_text", "image_text")
+        _write_source(_audio_text_samples(spec), spec.audio_text_samples, train / "audio_text", "audio_text")
+        _write_source(_trimodal_samples(spec), spec.trimodal_samples, train / "trimodal", "trimodal")
+        evals, per_shard = staging / "eval", spec.eval_per_shard
+        write_eval_set(evals / "shapes", _png_to_webp(numbered("zs", _zeroshot_samples(spec))),
+                       per_shard=per_shard, classnames=zeroshot_classnames(), templates=TEMPLATES)
+        write_eval_set(evals / "scenes", _png_to_webp(numbered("rt", _retrieval_samples(spec))),
+                       per_shard=per_shard, dataset_type="retrieval")
+        write_eval_set(evals / "sounds", numbered("szs", _sound_zeroshot_samples(spec)),
+                       per_shard=per_shard, classnames=sound_classnames(), templates=SOUND_TEMPLATES)
+        write_eval_set(evals / "sound_captions", numbered("srt", _sound_retrieval_samples(spec)),
+                       per_shard=per_shard, dataset_type="retrieval")
+        write_eval_set(evals / "scene_sounds", _png_to_webp(numbered("iat", _scene_sound_samples(spec))),
+                       per_shard=per_shard, dataset_type="retrieval")
         (staging / "COMPLETE").write_text(f"clipkit demo v{VERSION} {spec}\n")
         fsync_tree(staging)
         if root.exists() and not (root / "COMPLETE").is_file():  # an incomplete earlier attempt

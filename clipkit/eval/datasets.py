@@ -2,27 +2,27 @@
 
 ROOT/<split>/nshards.txt, ROOT/<split>/{0..N-1}.tar, ROOT/classnames.txt,
 ROOT/zeroshot_classification_templates.txt (``{c}`` placeholder), ROOT/dataset_type.txt.
-Samples: an image member (webp|png|jpg|jpeg) and ``cls`` (int) or ``txt`` (captions, one per line).
+Samples: an image member (webp|png|jpg|jpeg) and/or an audio member (flac|wav|mp3|ogg), and
+``cls`` (int) or ``txt`` (captions, one per line). Image <-> audio retrieval pairs the two members.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clipkit.config.schema import EvalDatasetConfig
-from clipkit.data.decode import decode_image
 from clipkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 TASKS = ("zeroshot_classification", "retrieval")
-IMAGE_KEYS = ("webp", "png", "jpg", "jpeg")
+MEMBERS = {"image": ("webp", "png", "jpg", "jpeg"), "audio": ("flac", "wav", "mp3", "ogg")}
 
 
 @dataclass
@@ -31,6 +31,7 @@ class EvalSet:
     task: str
     modality: str
     shards: List[str]
+    against: str = "text"
     classnames: Optional[List[str]] = None
     templates: Optional[List[str]] = None
 
@@ -44,8 +45,12 @@ def open_eval_set(name: str, cfg: EvalDatasetConfig) -> EvalSet:
     root = Path(cfg.root).expanduser()
     if cfg.task not in TASKS:
         raise ConfigError(f"{key}.task", f"unknown task '{cfg.task}'; use one of {', '.join(TASKS)}")
-    if cfg.modality != "image":
-        raise ConfigError(f"{key}.modality", f"unsupported modality '{cfg.modality}' (supported: image)")
+    if cfg.modality not in MEMBERS:
+        raise ConfigError(f"{key}.modality", f"unsupported modality '{cfg.modality}' (supported: image, audio)")
+    partners = ("text",) if cfg.task == "zeroshot_classification" else ("text", *MEMBERS)
+    if cfg.against not in partners or cfg.against == cfg.modality:
+        raise ConfigError(f"{key}.against", f"'{cfg.against}' cannot be matched with {cfg.modality} "
+                                            f"in {cfg.task}")
     nshards_file = root / cfg.split / "nshards.txt"
     if not nshards_file.is_file():
         raise ConfigError(f"{key}.root", f"not a CLIP_benchmark webdataset: {nshards_file} is missing")
@@ -57,7 +62,7 @@ def open_eval_set(name: str, cfg: EvalDatasetConfig) -> EvalSet:
     missing = [s for s in shards if not Path(s).is_file()]
     if missing:
         raise ConfigError(f"{key}.root", f"shard not found: {missing[0]}")
-    eval_set = EvalSet(name, cfg.task, cfg.modality, shards)
+    eval_set = EvalSet(name, cfg.task, cfg.modality, shards, cfg.against)
     if cfg.task == "zeroshot_classification":
         for attr, file in (("classnames", "classnames.txt"),
                            ("templates", "zeroshot_classification_templates.txt")):
@@ -71,45 +76,58 @@ def open_eval_set(name: str, cfg: EvalDatasetConfig) -> EvalSet:
     return eval_set
 
 
-Target = Union[int, List[str]]
+Target = Union[int, List[str], torch.Tensor]
+Loader = Callable[[bytes], torch.Tensor]  # a sample member's bytes -> model input
+
+
+def _member(sample: dict, modality: str) -> bytes:
+    key = next((k for k in MEMBERS[modality] if k in sample), None)
+    if key is None:
+        raise ValueError(f"no {modality} member (one of {', '.join(MEMBERS[modality])})")
+    return sample[key]
 
 
 class _EvalStream(IterableDataset):
-    """(image tensor, class index or caption list) per sample; corrupt samples are skipped."""
+    """(item input, target) per sample, the target being a class index, the caption list or the
+    partner modality's input; corrupt samples are skipped with a warning."""
 
-    def __init__(self, shards: List[str], eval_set: EvalSet, transform: Callable) -> None:
+    def __init__(self, shards: List[str], eval_set: EvalSet, loaders: Dict[str, Loader]) -> None:
         super().__init__()
         self.shards = shards
         self.eval_set = eval_set
-        self.transform = transform
+        self.loaders = loaders
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, Target]]:
         info = get_worker_info()
         shards = self.shards[info.id::info.num_workers] if info else self.shards
         for sample in wds.tarfile_to_samples(handler=wds.warn_and_continue)({"url": u} for u in shards):
             try:
-                image_key = next(k for k in IMAGE_KEYS if k in sample)
-                image = self.transform(decode_image(sample[image_key]))
-                if self.eval_set.task == "retrieval":
-                    target: Target = [c.strip() for c in sample["txt"].decode("utf-8").splitlines() if c.strip()]
+                item = self.loaders[self.eval_set.modality](_member(sample, self.eval_set.modality))
+                if self.eval_set.task == "zeroshot_classification":
+                    target: Target = int(sample["cls"].decode("utf-8").strip())
+                elif self.eval_set.against == "text":
+                    target = [c.strip() for c in sample["txt"].decode("utf-8").splitlines() if c.strip()]
                     if not target:
                         raise ValueError("no captions")
                 else:
-                    target = int(sample["cls"].decode("utf-8").strip())
+                    target = self.loaders[self.eval_set.against](_member(sample, self.eval_set.against))
             except Exception as exc:  # skip the one bad sample, as in training
                 log.warning("eval set %s: skipping sample %s: %s", self.eval_set.name,
                             sample.get("__key__"), exc)
                 continue
-            yield image, target
+            yield item, target
 
 
-def _collate(rows: List[Tuple[torch.Tensor, Target]]) -> Tuple[torch.Tensor, List[Target]]:
-    return torch.stack([r[0] for r in rows]), [r[1] for r in rows]
+def _collate(rows: List[Tuple[torch.Tensor, Target]]) -> Tuple[torch.Tensor, Union[List[Target], torch.Tensor]]:
+    targets = [r[1] for r in rows]
+    if targets and isinstance(targets[0], torch.Tensor):
+        return torch.stack([r[0] for r in rows]), torch.stack(targets)
+    return torch.stack([r[0] for r in rows]), targets
 
 
-def eval_loader(eval_set: EvalSet, transform: Callable, batch_size: int, workers: int,
+def eval_loader(eval_set: EvalSet, loaders: Dict[str, Loader], batch_size: int, workers: int,
                 rank: int = 0, world_size: int = 1) -> DataLoader:
     """This process's share of the eval shards (every world_size-th from its rank)."""
     shards = eval_set.shards[rank::world_size]
-    return DataLoader(_EvalStream(shards, eval_set, transform), batch_size=batch_size,
+    return DataLoader(_EvalStream(shards, eval_set, loaders), batch_size=batch_size,
                       num_workers=min(workers, len(shards)), collate_fn=_collate)

@@ -1,7 +1,8 @@
-"""Retrieval recall@k between items (images) and their captions, named as CLIP_benchmark names them.
+"""Retrieval recall@k between items and their queries, named as CLIP_benchmark names them.
 
-``image_retrieval_recall@k``: for each caption, its item is among the k most similar items.
-``text_retrieval_recall@k``: for each item, one of its captions is among the k most similar captions.
+With images and captions: ``image_retrieval_recall@k``: for each caption, its image is among the k
+most similar images; ``text_retrieval_recall@k``: for each image, one of its captions is among the
+k most similar captions. Other modalities are named the same way (``audio_retrieval_recall@k``).
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 
 
 def retrieval_metrics(items: torch.Tensor, texts: torch.Tensor, text_to_item: torch.Tensor,
-                      item_name: str = "image", ks: Sequence[int] = (1, 5, 10)) -> Dict[str, float]:
+                      item_name: str = "image", text_name: str = "text",
+                      ks: Sequence[int] = (1, 5, 10)) -> Dict[str, float]:
     scores = texts.float() @ items.float().T  # captions x items
     metrics: Dict[str, float] = {}
     # caption -> item: rank of the true item among all items
@@ -25,5 +27,5 @@ def retrieval_metrics(items: torch.Tensor, texts: torch.Tensor, text_to_item: to
     for k in ks:
         metrics[f"{item_name}_retrieval_recall@{k}"] = (item_rank < k).double().mean().item()
     for k in ks:
-        metrics[f"text_retrieval_recall@{k}"] = (text_rank < k).double().mean().item()
+        metrics[f"{text_name}_retrieval_recall@{k}"] = (text_rank < k).double().mean().item()
     return metrics

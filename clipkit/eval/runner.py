@@ -11,7 +11,8 @@ import torch
 
 from clipkit import distributed as dist_utils
 from clipkit.config.schema import EvalConfig
-from clipkit.eval.datasets import EvalSet, eval_loader, open_eval_set
+from clipkit.errors import ConfigError
+from clipkit.eval.datasets import EvalSet, Loader, eval_loader, open_eval_set
 from clipkit.eval.retrieval import retrieval_metrics
 from clipkit.eval.zeroshot import classification_metrics, zero_shot_classifier
 from clipkit.models.multimodal import MultiModalModel
@@ -22,16 +23,22 @@ Metrics = Dict[str, float]
 
 
 class Evaluator:
-    def __init__(self, cfg: EvalConfig, image_transform: Callable, tokenizer: Callable,
+    def __init__(self, cfg: EvalConfig, loaders: Dict[str, Loader], tokenizer: Optional[Callable],
                  device: torch.device, autocast: Callable,
                  env: dist_utils.DistEnv = dist_utils.DistEnv()) -> None:
+        """``loaders``: per modality the model encodes, bytes -> eval input (text goes through
+        ``tokenizer``)."""
         self.cfg = cfg
         self.env = env
-        self.image_transform = image_transform
+        self.loaders = loaders
         self.tokenizer = tokenizer
         self.device = device
         self.autocast = autocast
         self.sets: List[EvalSet] = [open_eval_set(name, c) for name, c in cfg.datasets.items()]
+        for eval_set in self.sets:
+            for key, modality in (("modality", eval_set.modality), ("against", eval_set.against)):
+                if (modality == "text" and tokenizer is None) or (modality != "text" and modality not in loaders):
+                    raise ConfigError(f"eval.datasets.{eval_set.name}.{key}", f"the model has no {modality} tower")
 
     @torch.no_grad()
     def run(self, model: MultiModalModel, step: int, out_dir: Optional[Path]) -> Dict[str, Metrics]:
@@ -63,7 +70,7 @@ class Evaluator:
             return model.encode(modality, inputs.to(self.device)).float()
 
     def _loader(self, eval_set: EvalSet):
-        return eval_loader(eval_set, self.image_transform, self.cfg.batch_size, self.cfg.workers,
+        return eval_loader(eval_set, self.loaders, self.cfg.batch_size, self.cfg.workers,
                            self.env.rank, self.env.world_size)
 
     def _gather(self, rows: torch.Tensor) -> torch.Tensor:
@@ -82,6 +89,8 @@ class Evaluator:
         return {**classification_metrics(all_logits, all_labels), "num_samples": len(all_labels)}
 
     def _retrieval(self, model: MultiModalModel, eval_set: EvalSet) -> Metrics:
+        if eval_set.against != "text":
+            return self._paired_retrieval(model, eval_set)
         items = [torch.zeros(0, model.embed_dim, device=self.device)]
         texts: List[str] = []
         text_to_item: List[int] = []
@@ -103,4 +112,16 @@ class Evaluator:
         mapping = self._gather(torch.tensor([offset + i for i in text_to_item], dtype=torch.long,
                                             device=self.device))
         metrics = retrieval_metrics(all_items, all_texts, mapping, item_name=eval_set.modality)
+        return {**metrics, "num_samples": len(all_items)}
+
+    def _paired_retrieval(self, model: MultiModalModel, eval_set: EvalSet) -> Metrics:
+        """Each sample's two members match one to one (e.g. an image and its sound)."""
+        items = [torch.zeros(0, model.embed_dim, device=self.device)]
+        partners = [torch.zeros(0, model.embed_dim, device=self.device)]
+        for inputs, partner_inputs in self._loader(eval_set):
+            items.append(self._encode(model, eval_set.modality, inputs))
+            partners.append(self._encode(model, eval_set.against, partner_inputs))
+        all_items, all_partners = self._gather(torch.cat(items)), self._gather(torch.cat(partners))
+        metrics = retrieval_metrics(all_items, all_partners, torch.arange(len(all_items)),
+                                    item_name=eval_set.modality, text_name=eval_set.against)
         return {**metrics, "num_samples": len(all_items)}

@@ -8,6 +8,7 @@ import torch
 
 from clipkit.config.validate import CheckedConfig
 from clipkit.data.audio import AudioLoader
+from clipkit.data.decode import ImageLoader
 from clipkit.data.transforms import build_image_transform
 from clipkit.models.multimodal import MultiModalModel, build_model
 from clipkit.models.towers.text import build_tokenizer
@@ -25,6 +26,15 @@ class ModelBundle:
     eval_audio_loader: Optional[Callable]
     input_shapes: Dict[str, Tuple[int, ...]]  # one sample's input, per modality
     input_dtypes: Dict[str, torch.dtype]
+
+    def eval_loaders(self) -> Dict[str, Callable[[bytes], torch.Tensor]]:
+        """Per modality the model encodes (text aside): a sample member's bytes -> eval input."""
+        loaders: Dict[str, Callable[[bytes], torch.Tensor]] = {}
+        if self.eval_image_transform is not None:
+            loaders["image"] = ImageLoader(self.eval_image_transform)
+        if self.eval_audio_loader is not None:
+            loaders["audio"] = self.eval_audio_loader
+        return loaders
 
     def empty_inputs(self, modality: str, rows: int) -> torch.Tensor:
         """Zeros standing in for a modality that no row of a batch carries."""

@@ -31,18 +31,40 @@ def forward_backward(model: nn.Module, core: MultiModalModel, objective: Objecti
             losses = objective(core, model(inputs[0], present[0]), present[0])
         scaler.scale(losses["total"]).backward()
         return losses
+    devices = _cuda_devices(inputs)
+    cached, rng_states = [], []
     with torch.no_grad(), autocast():
-        cached = [model(x, p) for x, p in zip(inputs, present)]
+        for x, p in zip(inputs, present):
+            rng_states.append(_rng_state(devices))
+            cached.append(model(x, p))
     all_present = {m: torch.cat([p[m] for p in present]) for m in present[0]}
     last = len(inputs) - 1
     losses: Dict[str, torch.Tensor] = {}
     for j, (x, p) in enumerate(zip(inputs, present)):
         skip_sync = j < last and hasattr(model, "no_sync")
         with model.no_sync() if skip_sync else contextlib.nullcontext():
-            with autocast():
+            # Replay the random draws of this micro-batch's cached pass (SpecAugment, dropout),
+            # so the re-embedding with gradient equals the cached embedding exactly.
+            with torch.random.fork_rng(devices=devices), autocast():
+                _set_rng_state(rng_states[j], devices)
                 live = model(x, p)
                 merged = {m: torch.cat([live[m] if i == j else cached[i][m] for i in range(len(inputs))])
                           for m in live}
                 losses = objective(core, merged, all_present, scale_grad=j == last)
             scaler.scale(losses["total"]).backward()
     return losses
+
+
+def _cuda_devices(inputs: List[Inputs]) -> List[int]:
+    return sorted({t.device.index for x in inputs for t in x.values() if t.device.type == "cuda"})
+
+
+def _rng_state(devices: List[int]) -> tuple:
+    return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+
+
+def _set_rng_state(state: tuple, devices: List[int]) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    for device, device_state in zip(devices, cuda):
+        torch.cuda.set_rng_state(device_state, device)

@@ -75,7 +75,7 @@ class Trainer:
         self.global_batch = cfg.data.batch_size * cfg.trainer.accum_steps * env.world_size
         self.total_steps = self._total_steps()
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.sched)
-        self.evaluator = Evaluator(cfg.eval, self.bundle.eval_image_transform, self.bundle.tokenizer,
+        self.evaluator = Evaluator(cfg.eval, self.bundle.eval_loaders(), self.bundle.tokenizer,
                                    self.device, self.autocast, env)
         self.decoder = SampleDecoder(cfg.data.keys, self.bundle.train_image_transform, self.bundle.tokenizer,
                                      self.bundle.train_audio_loader)

@@ -19,7 +19,8 @@ def test_default_config_composes_with_contract_keys():
     checked = check_config(compose_config([]))
     cfg = checked.cfg
     assert cfg.name == "demo"
-    assert set(checked.towers) == {"image", "text"}
+    assert set(checked.towers) == {"image", "text", "audio"}
+    assert cfg.model.pairs == ["image_text", "audio_text", "image_audio"]
     assert checked.towers["image"].name == "vit" and checked.towers["image"].image_size == 64
     assert cfg.loss.contrastive.weight == 1.0 and cfg.data.batch_size > 0
     for key in ("max_steps", "epochs", "precision", "ckpt_every_n_steps", "resume"):
@@ -59,7 +60,8 @@ def test_every_tower_field_can_be_overridden_and_presets_switch_towers():
 
 
 def test_pairs_must_name_configured_towers():
-    assert "needs a 'audio' tower" in error_line(["model.pairs=[audio_text]"])
+    assert "needs a 'audio' tower" in error_line(["model=tiny", "eval=demo_image_text", "model.pairs=[audio_text]"])
+    assert "not a pair of model.pairs" in error_line(["+loss.contrastive.pair_weights.audio_image=2"])
 
 
 def test_missing_and_empty_shards_are_clear_errors(tmp_path):

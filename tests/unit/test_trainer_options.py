@@ -6,7 +6,7 @@ import pytest
 from clipkit.cli.prepare import prepare
 from clipkit.config.compose import compose_config
 from clipkit.train.trainer import Trainer
-from tests.conftest import demo_overrides
+from tests.conftest import SMALL_DEMO_SAMPLES, demo_overrides
 
 
 def train(small_demo, tmp_path, *overrides):
@@ -31,7 +31,7 @@ def test_accumulation_counts_the_accumulated_batch(small_demo, tmp_path):
 def test_epochs_with_sizes_json_and_tensorboard(small_demo, tmp_path):
     records = train(small_demo, tmp_path, "trainer.max_steps=null", "trainer.epochs=1",
                     "data.train.num_samples=null", "logger.tensorboard=true")
-    assert records[-1]["step"] == 1200 // 16  # sizes.json: 1200 samples, batch 16
+    assert records[-1]["step"] == SMALL_DEMO_SAMPLES // 16  # from the sources' sizes.json files
     assert any((tmp_path / "tensorboard").iterdir())
 
 
@@ -50,7 +50,7 @@ def test_locked_tower_does_not_change(small_demo, tmp_path):
 def test_resume_skip_applies_to_the_interrupted_epoch_only(small_demo, tmp_path):
     checked, sources = prepare(compose_config([*demo_overrides(small_demo), "trainer.max_steps=3", "eval=none"]))
     trainer = Trainer(checked, sources, tmp_path)
-    trainer.skip = {0: [1000]}  # as restored from a checkpoint: 1000 of 1200 samples already taken
+    trainer.skip = {0: [1000, 0, 0]}  # as restored: 1000 of the 1200 image-text samples taken
     resumed_epoch = sum(1 for b in trainer._loader(0) if b["num_rows"])
     next_epoch = sum(1 for b in trainer._loader(1) if b["num_rows"])
-    assert resumed_epoch == 200 // 16 and next_epoch == 1200 // 16
+    assert resumed_epoch == (SMALL_DEMO_SAMPLES - 1000) // 16 and next_epoch == SMALL_DEMO_SAMPLES // 16

@@ -2,7 +2,9 @@
 
 ``ast``: a timm VisionTransformer with one input channel over the non-square mel x time patch grid
 (AST / ImageBind style), with optionally overlapping patches. ``cnn``: a small CNN (PANNs-style
-conv blocks, mean over frequency, mean + max over time).
+conv blocks, mean over frequency, mean + max over time) with GroupNorm rather than PANNs'
+BatchNorm: an embedding must not depend on which rows share its (masked, accumulated, per-process)
+batch, or the contrastive gradients stop being those of the global batch.
 """
 from __future__ import annotations
 
@@ -104,8 +106,8 @@ class AudioCNN(nn.Module):
         blocks, previous = [], 1
         for width in channels:
             blocks.append(nn.Sequential(
-                nn.Conv2d(previous, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.Conv2d(previous, width, 3, padding=1, bias=False), nn.GroupNorm(min(8, width), width), nn.ReLU(),
+                nn.Conv2d(width, width, 3, padding=1, bias=False), nn.GroupNorm(min(8, width), width), nn.ReLU(),
                 nn.AvgPool2d(2)))
             previous = width
         self.blocks = nn.ModuleList(blocks)
