@@ -1,4 +1,4 @@
-"""``clipkit-data``: write webdataset shards (the demo set, or your own image-caption pairs)."""
+"""``clipkit-data``: write webdataset shards (the demo set, or your own image/sound-caption pairs)."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +16,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="write the built-in demo data set (train shards + eval sets)")
     demo.add_argument("out", type=Path)
-    folder = commands.add_parser("folder", help="shards from a folder of images with same-named .txt captions")
+    folder = commands.add_parser("folder", help="shards from a folder of images or sounds with same-named .txt captions")
     folder.add_argument("src", type=Path)
     folder.add_argument("out", type=Path)
     table = commands.add_parser("table", help="shards from a .csv or .jsonl of (path, caption) rows")
@@ -37,7 +37,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             from clipkit.data.demo import write_demo
 
             root = write_demo(args.out)
-            print(f"demo data in {root}: train/ (shards + sizes.json), eval/shapes, eval/scenes")
+            print(f"demo data in {root}: train/{{image_text,audio_text,trimodal}} (shards + sizes.json), "
+                  "eval/{shapes,scenes,sounds,sound_captions,scene_sounds}")
             return
         from clipkit.data.ingest import folder_pairs, samples_from_pairs, table_pairs
         from clipkit.data.write import write_shards

@@ -91,7 +91,8 @@ def check_config(raw: DictConfig) -> CheckedConfig:
 
     for pair, weight in cfg.loss.contrastive.pair_weights.items():
         if pair not in cfg.model.pairs:
-            raise ConfigError(f"loss.contrastive.pair_weights.{pair}", f"not a pair of model.pairs {cfg.model.pairs}")
+            raise ConfigError(f"loss.contrastive.pair_weights.{pair}", f"not a pair of model.pairs "
+                              f"{cfg.model.pairs}; remove the weight or add the pair")
         _positive(f"loss.contrastive.pair_weights.{pair}", weight, allow_zero=True)
 
     data = cfg.data

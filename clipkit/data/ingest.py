@@ -1,4 +1,5 @@
-"""Shards from a user's files: a folder of media with same-named .txt captions, or a CSV/JSONL table."""
+"""Shards from a user's files: a folder of images or sounds with same-named .txt captions, or a
+CSV/JSONL table of (path, caption) rows. Files are stored as they are, under their extension."""
 from __future__ import annotations
 
 import csv
@@ -8,13 +9,16 @@ from typing import Dict, Iterator, List, Tuple
 
 from clipkit.errors import DataError
 
+from clipkit.data.audio import AUDIO_EXTENSIONS
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + AUDIO_EXTENSIONS
 
 
 def _media_sample(path: Path, caption: str) -> Dict[str, object]:
     ext = path.suffix.lower().lstrip(".")
-    if ext not in IMAGE_EXTENSIONS:
-        raise DataError(f"{path}: unsupported file type '.{ext}' (supported: {', '.join(IMAGE_EXTENSIONS)})")
+    if ext not in MEDIA_EXTENSIONS:
+        raise DataError(f"{path}: unsupported file type '.{ext}' (supported: {', '.join(MEDIA_EXTENSIONS)})")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     return {"__key__": path.stem, ext: path.read_bytes(), "txt": caption}
@@ -27,7 +31,7 @@ def folder_pairs(folder: Path) -> Iterator[Tuple[Path, str]]:
     found = 0
     for path in sorted(folder.rglob("*")):
         caption_file = path.with_suffix(".txt")
-        if path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS and caption_file.is_file():
+        if path.suffix.lower().lstrip(".") in MEDIA_EXTENSIONS and caption_file.is_file():
             found += 1
             yield path, caption_file.read_text(encoding="utf-8").strip()
     if not found:

@@ -55,7 +55,7 @@ def test_tower_fields_are_typed_by_their_registry_entry():
 def test_every_tower_field_can_be_overridden_and_presets_switch_towers():
     checked = check_config(compose_config(["model.towers.text.lock=true", "model.towers.image.weights=/w.pt"]))
     assert checked.towers["text"].lock and checked.towers["image"].weights == "/w.pt"
-    timm = check_config(compose_config(["model=timm_resnet50"])).towers["image"]
+    timm = check_config(compose_config(["experiment=demo_image_text", "model=timm_resnet50"])).towers["image"]
     assert timm.name == "timm" and timm.model_name == "resnet50"
 
 
