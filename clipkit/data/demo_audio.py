@@ -44,10 +44,6 @@ class Sound:
                 f"{article} {self.pitch} {noun}",
                 f"the sound of {article} short {self.pitch} {noun}"]
 
-    def short_caption(self) -> str:
-        """Pitch and timbre only: the zero-shot class."""
-        return f"{self.pitch} {self.timbre}"
-
 
 def random_sound(rng: random.Random, timbre: str = "", pitch: str = "") -> Sound:
     count = rng.choice(COUNTS)
