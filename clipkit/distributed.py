@@ -94,17 +94,53 @@ def shutdown(env: DistEnv) -> None:
         dist.destroy_process_group()
 
 
+def _initialised() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def gather_with_grad(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
     """Every rank's rows concatenated in rank order, differentiable (the backward sums each
     rank's gradient into the rows it contributed), and the offset of this rank's rows.
     Assumes the same number of rows on every rank."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _initialised():
         return x, 0
     return torch.cat(dist_fn.all_gather(x), dim=0), dist.get_rank() * x.shape[0]
 
 
+def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks, differentiable: the backward sums every rank's gradient."""
+    return dist_fn.all_reduce(x, op=dist.ReduceOp.SUM) if _initialised() else x
+
+
+class _RingPass(torch.autograd.Function):
+    """Send to the next rank, receive from the previous one; the gradient goes the other way."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _exchange(x.contiguous(), step=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _exchange(grad.contiguous(), step=-1)
+
+
+def _exchange(x: torch.Tensor, step: int) -> torch.Tensor:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    received = torch.empty_like(x)
+    ops = [dist.P2POp(dist.isend, x, (rank + step) % world),
+           dist.P2POp(dist.irecv, received, (rank - step) % world)]
+    for request in dist.batch_isend_irecv(ops):
+        request.wait()
+    return received
+
+
+def ring_pass_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """The previous rank's ``x`` (same shape on every rank), differentiable; alone: ``x``."""
+    return _RingPass.apply(x) if _initialised() else x
+
+
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _initialised():
         value = value.detach().clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
@@ -117,7 +153,7 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
 
 def all_ranks_agree(flag: bool, device: torch.device) -> bool:
     """True only if ``flag`` is true on every rank (e.g. "I still have a batch")."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _initialised():
         return flag
     value = torch.tensor([1 if flag else 0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
@@ -126,7 +162,7 @@ def all_ranks_agree(flag: bool, device: torch.device) -> bool:
 
 def gather_rows(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Concatenate every rank's rows (counts may differ), on every rank; no gradient."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _initialised():
         return x
     count = torch.tensor([x.shape[0]], device=device)
     counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
@@ -141,7 +177,7 @@ def gather_rows(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def gather_objects(obj: Any) -> List[Any]:
     """Every rank's picklable object, in rank order, on every rank."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _initialised():
         return [obj]
     out: List[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
@@ -150,7 +186,7 @@ def gather_objects(obj: Any) -> List[Any]:
 
 def broadcast_object(obj: Any) -> Any:
     """Rank 0's object, on every rank."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _initialised():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -158,5 +194,5 @@ def broadcast_object(obj: Any) -> Any:
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _initialised():
         dist.barrier()

@@ -16,6 +16,20 @@ from omegaconf import MISSING
 
 # ----------------------------------------------------------------------------------------- model
 @dataclass
+class CaptionHeadConfig:
+    """A CoCa-style multimodal text decoder (open_clip's MultimodalTransformer, as wide as the text
+    tower) that captions a source modality by cross-attending to its tower's token features,
+    pooled to n_queries by attention. No sources: no decoder."""
+
+    sources: List[str] = field(default_factory=list)  # e.g. [image, audio]
+    layers: int = 2
+    heads: int = 8
+    n_queries: int = 64
+    pooler_heads: int = 8
+    mlp_ratio: float = 4.0
+
+
+@dataclass
 class ModelConfig:
     embed_dim: int = 512
     # name -> tower config; each needs a `name:` naming a registry entry (see clipkit.registry).
@@ -24,6 +38,7 @@ class ModelConfig:
     pairs: List[str] = field(default_factory=lambda: ["image_text"])
     init_logit_scale: float = 2.6592600369262695  # log(1 / 0.07), as CLIP
     max_logit_scale: float = 100.0
+    caption: CaptionHeadConfig = field(default_factory=CaptionHeadConfig)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -71,19 +86,69 @@ class DataConfig:
 
 
 # ------------------------------------------------------------------------------------------ loss
+# Every term has a weight; 0 switches it off entirely (not computed, no parameters, not logged).
 @dataclass
-class ContrastiveLossConfig:
-    weight: float = 1.0
-    # Across processes: each scores its own rows against all gathered columns (B x N logits).
-    # false: every process scores the full N x N matrix; same gradients, more memory.
-    local_loss: bool = True
+class PairTermConfig:
+    weight: float = 0.0
     # Relative weight per pair of model.pairs (e.g. {audio_text: 0.5}); pairs not listed weigh 1.
     pair_weights: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
+class ContrastiveLossConfig(PairTermConfig):
+    """Symmetric InfoNCE (CLIP), with a learnable logit scale per pair."""
+
+    weight: float = 1.0
+    # Across processes: each scores its own rows against all gathered columns (B x N logits).
+    # false: every process scores the full N x N matrix; same gradients, more memory.
+    local_loss: bool = True
+
+
+@dataclass
+class SigmoidLossConfig(PairTermConfig):
+    """SigLIP's pairwise sigmoid loss, with a learnable temperature and bias per pair."""
+
+    init_scale: float = 2.302585092994046  # log of the temperature: log 10
+    init_bias: float = -10.0
+
+
+@dataclass
+class UniformityLossConfig(PairTermConfig):
+    """log mean exp(-t |x_i - x_j|^2) of each modality of a pair, averaged over the two."""
+
+    t: float = 2.0
+
+
+@dataclass
+class AlignmentLossConfig(PairTermConfig):
+    """mean |x_i - y_i|^alpha over a pair's partners."""
+
+    alpha: float = 2.0
+
+
+@dataclass
+class CrossUniformityLossConfig(PairTermConfig):
+    """log mean exp(-t |x_i - y_j|^2) over the non-partners of a pair."""
+
+    t: float = 2.0
+
+
+@dataclass
+class CaptionLossConfig:
+    """Next-token cross-entropy of model.caption's decoder (padding ignored), per source."""
+
+    weight: float = 0.0
+    source_weights: Dict[str, float] = field(default_factory=dict)  # e.g. {audio: 0.5}; others 1
+
+
+@dataclass
 class LossConfig:
     contrastive: ContrastiveLossConfig = field(default_factory=ContrastiveLossConfig)
+    sigmoid: SigmoidLossConfig = field(default_factory=SigmoidLossConfig)
+    uniformity: UniformityLossConfig = field(default_factory=UniformityLossConfig)
+    alignment: AlignmentLossConfig = field(default_factory=AlignmentLossConfig)
+    cross_uniformity: CrossUniformityLossConfig = field(default_factory=CrossUniformityLossConfig)
+    caption: CaptionLossConfig = field(default_factory=CaptionLossConfig)
 
 
 # ----------------------------------------------------------------------------------- optim/sched
@@ -133,7 +198,7 @@ class LoggerConfig:
 @dataclass
 class EvalDatasetConfig:
     root: str = MISSING
-    task: str = "zeroshot_classification"  # zeroshot_classification | retrieval
+    task: str = "zeroshot_classification"  # zeroshot_classification | retrieval | captioning
     modality: str = "image"  # what the samples are: image | audio
     split: str = "test"
     # retrieval only: what the items are matched with: text (the captions) or the other
@@ -142,11 +207,30 @@ class EvalDatasetConfig:
 
 
 @dataclass
+class GenerationConfig:
+    """How the captioning task generates (model.caption's decoder)."""
+
+    strategy: str = "beam"  # greedy | beam | sample
+    max_length: int = 24  # tokens generated after the start token, end token included
+    num_beams: int = 3
+    length_penalty: float = 1.0  # beam scores are divided by length ** length_penalty
+    temperature: float = 1.0  # sample: logits / temperature
+    top_k: int = 0  # sample: keep the k most likely tokens (0: all)
+    top_p: float = 1.0  # sample: keep the smallest set of tokens with this much probability
+    use_cache: bool = True  # keys and values of earlier tokens kept: linear, not quadratic, cost
+    seed: int = 0  # sample: the generator's seed
+
+
+@dataclass
 class EvalConfig:
     every_n_steps: int = 0  # 0: only at the end of training
     batch_size: int = 256
     workers: int = 0
     datasets: Dict[str, EvalDatasetConfig] = field(default_factory=dict)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    # Embedding geometry (modality gap, uniformity, alignment, ...) on at most this many pairs
+    # per set, drawn with a fixed seed (its pairwise terms cost O(n^2)); 0: no geometry.
+    geometry_max_pairs: int = 5000
 
 
 # ------------------------------------------------------------------------------------------ root

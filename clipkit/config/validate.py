@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from clipkit.config.schema import ClipkitConfig
+from clipkit.config.schema import CaptionHeadConfig, ClipkitConfig, GenerationConfig, LossConfig
 from clipkit.errors import ConfigError
 from clipkit.models.multimodal import split_pair
 from clipkit.models.towers import TOWERS, TowerConfig
@@ -89,11 +89,8 @@ def check_config(raw: DictConfig) -> CheckedConfig:
         if first == second:
             raise ConfigError(f"model.pairs[{i}]", f"pair '{pair}' joins a modality with itself")
 
-    for pair, weight in cfg.loss.contrastive.pair_weights.items():
-        if pair not in cfg.model.pairs:
-            raise ConfigError(f"loss.contrastive.pair_weights.{pair}", f"not a pair of model.pairs "
-                              f"{cfg.model.pairs}; remove the weight or add the pair")
-        _positive(f"loss.contrastive.pair_weights.{pair}", weight, allow_zero=True)
+    _check_caption_head(cfg.model.caption, towers)
+    _check_loss(cfg.loss, cfg.model.pairs, cfg.model.caption.sources)
 
     data = cfg.data
     _positive("data.batch_size", data.batch_size)
@@ -134,4 +131,62 @@ def check_config(raw: DictConfig) -> CheckedConfig:
 
     _positive("eval.every_n_steps", cfg.eval.every_n_steps, allow_zero=True)
     _positive("eval.batch_size", cfg.eval.batch_size)
+    _check_generation(cfg.eval.generation)
+    for name, dataset in cfg.eval.datasets.items():
+        if dataset.task == "captioning" and dataset.modality not in cfg.model.caption.sources:
+            raise ConfigError(f"eval.datasets.{name}.task", f"captioning {dataset.modality} needs "
+                              f"'{dataset.modality}' in model.caption.sources {cfg.model.caption.sources}")
     return CheckedConfig(cfg, towers)
+
+
+PAIR_TERMS = ("contrastive", "sigmoid", "uniformity", "alignment", "cross_uniformity")
+
+
+def _check_generation(generation: GenerationConfig) -> None:
+    if generation.strategy not in ("greedy", "beam", "sample"):
+        raise ConfigError("eval.generation.strategy", f"'{generation.strategy}' is not one of greedy, beam, sample")
+    for key in ("max_length", "num_beams", "temperature"):
+        _positive(f"eval.generation.{key}", getattr(generation, key))
+    _positive("eval.generation.top_k", generation.top_k, allow_zero=True)
+    if not 0 < generation.top_p <= 1:
+        raise ConfigError("eval.generation.top_p", f"must lie in (0, 1], got {generation.top_p}")
+
+
+def _check_caption_head(head: CaptionHeadConfig, towers: Dict[str, Any]) -> None:
+    for source in head.sources:
+        if source == "text" or source not in towers:
+            raise ConfigError("model.caption.sources", f"cannot caption from '{source}': sources are "
+                              f"non-text towers (configured: {', '.join(towers)})")
+    if head.sources and "text" not in towers:
+        raise ConfigError("model.caption.sources", "captioning needs a text tower")
+    for key in ("layers", "heads", "n_queries", "pooler_heads"):
+        _positive(f"model.caption.{key}", getattr(head, key))
+
+
+def _check_loss(loss: LossConfig, pairs: List[str], caption_sources: List[str]) -> None:
+    for term in PAIR_TERMS:
+        term_cfg = getattr(loss, term)
+        _positive(f"loss.{term}.weight", term_cfg.weight, allow_zero=True)
+        for pair, weight in term_cfg.pair_weights.items():
+            if pair not in pairs:
+                raise ConfigError(f"loss.{term}.pair_weights.{pair}", f"not a pair of model.pairs "
+                                  f"{pairs}; remove the weight or add the pair")
+            _positive(f"loss.{term}.pair_weights.{pair}", weight, allow_zero=True)
+    _positive("loss.uniformity.t", loss.uniformity.t)
+    _positive("loss.cross_uniformity.t", loss.cross_uniformity.t)
+    _positive("loss.alignment.alpha", loss.alignment.alpha)
+    _positive("loss.caption.weight", loss.caption.weight, allow_zero=True)
+    for source, weight in loss.caption.source_weights.items():
+        if source not in caption_sources:
+            raise ConfigError(f"loss.caption.source_weights.{source}",
+                              f"not a source of model.caption.sources {caption_sources}")
+        _positive(f"loss.caption.source_weights.{source}", weight, allow_zero=True)
+    if loss.caption.weight > 0 and not caption_sources:
+        raise ConfigError("loss.caption.weight", "a caption loss needs a decoder: set model.caption.sources "
+                          "(e.g. [image]) or pick model=tiny_coca")
+    if caption_sources and loss.caption.weight == 0:
+        raise ConfigError("model.caption.sources", "the caption decoder would not train with "
+                          "loss.caption.weight=0; set a weight or drop the sources")
+    if not any(getattr(loss, term).weight > 0 for term in (*PAIR_TERMS, "caption")):
+        raise ConfigError("loss", "every loss term has weight 0; nothing would train")
+

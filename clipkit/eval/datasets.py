@@ -21,7 +21,7 @@ from clipkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-TASKS = ("zeroshot_classification", "retrieval")
+TASKS = ("zeroshot_classification", "retrieval", "captioning")
 MEMBERS = {"image": ("webp", "png", "jpg", "jpeg"), "audio": ("flac", "wav", "mp3", "ogg")}
 
 
@@ -47,7 +47,7 @@ def open_eval_set(name: str, cfg: EvalDatasetConfig) -> EvalSet:
         raise ConfigError(f"{key}.task", f"unknown task '{cfg.task}'; use one of {', '.join(TASKS)}")
     if cfg.modality not in MEMBERS:
         raise ConfigError(f"{key}.modality", f"unsupported modality '{cfg.modality}' (supported: image, audio)")
-    partners = ("text",) if cfg.task == "zeroshot_classification" else ("text", *MEMBERS)
+    partners = ("text", *MEMBERS) if cfg.task == "retrieval" else ("text",)
     if cfg.against not in partners or cfg.against == cfg.modality:
         raise ConfigError(f"{key}.against", f"'{cfg.against}' cannot be matched with {cfg.modality} "
                                             f"in {cfg.task}")

@@ -12,14 +12,18 @@ import torch
 from clipkit import distributed as dist_utils
 from clipkit.config.schema import EvalConfig
 from clipkit.errors import ConfigError
+from clipkit.eval.captioning import caption_scores
 from clipkit.eval.datasets import EvalSet, Loader, eval_loader, open_eval_set
+from clipkit.eval.geometry import geometry_metrics
 from clipkit.eval.retrieval import retrieval_metrics
 from clipkit.eval.zeroshot import classification_metrics, zero_shot_classifier
+from clipkit.models.generate import decode_caption, generate
 from clipkit.models.multimodal import MultiModalModel
 
 log = logging.getLogger(__name__)
 
 Metrics = Dict[str, float]
+EXAMPLES = 8  # generated captions kept in eval/<set>.json beside the scores
 
 
 class Evaluator:
@@ -50,8 +54,11 @@ class Evaluator:
         try:
             for eval_set in self.sets:
                 start = time.time()
+                examples: List[dict] = []
                 if eval_set.task == "zeroshot_classification":
                     metrics = self._zeroshot(model, eval_set)
+                elif eval_set.task == "captioning":
+                    metrics, examples = self._captioning(model, eval_set)
                 else:
                     metrics = self._retrieval(model, eval_set)
                 results[eval_set.name] = metrics
@@ -59,7 +66,8 @@ class Evaluator:
                          ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "num_samples"))
                 if out_dir is not None:
                     out_dir.mkdir(parents=True, exist_ok=True)
-                    record = {"dataset": eval_set.name, "task": eval_set.task, "step": step, "metrics": metrics}
+                    record = {"dataset": eval_set.name, "task": eval_set.task, "step": step, "metrics": metrics,
+                              **({"examples": examples} if examples else {})}
                     (out_dir / f"{eval_set.name}.json").write_text(json.dumps(record, indent=2) + "\n")
         finally:
             model.train(was_training)
@@ -79,14 +87,17 @@ class Evaluator:
     def _zeroshot(self, model: MultiModalModel, eval_set: EvalSet) -> Metrics:
         classifier = zero_shot_classifier(lambda t: self._encode(model, "text", t), self.tokenizer,
                                           eval_set.classnames, eval_set.templates, self.device)
-        logits = [torch.zeros(0, len(eval_set.classnames), device=self.device)]
+        items = [torch.zeros(0, model.embed_dim, device=self.device)]
         labels: List[int] = []
-        for images, targets in self._loader(eval_set):
-            logits.append(self._encode(model, eval_set.modality, images) @ classifier)
+        for inputs, targets in self._loader(eval_set):
+            items.append(self._encode(model, eval_set.modality, inputs))
             labels.extend(targets)
-        all_logits = self._gather(torch.cat(logits))
+        embeddings = self._gather(torch.cat(items))
         all_labels = self._gather(torch.tensor(labels, dtype=torch.long, device=self.device))
-        return {**classification_metrics(all_logits, all_labels), "num_samples": len(all_labels)}
+        all_logits = embeddings @ classifier.float().cpu()
+        # Geometry of each item against its class's text embedding (the zero-shot classifier).
+        geometry = self._geometry(embeddings, classifier.float().cpu().T[all_labels], eval_set.modality, "text")
+        return {**classification_metrics(all_logits, all_labels), **geometry, "num_samples": len(all_labels)}
 
     def _retrieval(self, model: MultiModalModel, eval_set: EvalSet) -> Metrics:
         if eval_set.against != "text":
@@ -112,7 +123,8 @@ class Evaluator:
         mapping = self._gather(torch.tensor([offset + i for i in text_to_item], dtype=torch.long,
                                             device=self.device))
         metrics = retrieval_metrics(all_items, all_texts, mapping, item_name=eval_set.modality)
-        return {**metrics, "num_samples": len(all_items)}
+        geometry = self._geometry(all_items[mapping], all_texts, eval_set.modality, "text")
+        return {**metrics, **geometry, "num_samples": len(all_items)}
 
     def _paired_retrieval(self, model: MultiModalModel, eval_set: EvalSet) -> Metrics:
         """Each sample's two members match one to one (e.g. an image and its sound)."""
@@ -124,4 +136,27 @@ class Evaluator:
         all_items, all_partners = self._gather(torch.cat(items)), self._gather(torch.cat(partners))
         metrics = retrieval_metrics(all_items, all_partners, torch.arange(len(all_items)),
                                     item_name=eval_set.modality, text_name=eval_set.against)
-        return {**metrics, "num_samples": len(all_items)}
+        geometry = self._geometry(all_items, all_partners, eval_set.modality, eval_set.against)
+        return {**metrics, **geometry, "num_samples": len(all_items)}
+
+    def _geometry(self, x: torch.Tensor, y: torch.Tensor, x_name: str, y_name: str) -> Metrics:
+        if not self.cfg.geometry_max_pairs:
+            return {}
+        return geometry_metrics(x, y, x_name, y_name, self.cfg.geometry_max_pairs)
+
+    def _captioning(self, model: MultiModalModel, eval_set: EvalSet) -> "tuple[Metrics, List[dict]]":
+        """Generates a caption per item and scores it against the item's reference captions."""
+        generator = torch.Generator(self.device).manual_seed(self.cfg.generation.seed + self.env.rank)
+        pairs: List[tuple] = []
+        for inputs, captions in self._loader(eval_set):
+            with self.autocast():
+                tokens = generate(model, eval_set.modality, inputs.to(self.device), self.cfg.generation, generator)
+            pairs.extend((decode_caption(self.tokenizer, t), refs) for t, refs in zip(tokens.cpu(), captions))
+        everything = [p for rank_pairs in dist_utils.gather_objects(pairs) for p in rank_pairs]
+        scores = None
+        if self.env.is_main:  # METEOR starts a JVM: score once, share the result
+            scores = caption_scores({i: refs for i, (_, refs) in enumerate(everything)},
+                                    {i: caption for i, (caption, _) in enumerate(everything)})
+        scores = dist_utils.broadcast_object(scores)
+        examples = [{"generated": caption, "references": refs} for caption, refs in everything[:EXAMPLES]]
+        return {**scores, "num_samples": len(everything)}, examples

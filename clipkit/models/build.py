@@ -10,7 +10,8 @@ from clipkit.config.validate import CheckedConfig
 from clipkit.data.audio import AudioLoader
 from clipkit.data.decode import ImageLoader
 from clipkit.data.transforms import build_image_transform
-from clipkit.models.multimodal import MultiModalModel, build_model
+from clipkit.config.schema import LossConfig, ModelConfig
+from clipkit.models.multimodal import MultiModalModel, PairParameters, build_model
 from clipkit.models.towers.text import build_tokenizer
 
 
@@ -41,10 +42,19 @@ class ModelBundle:
         return torch.zeros((rows, *self.input_shapes[modality]), dtype=self.input_dtypes[modality])
 
 
+def pair_parameters(model: ModelConfig, loss: LossConfig) -> PairParameters:
+    """The per-pair parameters that the configured loss terms need."""
+    sigmoid = loss.sigmoid
+    return PairParameters(
+        contrastive_scale=model.init_logit_scale if loss.contrastive.weight > 0 else None,
+        sigmoid=(sigmoid.init_scale, sigmoid.init_bias) if sigmoid.weight > 0 else None,
+        max_logit_scale=model.max_logit_scale)
+
+
 def build_bundle(checked: CheckedConfig, device: torch.device) -> ModelBundle:
     cfg = checked.cfg
     model = build_model(cfg.model.embed_dim, checked.towers, cfg.model.pairs,
-                        cfg.model.init_logit_scale, cfg.model.max_logit_scale).to(device)
+                        pair_parameters(cfg.model, cfg.loss), cfg.model.caption).to(device)
     image = checked.towers.get("image")
     text = checked.towers.get("text")
     audio = checked.towers.get("audio")

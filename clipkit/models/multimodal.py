@@ -1,13 +1,17 @@
-"""The model trained by clipkit: one tower per modality and a logit scale per contrastive pair."""
+"""The model trained by clipkit: one tower per modality, the objectives' per-pair scales, and an
+optional caption decoder."""
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, List, Tuple
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipkit.config.schema import CaptionHeadConfig
+from clipkit.models.caption import CaptionHead
 from clipkit.models.towers import TOWERS, Tower, TowerConfig
 
 
@@ -17,23 +21,38 @@ def split_pair(pair: str) -> Tuple[str, str]:
     return first, second
 
 
+@dataclass(frozen=True)
+class PairParameters:
+    """Initial values of the learnable per-pair parameters of the objectives that are on; None:
+    the objective is off and its parameters do not exist (DDP requires every parameter to train)."""
+
+    contrastive_scale: Optional[float] = math.log(1 / 0.07)  # log logit scale of InfoNCE
+    sigmoid: Optional[Tuple[float, float]] = None  # (log temperature, bias) of the sigmoid loss
+    max_logit_scale: float = 100.0
+
+
+def _per_pair(pairs: List[str], value: Optional[float]) -> nn.ParameterDict:
+    if value is None:
+        return nn.ParameterDict()
+    return nn.ParameterDict({pair: nn.Parameter(torch.tensor(float(value))) for pair in pairs})
+
+
 class MultiModalModel(nn.Module):
-    def __init__(
-        self,
-        towers: Dict[str, Tower],
-        pairs: Iterable[str],
-        embed_dim: int,
-        init_logit_scale: float = math.log(1 / 0.07),
-        max_logit_scale: float = 100.0,
-    ) -> None:
+    def __init__(self, towers: Dict[str, Tower], pairs: Iterable[str], embed_dim: int,
+                 parameters: PairParameters = PairParameters(), caption: Optional[CaptionHead] = None) -> None:
         super().__init__()
         self.towers = nn.ModuleDict(towers)
         self.pairs: List[str] = list(pairs)
-        self.logit_scales = nn.ParameterDict(
-            {pair: nn.Parameter(torch.tensor(float(init_logit_scale))) for pair in self.pairs}
-        )
-        self.max_log_logit_scale = math.log(max_logit_scale)
+        self.logit_scales = _per_pair(self.pairs, parameters.contrastive_scale)
+        sigmoid = parameters.sigmoid or (None, None)
+        self.sigmoid_scales = _per_pair(self.pairs if parameters.sigmoid else [], sigmoid[0])
+        self.sigmoid_biases = _per_pair(self.pairs if parameters.sigmoid else [], sigmoid[1])
+        self.max_log_logit_scale = math.log(parameters.max_logit_scale)
         self.embed_dim = embed_dim
+        self.caption = caption
+        if caption is not None:
+            for modality in ("text", *caption.sources):
+                self.towers[modality].enable_tokens()
 
     @property
     def modalities(self) -> List[str]:
@@ -47,31 +66,77 @@ class MultiModalModel(nn.Module):
         """exp of the learnable log scale; the clamp keeps it at most max_logit_scale."""
         return self.logit_scales[pair].clamp(max=self.max_log_logit_scale).exp()
 
+    def sigmoid_scale(self, pair: str) -> torch.Tensor:
+        return self.sigmoid_scales[pair].clamp(max=self.max_log_logit_scale).exp()
+
+    def sigmoid_bias(self, pair: str) -> torch.Tensor:
+        return self.sigmoid_biases[pair]
+
     @torch.no_grad()
     def clamp_logit_scales(self) -> None:
         """Called after each optimizer step, as CLIP does, so the stored value stays in range."""
-        for scale in self.logit_scales.values():
+        for scale in [*self.logit_scales.values(), *self.sigmoid_scales.values()]:
             scale.clamp_(0.0, self.max_log_logit_scale)
+
+    def scale_metrics(self) -> Dict[str, float]:
+        """The current logit scales (and sigmoid biases), named as metrics.jsonl logs them."""
+        return {**{f"logit_scale/{p}": self.logit_scale(p).item() for p in self.logit_scales},
+                **{f"sigmoid_scale/{p}": self.sigmoid_scale(p).item() for p in self.sigmoid_scales},
+                **{f"sigmoid_bias/{p}": self.sigmoid_bias(p).item() for p in self.sigmoid_biases}}
 
     def forward(self, batch: Dict[str, torch.Tensor], present: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """(B, D) normalised embeddings for every modality; rows lacking it (``present[m]`` false)
         are zero. Only present rows are encoded. Where no row has a modality, one row is encoded
         with weight zero, so that every tower is in every step's graph: DDP and the gathers of
-        every process then see the same tensors, whichever modalities their batches carry."""
-        out = {}
+        every process then see the same tensors, whichever modalities their batches carry.
+
+        With a caption head, also per source s: ``caption_nll/s`` (B,), each row's summed
+        next-token loss of its caption, and ``caption_tokens/s``, the tokens scored (0 on rows
+        lacking s or text)."""
+        out: Dict[str, torch.Tensor] = {}
+        tokens: Dict[str, torch.Tensor] = {}
         for modality in self.modalities:
             inputs, rows = batch[modality], present[modality]
             index = rows.nonzero().squeeze(1)
-            if index.numel():
-                encoded = self.encode(modality, inputs[index])
-                out[modality] = encoded.new_zeros(inputs.shape[0], encoded.shape[1]).index_put((index,), encoded)
+            weight = 1.0 if index.numel() else 0.0
+            if not index.numel():
+                index = index.new_zeros(1)
+            tower = self.towers[modality]
+            if getattr(tower.encoder, "output_tokens", False):
+                encoded, token_features = tower.forward_with_tokens(inputs[index])
+                tokens[modality] = _scatter_rows(token_features * weight, index, rows.shape[0])
             else:
-                encoded = self.encode(modality, inputs[:1])
-                out[modality] = encoded.new_zeros(inputs.shape[0], encoded.shape[1]) + 0.0 * encoded.sum()
+                encoded = tower(inputs[index])
+            out[modality] = _scatter_rows(F.normalize(encoded, dim=-1) * weight, index, rows.shape[0])
+        if self.caption is not None:
+            for source in self.caption.sources:
+                out.update(self._caption_terms(source, batch["text"], tokens, present))
         return out
+
+    def _caption_terms(self, source: str, text: torch.Tensor, tokens: Dict[str, torch.Tensor],
+                       present: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        rows = present[source] & present["text"]
+        index = rows.nonzero().squeeze(1)
+        weight = 1.0 if index.numel() else 0.0
+        if not index.numel():  # keep the decoder in the graph (see forward)
+            index = index.new_zeros(1)
+        nll, count = self.caption.token_nll(source, tokens[source][index], tokens["text"][index], text[index])
+        return {f"caption_nll/{source}": _scatter_rows(nll * weight, index, rows.shape[0]),
+                f"caption_tokens/{source}": _scatter_rows(count * int(weight), index, rows.shape[0])}
+
+
+def _scatter_rows(values: torch.Tensor, index: torch.Tensor, rows: int) -> torch.Tensor:
+    """A (rows, ...) tensor of zeros holding ``values`` at ``index``."""
+    return values.new_zeros(rows, *values.shape[1:]).index_put((index,), values)
 
 
 def build_model(embed_dim: int, towers: Dict[str, TowerConfig], pairs: Iterable[str],
-                init_logit_scale: float, max_logit_scale: float) -> MultiModalModel:
+                parameters: PairParameters = PairParameters(),
+                caption: CaptionHeadConfig = CaptionHeadConfig()) -> MultiModalModel:
     built = {modality: TOWERS.get(cfg.name).build(cfg, embed_dim) for modality, cfg in towers.items()}
-    return MultiModalModel(built, pairs, embed_dim, init_logit_scale, max_logit_scale)
+    head = None
+    if caption.sources:
+        text = towers["text"]
+        head = CaptionHead(caption, {s: built[s].token_width for s in caption.sources}, text.width,
+                           text.context_length, text.vocab_size)
+    return MultiModalModel(built, pairs, embed_dim, parameters, head)

@@ -12,16 +12,12 @@ Written against a ``gather`` hook: ``gather(x)`` returns the rows of every proce
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-Gather = Callable[[torch.Tensor], Tuple[torch.Tensor, int]]
-
-
-def no_gather(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
-    return x, 0
+from clipkit.objectives.collectives import Gather, no_gather
 
 
 def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,

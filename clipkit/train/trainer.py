@@ -20,7 +20,7 @@ from clipkit.data.shards import ShardSource, count_samples
 from clipkit.errors import ConfigError
 from clipkit.eval.runner import Evaluator
 from clipkit.models.build import ModelBundle, build_bundle
-from clipkit.objectives.contrastive import no_gather
+from clipkit.objectives.collectives import LOCAL, process_group
 from clipkit.objectives.objective import Objective
 from clipkit.train import checkpoint as ckpt
 from clipkit.train.metrics import MetricsLogger, results_table
@@ -68,7 +68,7 @@ class Trainer:
         if env.distributed:
             self.model = DistributedDataParallel(
                 self.core, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.objective = Objective(cfg.loss, dist_utils.gather_with_grad if env.distributed else no_gather)
+        self.objective = Objective(cfg.loss, process_group(env.world_size) if env.distributed else LOCAL)
         self.autocast = autocast_factory(cfg.trainer.precision, self.device)
         self.scaler = grad_scaler(cfg.trainer.precision, self.device)
         self.optimizer = build_optimizer(self.core, cfg.optim)
@@ -209,7 +209,7 @@ class Trainer:
         return {"step": self.step + 1, "samples_seen": self.samples_seen, "epoch": self.stream.epoch,
                 **{f"loss/{n}": v.item() for n, v in zip(names, reduced)},
                 "lr": self.optimizer.param_groups[0]["lr"],
-                **{f"logit_scale/{p}": self.core.logit_scale(p).item() for p in self.core.pairs},
+                **self.core.scale_metrics(),
                 "samples_per_second": self.global_batch / elapsed, "data_time": data_time,
                 "skipped_samples": int(skipped.item())}
 

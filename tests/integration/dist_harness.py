@@ -4,12 +4,12 @@
 
 MODE is ``local`` (local loss), ``global`` (full gathered matrix), ``accum`` (local loss with
 two accumulated micro-batches per rank) or ``masked`` (some rows of rank 0 and every row of rank 1
-lack the image). Each rank saves {"loss", "grads"} to OUT_DIR/rank<r>.pt. ``reference(n, mode)``
+lack the image), all with InfoNCE; or ``sigmoid``, ``geometry`` and ``coca``, the other loss
+terms (see ``loss_config``), with a few rows lacking the image on each rank. Each rank saves {"loss", "grads"} to OUT_DIR/rank<r>.pt. ``reference(n, mode)``
 computes the same on one process over the whole batch.
 """
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Dict, List
@@ -18,10 +18,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from clipkit import distributed
-from clipkit.config.schema import ContrastiveLossConfig, LossConfig
+from clipkit.config.schema import (AlignmentLossConfig, CaptionHeadConfig, CaptionLossConfig,
+                                   ContrastiveLossConfig, CrossUniformityLossConfig, LossConfig,
+                                   ModelConfig, SigmoidLossConfig, UniformityLossConfig)
+from clipkit.models.build import pair_parameters
 from clipkit.models.multimodal import MultiModalModel, build_model
 from clipkit.models.towers.image import ViTConfig
 from clipkit.models.towers.text import TextTransformerConfig
+from clipkit.objectives.collectives import process_group
 from clipkit.objectives.objective import Objective
 from clipkit.train.precision import autocast_factory, grad_scaler
 from clipkit.train.step import forward_backward
@@ -29,17 +33,35 @@ from clipkit.train.step import forward_backward
 PER_RANK = 6
 
 
-def tiny_model() -> MultiModalModel:
+def loss_config(mode: str) -> LossConfig:
+    """local / global / accum / masked: InfoNCE; sigmoid: SigLIP alone; geometry: InfoNCE with
+    uniformity, alignment and cross-uniformity; coca: InfoNCE with the caption loss."""
+    if mode == "sigmoid":
+        return LossConfig(contrastive=ContrastiveLossConfig(weight=0.0), sigmoid=SigmoidLossConfig(weight=1.0))
+    if mode == "geometry":
+        return LossConfig(uniformity=UniformityLossConfig(weight=0.5), alignment=AlignmentLossConfig(weight=0.7),
+                          cross_uniformity=CrossUniformityLossConfig(weight=0.3))
+    if mode == "coca":
+        return LossConfig(caption=CaptionLossConfig(weight=2.0))
+    return LossConfig(contrastive=ContrastiveLossConfig(local_loss=mode != "global"))
+
+
+def tiny_model(mode: str) -> MultiModalModel:
     torch.manual_seed(0)
+    caption = CaptionHeadConfig(sources=["image"], layers=1, heads=2, n_queries=3, pooler_heads=2) \
+        if mode == "coca" else CaptionHeadConfig()
     return build_model(16, {"image": ViTConfig(image_size=16, patch_size=8, width=32, layers=1, head_width=16),
                             "text": TextTransformerConfig(context_length=8, width=32, heads=2, layers=1)},
-                       ["image_text"], math.log(1 / 0.07), 100.0)
+                       ["image_text"], pair_parameters(ModelConfig(), loss_config(mode)), caption)
 
 
 def fixed_batch(n: int) -> Dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     tokens = torch.randint(1, 49000, (n, 8), generator=generator)
+    tokens[:, 0] = 49406  # start of text
     tokens[:, -1] = 49407  # end-of-text, where argmax pooling reads
+    tokens[::2, 5:] = 0  # shorter captions: end at 4, then padding
+    tokens[::2, 4] = 49407
     return {"image": torch.randn(n, 3, 16, 16, generator=generator), "text": tokens}
 
 
@@ -48,6 +70,8 @@ def fixed_present(n: int, mode: str) -> Dict[str, torch.Tensor]:
     if mode == "masked":
         image[[1, 4]] = False
         image[PER_RANK:2 * PER_RANK] = False  # rank 1: no image at all
+    elif mode in ("sigmoid", "geometry", "coca"):
+        image[[1, 4, PER_RANK + 2]] = False  # both ranks keep rows to score across ranks
     return {"image": image, "text": torch.ones(n, dtype=torch.bool)}
 
 
@@ -63,16 +87,15 @@ def step(model, core: MultiModalModel, objective: Objective, batch: Dict[str, to
 
 
 def reference(n: int, mode: str):
-    core = tiny_model()
-    return step(core, core, Objective(LossConfig()), fixed_batch(n), fixed_present(n, mode), parts=1)
+    core = tiny_model(mode)
+    return step(core, core, Objective(loss_config(mode)), fixed_batch(n), fixed_present(n, mode), parts=1)
 
 
 def main(mode: str, out_dir: Path) -> None:
     env = distributed.init_distributed("cpu", "gloo")
-    core = tiny_model()
+    core = tiny_model(mode)
     model = DistributedDataParallel(core)
-    loss_cfg = LossConfig(contrastive=ContrastiveLossConfig(local_loss=mode != "global"))
-    objective = Objective(loss_cfg, distributed.gather_with_grad)
+    objective = Objective(loss_config(mode), process_group(env.world_size))
     n = PER_RANK * env.world_size
     mine = slice(env.rank * PER_RANK, (env.rank + 1) * PER_RANK)
     batch = {k: v[mine] for k, v in fixed_batch(n).items()}

@@ -81,16 +81,28 @@ class StridedPatchEmbed(PatchEmbed):
 
 
 class AudioEncoder(nn.Module):
-    """Front end, backbone (pooled features of size ``width``) and a linear projection."""
+    """Front end, backbone (pooled features of size ``width``) and a linear projection.
+
+    The backbone has timm's interface: ``forward_features`` (a CNN's (B, C, F, T) map or a ViT's
+    (B, N, C) tokens) and ``forward_head(x, pre_logits=True)`` (pooled features)."""
 
     def __init__(self, frontend: LogMelFrontend, backbone: nn.Module, width: int, embed_dim: int) -> None:
         super().__init__()
         self.frontend = frontend
         self.backbone = backbone
         self.proj = nn.Linear(width, embed_dim, bias=False)
+        self.output_tokens = False  # also return token features, as open_clip's towers do
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.backbone(self.frontend(wave)))
+    def forward(self, wave: torch.Tensor):
+        features = self.backbone.forward_features(self.frontend(wave))
+        embedding = self.proj(self.backbone.forward_head(features, pre_logits=True))
+        if not self.output_tokens:
+            return embedding
+        if features.ndim == 4:  # one token per cell of the CNN's map
+            tokens = features.flatten(2).transpose(1, 2)
+        else:
+            tokens = features[:, getattr(self.backbone, "num_prefix_tokens", 0):]
+        return embedding, tokens
 
     def lock(self) -> None:
         for param in self.parameters():
@@ -116,21 +128,24 @@ class AudioCNN(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, spec: torch.Tensor) -> torch.Tensor:
         x = spec
         for block in self.blocks:
             x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and self.training else block(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = True) -> torch.Tensor:
         x = x.mean(dim=2)  # over frequency
         return x.mean(dim=-1) + x.amax(dim=-1)  # over time
 
 
-def _finish(encoder: AudioEncoder, cfg: AudioTowerConfig) -> Tower:
+def _finish(encoder: AudioEncoder, cfg: AudioTowerConfig, width: int) -> Tower:
     if cfg.weights:
         load_weights(encoder, cfg.weights)
     if cfg.lock:
         encoder.lock()
     encoder.set_grad_checkpointing(cfg.grad_checkpointing)
-    return Tower(cfg.MODALITY, encoder, cfg)
+    return Tower(cfg.MODALITY, encoder, cfg, token_width=width)
 
 
 @TOWERS.register("ast", SpectrogramTransformerConfig)
@@ -141,9 +156,10 @@ def build_spectrogram_transformer(cfg: SpectrogramTransformerConfig, embed_dim: 
         img_size=grid, patch_size=cfg.patch_size, in_chans=1, num_classes=0, global_pool=cfg.pool,
         embed_dim=cfg.width, depth=cfg.layers, num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
         drop_path_rate=cfg.drop_path, embed_layer=partial(StridedPatchEmbed, stride=cfg.patch_stride))
-    return _finish(AudioEncoder(frontend, backbone, cfg.width, embed_dim), cfg)
+    return _finish(AudioEncoder(frontend, backbone, cfg.width, embed_dim), cfg, cfg.width)
 
 
 @TOWERS.register("cnn", AudioCNNConfig)
 def build_audio_cnn(cfg: AudioCNNConfig, embed_dim: int) -> Tower:
-    return _finish(AudioEncoder(cfg.frontend(), AudioCNN(cfg.channels), cfg.channels[-1], embed_dim), cfg)
+    width = cfg.channels[-1]
+    return _finish(AudioEncoder(cfg.frontend(), AudioCNN(cfg.channels), width, embed_dim), cfg, width)

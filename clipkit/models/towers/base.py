@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Optional
+from typing import ClassVar, Optional, Tuple
 
 import torch
 from torch import nn
 
-from clipkit.errors import CheckpointError
+from clipkit.errors import CheckpointError, ConfigError
 from clipkit.registry import Registry
 
 
@@ -26,17 +26,34 @@ class Tower(nn.Module):
     """One modality's encoder: input batch -> embedding of size ``embed_dim`` (not normalised).
 
     ``encoder`` is the library module doing the work (an open_clip tower), kept as is so its
-    weights map one to one onto open_clip's layout.
+    weights map one to one onto open_clip's layout. ``token_width`` is the width of the token
+    features it can also return (None: it has none), which a caption decoder attends to.
     """
 
-    def __init__(self, modality: str, encoder: nn.Module, config: TowerConfig) -> None:
+    def __init__(self, modality: str, encoder: nn.Module, config: TowerConfig,
+                 token_width: Optional[int] = None) -> None:
         super().__init__()
         self.modality = modality
         self.encoder = encoder
         self.config = config
+        self.token_width = token_width
+
+    def enable_tokens(self) -> int:
+        """From now on the encoder also returns its token features; returns their width."""
+        if self.token_width is None:
+            raise ConfigError("model.caption.sources", f"the '{self.config.name}' {self.modality} tower "
+                              "gives no token features to caption from")
+        self.encoder.output_tokens = True
+        return self.token_width
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.encoder(inputs)
+        out = self.encoder(inputs)
+        return out[0] if isinstance(out, tuple) else out
+
+    def forward_with_tokens(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(embedding (B, embed_dim), token features (B, T, token_width)); needs enable_tokens."""
+        embedding, tokens = self.encoder(inputs)
+        return embedding, tokens
 
 
 TOWERS: Registry[Tower] = Registry("tower")

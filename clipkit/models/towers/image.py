@@ -64,18 +64,18 @@ class TimmConfig(ImageTowerConfig):
         )
 
 
-def _finish_image_tower(encoder, cfg: ImageTowerConfig) -> Tower:
+def _finish_image_tower(encoder, cfg: ImageTowerConfig, token_width: Optional[int]) -> Tower:
     if cfg.weights:
         load_weights(encoder, cfg.weights)
     if cfg.lock:
         encoder.lock(unlocked_groups=cfg.unlocked_groups, freeze_bn_stats=cfg.freeze_bn_stats)
     encoder.set_grad_checkpointing(cfg.grad_checkpointing)
-    return Tower(cfg.MODALITY, encoder, cfg)
+    return Tower(cfg.MODALITY, encoder, cfg, token_width)
 
 
 @TOWERS.register("vit", ViTConfig)
 def build_vit(cfg: ViTConfig, embed_dim: int) -> Tower:
-    return _finish_image_tower(_build_vision_tower(embed_dim, cfg.open_clip_cfg()), cfg)
+    return _finish_image_tower(_build_vision_tower(embed_dim, cfg.open_clip_cfg()), cfg, cfg.width)
 
 
 @TOWERS.register("timm", TimmConfig)
@@ -83,4 +83,4 @@ def build_timm(cfg: TimmConfig, embed_dim: int) -> Tower:
     encoder = _build_vision_tower(embed_dim, cfg.open_clip_cfg())
     if cfg.trunk_weights:
         load_weights(encoder.trunk, cfg.trunk_weights)
-    return _finish_image_tower(encoder, cfg)
+    return _finish_image_tower(encoder, cfg, None)  # open_clip's timm wrapper gives no tokens

@@ -43,7 +43,7 @@ def build_text_transformer(cfg: TextTransformerConfig, embed_dim: int) -> Tower:
     if cfg.lock:
         encoder.lock(unlocked_layers=cfg.unlocked_layers, freeze_layer_norm=cfg.freeze_layer_norm)
     encoder.set_grad_checkpointing(cfg.grad_checkpointing)
-    return Tower(cfg.MODALITY, encoder, cfg)
+    return Tower(cfg.MODALITY, encoder, cfg, token_width=cfg.width)
 
 
 def build_tokenizer(cfg: TextTransformerConfig) -> SimpleTokenizer:

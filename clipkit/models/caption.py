@@ -1,0 +1,77 @@
+"""The captioning head (CoCa, Yu et al. 2022), built from open_clip's CoCa blocks.
+
+The text tower is CoCa's unimodal decoder: it is causal, so its token features at position t only
+see tokens <= t. The multimodal decoder (open_clip's MultimodalTransformer) continues from them with
+causal self-attention and cross-attention to the source's tokens, pooled by attention to
+``n_queries`` (open_clip's AttentionalPooler; one pooler per source, so one decoder captions both
+images and sounds), and predicts the next token. Teacher-forced here; generation lives in
+:mod:`clipkit.models.generate`.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import AttentionalPooler, MultimodalTransformer
+from torch import nn
+
+from clipkit.config.schema import CaptionHeadConfig
+
+PAD_ID = 0  # open_clip's tokenizer pads with 0
+
+
+class CaptionHead(nn.Module):
+    def __init__(self, cfg: CaptionHeadConfig, token_widths: Dict[str, int], text_width: int,
+                 context_length: int, vocab_size: int) -> None:
+        super().__init__()
+        self.poolers = nn.ModuleDict({
+            source: AttentionalPooler(text_width, token_widths[source], n_head=cfg.pooler_heads,
+                                      n_queries=cfg.n_queries)
+            for source in cfg.sources})
+        self.decoder = MultimodalTransformer(
+            width=text_width, layers=cfg.layers, heads=cfg.heads, context_length=context_length,
+            mlp_ratio=cfg.mlp_ratio, output_dim=vocab_size)
+        self._init_decoder(text_width, cfg.layers)
+
+    @property
+    def sources(self):
+        return list(self.poolers.keys())
+
+    @torch.no_grad()
+    def _init_decoder(self, width: int, layers: int) -> None:
+        # MultimodalTransformer leaves its projection uninitialised (torch.empty) and does not
+        # call its own init_parameters; this is that init (CLIP's text tower scheme).
+        proj_std, attn_std, fc_std = width ** -0.5 * (2 * layers) ** -0.5, width ** -0.5, (2 * width) ** -0.5
+        for block in [*self.decoder.resblocks, *self.decoder.cross_attn]:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+        nn.init.normal_(self.decoder.text_projection, std=width ** -0.5)
+
+    def memory(self, source: str, source_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, n_queries, width): what the decoder cross-attends to."""
+        return self.poolers[source](source_tokens)
+
+    def logits(self, source: str, source_tokens: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """(B, L, vocab): next-token logits at each position of the text tower's token features."""
+        return self.decoder(self.memory(source, source_tokens), text_features)
+
+    def token_nll(self, source: str, source_tokens: torch.Tensor, text_features: torch.Tensor,
+                  text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per row, the summed cross-entropy of predicting text[:, 1:] from the positions before,
+        padding ignored, and the number of tokens scored. Only non-padding positions are
+        projected onto the vocabulary, the costly part for short captions in a long context."""
+        decoder = self.decoder
+        x, memory = text_features[:, :-1], self.memory(source, source_tokens)
+        mask = decoder.attn_mask[: x.shape[1], : x.shape[1]]
+        for block, cross in zip(decoder.resblocks, decoder.cross_attn):  # MultimodalTransformer.forward
+            x = block(x, attn_mask=mask)
+            x = cross(x, k_x=memory, v_x=memory)
+        targets = text[:, 1:]
+        scored = targets != PAD_ID
+        logits = decoder.ln_final(x[scored]) @ decoder.text_projection
+        nll = F.cross_entropy(logits.float(), targets[scored], reduction="none")
+        per_row = torch.zeros(targets.shape, dtype=nll.dtype, device=nll.device).masked_scatter(scored, nll)
+        return per_row.sum(1), scored.sum(1)
