@@ -141,6 +141,9 @@ class CaptionLossConfig:
     source_weights: Dict[str, float] = field(default_factory=dict)  # e.g. {audio: 0.5}; others 1
 
 
+PAIR_TERMS = ("contrastive", "sigmoid", "uniformity", "alignment", "cross_uniformity")  # LossConfig's
+
+
 @dataclass
 class LossConfig:
     contrastive: ContrastiveLossConfig = field(default_factory=ContrastiveLossConfig)
@@ -226,7 +229,9 @@ class EvalConfig:
     every_n_steps: int = 0  # 0: only at the end of training
     batch_size: int = 256
     workers: int = 0
-    datasets: Dict[str, EvalDatasetConfig] = field(default_factory=dict)
+    # name -> EvalDatasetConfig fields; typed by clipkit.config.validate (an open mapping here, so
+    # that `+eval.datasets.NAME.root=...` can add a set from the command line)
+    datasets: Dict[str, Any] = field(default_factory=dict)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     # Embedding geometry (modality gap, uniformity, alignment, ...) on at most this many pairs
     # per set, drawn with a fixed seed (its pairwise terms cost O(n^2)); 0: no geometry.

@@ -12,7 +12,8 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from clipkit.config.schema import CaptionHeadConfig, ClipkitConfig, GenerationConfig, LossConfig
+from clipkit.config.schema import (PAIR_TERMS, CaptionHeadConfig, ClipkitConfig, EvalDatasetConfig,
+                                   GenerationConfig, LossConfig)
 from clipkit.errors import ConfigError
 from clipkit.models.multimodal import split_pair
 from clipkit.models.towers import TOWERS, TowerConfig
@@ -30,7 +31,7 @@ def omegaconf_problem(exc: OmegaConfBaseException, prefix: str = "", schema: Opt
     message = str(getattr(exc, "msg", "") or exc).strip().splitlines()[0]
     if "not in struct" in message:
         message = message.replace("is not in struct", "is not a known key")
-    if schema is not None and "not a known key" in message:
+    if schema is not None and ("not a known key" in message or " not in '" in message):
         message += did_you_mean(key.rpartition(".")[2], [f.name for f in fields(schema)])
     full_key = ".".join(p for p in (prefix, key) if p)
     return ConfigError(full_key, message)
@@ -50,9 +51,13 @@ def _tower_config(modality: str, node: Any) -> TowerConfig:
                                          f"model/towers/{modality}={name} instead of setting the name")
     if schema.MODALITY != modality:
         raise ConfigError(f"{key}.name", f"tower '{name}' encodes {schema.MODALITY}, not {modality}")
+    return _typed(schema, node, key)
+
+
+def _typed(schema: type, node: Any, key: str) -> Any:
+    """``node`` as an instance of the dataclass ``schema``: unknown keys and bad types raise."""
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(schema), node)
-        return OmegaConf.to_object(typed)
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
     except OmegaConfBaseException as exc:
         raise omegaconf_problem(exc, key, schema) from None
 
@@ -132,14 +137,15 @@ def check_config(raw: DictConfig) -> CheckedConfig:
     _positive("eval.every_n_steps", cfg.eval.every_n_steps, allow_zero=True)
     _positive("eval.batch_size", cfg.eval.batch_size)
     _check_generation(cfg.eval.generation)
+    # An open mapping in the schema, so that `+eval.datasets.NAME.root=...` can add a set (OmegaConf
+    # cannot add a dict to a mapping typed with a dataclass); typed here, each entry.
+    cfg.eval.datasets = {str(name): _typed(EvalDatasetConfig, node, f"eval.datasets.{name}")
+                         for name, node in cfg.eval.datasets.items()}
     for name, dataset in cfg.eval.datasets.items():
         if dataset.task == "captioning" and dataset.modality not in cfg.model.caption.sources:
             raise ConfigError(f"eval.datasets.{name}.task", f"captioning {dataset.modality} needs "
                               f"'{dataset.modality}' in model.caption.sources {cfg.model.caption.sources}")
     return CheckedConfig(cfg, towers)
-
-
-PAIR_TERMS = ("contrastive", "sigmoid", "uniformity", "alignment", "cross_uniformity")
 
 
 def _check_generation(generation: GenerationConfig) -> None:

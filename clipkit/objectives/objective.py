@@ -6,11 +6,11 @@ Terms, each logged under its name: ``contrastive/<pair>`` (InfoNCE), ``sigmoid/<
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Dict
 
 import torch
 
-from clipkit.config.schema import LossConfig, PairTermConfig
+from clipkit.config.schema import PAIR_TERMS, LossConfig, PairTermConfig
 from clipkit.models.multimodal import MultiModalModel, split_pair
 from clipkit.objectives.collectives import LOCAL, Collectives
 from clipkit.objectives.contrastive import clip_loss
@@ -33,26 +33,19 @@ class Objective:
         a pair is scored on the rows that carry both. ``scale_grad=False`` keeps the learnable
         scales and biases out of this call's gradient.
         """
-        cfg, comm = self.cfg, self.comm
-
-        def param(value: torch.Tensor) -> torch.Tensor:
-            return value if scale_grad else value.detach()
-
-        pair_terms: Dict[str, tuple] = {
-            "contrastive": (cfg.contrastive, lambda a, b, pair, valid: clip_loss(
-                a, b, param(model.logit_scale(pair)), comm.gather, cfg.contrastive.local_loss, valid)),
-            "sigmoid": (cfg.sigmoid, lambda a, b, pair, valid: sigmoid_loss(
-                a, b, param(model.sigmoid_scale(pair)), param(model.sigmoid_bias(pair)), comm, valid)),
-            "uniformity": (cfg.uniformity, lambda a, b, pair, valid: (
-                uniformity(a, cfg.uniformity.t, comm, valid) + uniformity(b, cfg.uniformity.t, comm, valid)) / 2),
-            "alignment": (cfg.alignment, lambda a, b, pair, valid: alignment(a, b, cfg.alignment.alpha, comm, valid)),
-            "cross_uniformity": (cfg.cross_uniformity, lambda a, b, pair, valid: cross_uniformity(
-                a, b, cfg.cross_uniformity.t, comm, valid)),
-        }
+        cfg = self.cfg
         terms: Tensors = {}
         total = next(iter(outputs.values())).new_zeros((), dtype=torch.float32)
-        for name, (term_cfg, compute) in pair_terms.items():
-            total = total + self._pair_term(name, term_cfg, compute, model, outputs, present, terms)
+        for name in PAIR_TERMS:
+            term_cfg: PairTermConfig = getattr(cfg, name)
+            if term_cfg.weight <= 0:
+                continue
+            for pair in model.pairs:
+                first, second = split_pair(pair)
+                valid = present[first] & present[second]
+                term = self._pair_term(name, model, pair, outputs[first], outputs[second], valid, scale_grad)
+                terms[f"{name}/{pair}"] = term
+                total = total + term_cfg.weight * term_cfg.pair_weights.get(pair, 1.0) * term
         if cfg.caption.weight > 0 and model.caption is not None:
             for source in model.caption.sources:
                 term = self._caption(outputs[f"caption_nll/{source}"], outputs[f"caption_tokens/{source}"])
@@ -61,19 +54,24 @@ class Objective:
         terms["total"] = total
         return terms
 
-    @staticmethod
-    def _pair_term(name: str, term_cfg: PairTermConfig, compute: Callable, model: MultiModalModel,
-                   outputs: Tensors, present: Tensors, terms: Tensors) -> torch.Tensor:
-        """Adds ``name/<pair>`` for every pair to ``terms``; returns their weighted sum."""
-        weighted = torch.zeros((), device=next(iter(outputs.values())).device)
-        if term_cfg.weight <= 0:
-            return weighted
-        for pair in model.pairs:
-            first, second = split_pair(pair)
-            term = compute(outputs[first], outputs[second], pair, present[first] & present[second])
-            terms[f"{name}/{pair}"] = term
-            weighted = weighted + term_cfg.weight * term_cfg.pair_weights.get(pair, 1.0) * term
-        return weighted
+    def _pair_term(self, name: str, model: MultiModalModel, pair: str, a: torch.Tensor, b: torch.Tensor,
+                   valid: torch.Tensor, scale_grad: bool) -> torch.Tensor:
+        cfg, comm = self.cfg, self.comm
+
+        def learnable(value: torch.Tensor) -> torch.Tensor:
+            return value if scale_grad else value.detach()
+
+        if name == "contrastive":
+            return clip_loss(a, b, learnable(model.logit_scale(pair)), comm.gather, cfg.contrastive.local_loss, valid)
+        if name == "sigmoid":
+            return sigmoid_loss(a, b, learnable(model.sigmoid_scale(pair)), learnable(model.sigmoid_bias(pair)),
+                                comm, valid)
+        if name == "uniformity":
+            t = cfg.uniformity.t
+            return (uniformity(a, t, comm, valid) + uniformity(b, t, comm, valid)) / 2
+        if name == "alignment":
+            return alignment(a, b, cfg.alignment.alpha, comm, valid)
+        return cross_uniformity(a, b, cfg.cross_uniformity.t, comm, valid)
 
     def _caption(self, nll: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Mean next-token loss over the global batch's scored tokens; averaged over processes

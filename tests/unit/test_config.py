@@ -79,3 +79,33 @@ def test_weighted_sources(tmp_path):
     assert [len(s.urls) for s in sources] == [2, 1] and [s.weight for s in sources] == [3.0, 1.0]
     with pytest.raises(ConfigError, match=r"\[0\].weight: must be a positive number"):
         resolve_sources([{"shards": str(tmp_path / "b-0.tar"), "weight": 0}])
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["loss.caption.weight=1"], "loss.caption.weight"),  # no decoder to train
+    (["model.caption.sources=[image]"], "model.caption.sources"),  # a decoder without a loss
+    (["model.caption.sources=[text]", "loss=coca"], "model.caption.sources"),
+    (["loss=siglip", "loss.sigmoid.weight=0"], "loss"),  # nothing left to train
+    (["+loss.sigmoid.pair_weights.image_speech=1"], "loss.sigmoid.pair_weights.image_speech"),
+    (["loss=clip_unif_align", "loss.uniformity.t=0"], "loss.uniformity.t"),
+    (["eval.generation.strategy=nucleus"], "eval.generation.strategy"),
+    (["+eval.datasets.caps.root=/x", "+eval.datasets.caps.task=captioning"], "eval.datasets.caps.task"),
+])
+def test_objective_and_captioning_settings_are_checked(overrides, key):
+    assert error_line(overrides).startswith(f"{key}:")
+
+
+def test_objective_presets_compose():
+    assert check_config(compose_config(["loss=siglip"])).cfg.loss.contrastive.weight == 0
+    xunif = check_config(compose_config(["loss=clip_unif_align_xunif"])).cfg.loss
+    assert (xunif.uniformity.weight, xunif.alignment.weight, xunif.cross_uniformity.weight) == (1, 1, 1)
+    coca = check_config(compose_config(["experiment=demo_coca"])).cfg
+    assert coca.model.caption.sources == ["image", "audio"] and coca.loss.caption.weight == 2
+    assert {"scene_captioning", "sound_captioning"} <= set(coca.eval.datasets)
+
+
+def test_an_eval_set_can_be_added_from_the_command_line():
+    cfg = check_config(compose_config(["+eval.datasets.mine.root=/data/mine", "+eval.datasets.mine.task=retrieval"])).cfg
+    mine = cfg.eval.datasets["mine"]
+    assert (mine.root, mine.task, mine.modality, mine.split) == ("/data/mine", "retrieval", "image", "test")
+    assert error_line(["+eval.datasets.mine.rot=/x"]).startswith("eval.datasets.mine.rot:")
