@@ -18,3 +18,7 @@ class DataError(ClipkitError):
 
 class CheckpointError(ClipkitError):
     pass
+
+
+class ExportError(ClipkitError):
+    """A model that the requested export format cannot express."""

@@ -12,13 +12,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
 from clipkit.cli.errors import USER_ERRORS, fail
-from clipkit.config.schema import ClipkitConfig
-from clipkit.config.validate import check_config, omegaconf_problem
-from clipkit.errors import CheckpointError, ConfigError
+from clipkit.errors import ConfigError
 
 PROGRAM = "clipkit-eval"
 USAGE = "usage: clipkit-eval checkpoint=PATH [out=DIR] [KEY=VALUE ...]"
@@ -44,25 +39,15 @@ def _parse(argv: List[str]) -> Tuple[str, Optional[str], List[str]]:
 def evaluate_checkpoint(checkpoint: str, overrides: List[str], out: Optional[str]) -> Dict[str, Dict[str, float]]:
     from clipkit import distributed
     from clipkit.eval.runner import Evaluator
-    from clipkit.models.build import build_bundle
+    from clipkit.saved import load_checkpoint, load_config
     from clipkit.train import checkpoint as ckpt
     from clipkit.train.precision import autocast_factory
 
-    folder = ckpt.resolve_checkpoint(checkpoint)
-    try:
-        saved = OmegaConf.load(folder / ckpt.CONFIG_FILE)
-    except Exception as exc:
-        raise CheckpointError(f"unreadable {folder / ckpt.CONFIG_FILE}: {exc}") from exc
-    try:
-        raw = OmegaConf.merge(OmegaConf.structured(ClipkitConfig), saved, OmegaConf.from_dotlist(overrides))
-    except OmegaConfBaseException as exc:
-        raise omegaconf_problem(exc) from None
-    checked = check_config(raw)
+    trainer = load_config(ckpt.resolve_checkpoint(checkpoint), overrides).cfg.trainer
     # Under torchrun, every process evaluates its share of each set.
-    env = distributed.init_distributed(checked.cfg.trainer.device, checked.cfg.trainer.dist_backend)
+    env = distributed.init_distributed(trainer.device, trainer.dist_backend)
     try:
-        bundle = build_bundle(checked, env.device)
-        ckpt.load_model_weights(bundle.model, folder)
+        folder, checked, bundle = load_checkpoint(checkpoint, env.device, overrides)
         evaluator = Evaluator(checked.cfg.eval, bundle.eval_loaders(), bundle.tokenizer, env.device,
                               autocast_factory(checked.cfg.trainer.precision, env.device), env)
         if not evaluator.sets:

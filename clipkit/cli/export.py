@@ -1,0 +1,63 @@
+"""``clipkit-export checkpoint=PATH format=open_clip|onnx out=DIR [KEY=VALUE ...]``.
+
+open_clip: ``open_clip_config.json`` + ``open_clip_model.safetensors`` for the image–text part,
+loadable with ``open_clip.create_model_and_transforms('local-dir:DIR')``. onnx: one file per
+tower, checked against PyTorch with onnxruntime after writing.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Dict, List, Optional
+
+from clipkit.cli.errors import USER_ERRORS, fail
+from clipkit.errors import ConfigError
+
+PROGRAM = "clipkit-export"
+FORMATS = ("open_clip", "onnx")
+USAGE = "usage: clipkit-export checkpoint=PATH format=open_clip|onnx out=DIR [KEY=VALUE ...]"
+
+
+def _parse(argv: List[str]) -> Dict[str, object]:
+    args: Dict[str, object] = {"overrides": []}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ConfigError("", f"expected KEY=VALUE, got '{arg}' ({USAGE})")
+        if key in ("checkpoint", "format", "out"):
+            args[key] = value
+        else:
+            args["overrides"].append(arg)
+    for key in ("checkpoint", "format", "out"):
+        if not args.get(key):
+            raise ConfigError(key, f"missing ({USAGE})")
+    if args["format"] not in FORMATS:
+        raise ConfigError("format", f"unknown format '{args['format']}'; use one of {', '.join(FORMATS)}")
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    logging.getLogger("clipkit").setLevel(logging.INFO)  # not the ONNX tools' own INFO lines
+    try:
+        args = _parse(sys.argv[1:] if argv is None else argv)
+        import torch
+
+        from clipkit.saved import load_checkpoint
+
+        _, checked, bundle = load_checkpoint(str(args["checkpoint"]), torch.device("cpu"), args["overrides"])
+        if args["format"] == "open_clip":
+            from clipkit.export.open_clip import export_open_clip
+
+            written = export_open_clip(checked, bundle.model, args["out"])
+        else:
+            from clipkit.export.onnx import export_onnx
+
+            written = export_onnx(bundle, args["out"])
+    except USER_ERRORS as exc:
+        fail(PROGRAM, exc)
+    print(f"{PROGRAM}: wrote {written}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Export to open_clip's ``local-dir`` format: ``open_clip_config.json`` + ``open_clip_model.safetensors``.
+
+clipkit's image and text towers are open_clip's own modules (VisionTransformer or TimmModel, and
+TextTransformer), so the export renames keys and copies tensors: ``towers.image.encoder.*`` ->
+``visual.*``, ``towers.text.encoder.*`` -> ``text.*`` (open_clip's CustomTextCLIP layout,
+``custom_text: true``), the image–text pair's logit scale (and SigLIP bias) -> ``logit_scale``
+(``logit_bias``). Then ``open_clip.create_model_and_transforms('local-dir:DIR')`` and
+``open_clip.get_tokenizer('local-dir:DIR')`` load it, and so does CLIP_benchmark.
+
+open_clip's CLIP has exactly an image and a text tower: a model with an audio tower exports its
+image–text part (with a warning), and one without both towers is refused.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Dict
+
+import torch
+from safetensors.torch import save_file
+
+from clipkit.config.validate import CheckedConfig
+from clipkit.errors import ExportError
+from clipkit.models.multimodal import MultiModalModel
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+
+
+def _set_fields(cfg) -> dict:
+    """The dataclass's fields that are not None (open_clip's loaders take a missing key as its
+    default, but some break on an explicit null, e.g. text_cfg.tokenizer_kwargs)."""
+    return {key: value for key, value in asdict(cfg).items() if value is not None}
+
+
+def open_clip_config(checked: CheckedConfig, model: MultiModalModel) -> dict:
+    image, text = checked.towers["image"], checked.towers["text"]
+    model_cfg = {"embed_dim": checked.cfg.model.embed_dim, "vision_cfg": _set_fields(image.open_clip_cfg()),
+                 "text_cfg": _set_fields(text.open_clip_cfg()), "custom_text": True}
+    if "image_text" not in model.logit_scales and "image_text" in model.sigmoid_biases:
+        model_cfg["init_logit_bias"] = float(model.sigmoid_biases["image_text"])
+    transform = checked.cfg.data.image
+    preprocess_cfg = {"size": image.image_size, "mean": list(transform.mean), "std": list(transform.std),
+                      "interpolation": transform.interpolation, "resize_mode": transform.resize_mode}
+    return {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+
+
+def open_clip_state_dict(model: MultiModalModel) -> Dict[str, torch.Tensor]:
+    state = {}
+    for prefix, modality in (("visual", "image"), ("text", "text")):
+        for key, value in model.towers[modality].encoder.state_dict().items():
+            state[f"{prefix}.{key}"] = value
+    if "image_text" in model.logit_scales:
+        state["logit_scale"] = model.logit_scales["image_text"]
+    else:  # a SigLIP model
+        state["logit_scale"] = model.sigmoid_scales["image_text"]
+        state["logit_bias"] = model.sigmoid_biases["image_text"]
+    return {key: value.detach().cpu().contiguous().clone() for key, value in state.items()}
+
+
+def check_exportable(checked: CheckedConfig, model: MultiModalModel) -> None:
+    towers = set(checked.towers)
+    if not {"image", "text"} <= towers or "image_text" not in model.pairs:
+        raise ExportError(f"format=open_clip needs an image and a text tower trained as the pair image_text "
+                          f"(this model: towers {', '.join(sorted(towers))}, pairs {', '.join(model.pairs)}); "
+                          "use format=onnx, which exports every tower")
+    if model.caption is not None:
+        raise ExportError("format=open_clip: clipkit's caption decoder (one attention pooler per source) has no "
+                          "open_clip CoCa equivalent yet; use format=onnx for the towers")
+    extra = towers - {"image", "text"}
+    if extra:
+        log.warning("format=open_clip holds the image and text towers; the %s tower is left out "
+                    "(format=onnx exports it)", ", ".join(sorted(extra)))
+
+
+def export_open_clip(checked: CheckedConfig, model: MultiModalModel, out: Path) -> Path:
+    """Writes ``out`` whole or not at all (a temporary folder renamed into place)."""
+    check_exportable(checked, model)
+    out = Path(out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        (staging / CONFIG_FILE).write_text(json.dumps(open_clip_config(checked, model), indent=2) + "\n")
+        save_file(open_clip_state_dict(model), str(staging / WEIGHTS_FILE))
+        staging.chmod(0o755)  # mkdtemp's folder is private
+        (staging / WEIGHTS_FILE).chmod(0o644)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,39 @@
+"""A saved checkpoint back as a model: its own config (with optional overrides) and its weights."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence, Tuple
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from clipkit.config.schema import ClipkitConfig
+from clipkit.config.validate import CheckedConfig, check_config, omegaconf_problem
+from clipkit.errors import CheckpointError
+from clipkit.models.build import ModelBundle, build_bundle
+from clipkit.train import checkpoint as ckpt
+
+
+def load_config(folder: Path, overrides: Sequence[str] = ()) -> CheckedConfig:
+    """The checkpoint's config.yaml with ``KEY=VALUE`` overrides, checked."""
+    try:
+        saved = OmegaConf.load(folder / ckpt.CONFIG_FILE)
+    except Exception as exc:
+        raise CheckpointError(f"unreadable {folder / ckpt.CONFIG_FILE}: {exc}") from exc
+    try:
+        raw = OmegaConf.merge(OmegaConf.structured(ClipkitConfig), saved, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as exc:
+        raise omegaconf_problem(exc) from None
+    return check_config(raw)
+
+
+def load_checkpoint(path: str, device: torch.device, overrides: Sequence[str] = ()) -> Tuple[Path, CheckedConfig, ModelBundle]:
+    """A checkpoint folder, or a run folder (its latest checkpoint): the folder, the config and
+    the model bundle with the saved weights, in eval mode."""
+    folder = ckpt.resolve_checkpoint(path)
+    checked = load_config(folder, overrides)
+    bundle = build_bundle(checked, device)
+    ckpt.load_model_weights(bundle.model, folder)
+    bundle.model.eval()
+    return folder, checked, bundle

@@ -1,0 +1,38 @@
+"""What each export format accepts, without training."""
+import pytest
+import torch
+
+from clipkit.config.compose import compose_config
+from clipkit.config.validate import check_config
+from clipkit.errors import ExportError
+from clipkit.export.open_clip import export_open_clip, open_clip_state_dict
+from clipkit.models.build import build_bundle
+from tests.conftest import TINY_AUDIO, TINY_MODEL
+
+
+def bundle(overrides):
+    checked = check_config(compose_config(overrides))
+    return checked, build_bundle(checked, torch.device("cpu"))
+
+
+def test_open_clip_refuses_a_model_without_image_and_text_towers(tmp_path):
+    checked, built = bundle(["model=audio_text_small", "model.towers.text.width=32", "model.towers.text.heads=2",
+                             "model.towers.text.layers=1", "eval=none",
+                             "~loss.contrastive.pair_weights.image_audio"])
+    with pytest.raises(ExportError, match="format=onnx"):
+        export_open_clip(checked, built.model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_open_clip_refuses_a_caption_decoder(tmp_path):
+    checked, built = bundle(["experiment=demo_coca", *TINY_MODEL, *TINY_AUDIO, "model.caption.heads=2",
+                             "model.caption.pooler_heads=2"])
+    with pytest.raises(ExportError, match="caption decoder"):
+        export_open_clip(checked, built.model, tmp_path / "out")
+
+
+def test_a_siglip_model_exports_its_temperature_and_bias():
+    _, built = bundle(["loss=siglip", *TINY_MODEL, *TINY_AUDIO])
+    state = open_clip_state_dict(built.model)
+    assert state["logit_scale"].item() == pytest.approx(2.302585, rel=1e-5) and state["logit_bias"].item() == -10.0
+    assert any(key.startswith("visual.") for key in state) and any(key.startswith("text.") for key in state)
