@@ -1,8 +1,11 @@
-"""``clipkit-eval checkpoint=PATH [out=DIR] [KEY=VALUE ...]``: evaluate a saved checkpoint.
+"""``clipkit-eval checkpoint=PATH [checkpoint=PATH ...] [out=DIR] [KEY=VALUE ...]``: evaluate
+saved checkpoints.
 
 The checkpoint's own config.yaml supplies the model and the eval sets; ``KEY=VALUE`` overrides
 change it (e.g. ``eval.datasets.mine.root=/data/mine eval.datasets.mine.task=retrieval``, or
-``trainer.device=cpu``). Results go to ``OUT/<dataset>.json`` (default: the checkpoint's eval/).
+``trainer.device=cpu``). Results go to ``OUT/<dataset>.json`` with ``OUT/report.md`` and its
+figures (default OUT: the checkpoint's eval/). With several checkpoints, each is evaluated into
+``OUT/<run>_<step>/`` and ``OUT/comparison.md`` holds one table of them all.
 """
 from __future__ import annotations
 
@@ -16,28 +19,31 @@ from clipkit.cli.errors import USER_ERRORS, fail
 from clipkit.errors import ConfigError
 
 PROGRAM = "clipkit-eval"
-USAGE = "usage: clipkit-eval checkpoint=PATH [out=DIR] [KEY=VALUE ...]"
+USAGE = "usage: clipkit-eval checkpoint=PATH [checkpoint=PATH ...] [out=DIR] [KEY=VALUE ...]"
 
 
-def _parse(argv: List[str]) -> Tuple[str, Optional[str], List[str]]:
-    checkpoint, out, overrides = None, None, []
+def _parse(argv: List[str]) -> Tuple[List[str], Optional[str], List[str]]:
+    checkpoints, out, overrides = [], None, []
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep:
             raise ConfigError("", f"expected KEY=VALUE, got '{arg}' ({USAGE})")
         if key == "checkpoint":
-            checkpoint = value
+            checkpoints.append(value)
         elif key == "out":
             out = value
         else:
             overrides.append(arg)
-    if not checkpoint:
+    if not checkpoints:
         raise ConfigError("checkpoint", f"missing ({USAGE})")
-    return checkpoint, out, overrides
+    if len(checkpoints) > 1 and not out:
+        raise ConfigError("out", f"several checkpoints need out=DIR for their comparison ({USAGE})")
+    return checkpoints, out, overrides
 
 
 def evaluate_checkpoint(checkpoint: str, overrides: List[str], out: Optional[str]) -> Dict[str, Dict[str, float]]:
     from clipkit import distributed
+    from clipkit.eval.report import write_report
     from clipkit.eval.runner import Evaluator
     from clipkit.saved import load_checkpoint, load_config
     from clipkit.train import checkpoint as ckpt
@@ -53,23 +59,52 @@ def evaluate_checkpoint(checkpoint: str, overrides: List[str], out: Optional[str
         if not evaluator.sets:
             raise ConfigError("eval.datasets", "no eval sets configured")
         step = int(ckpt.load_train_state(folder).get("step", 0))
-        out_dir = (Path(out) if out else folder / "eval") if env.is_main else None
-        return evaluator.run(bundle.model, step, out_dir)
+        out_dir = Path(out) if out else folder / "eval"
+        results = evaluator.run(bundle.model, step, out_dir if env.is_main else None)
+        if env.is_main:
+            write_report(out_dir, f"clipkit eval: {folder}", results, evaluator.pairs,
+                         folder.parent.parent / "metrics.jsonl", [f"- step: {step}", ""])
+        return results
     finally:
         distributed.shutdown(env)
+
+
+def _label(checkpoint: str, taken: Dict[str, object]) -> str:
+    """'<run folder>_<step folder>', unique among the labels taken."""
+    from clipkit.train import checkpoint as ckpt
+
+    folder = ckpt.resolve_checkpoint(checkpoint)
+    label = base = f"{folder.parent.parent.name}_{folder.name}"
+    suffix = 2
+    while label in taken:
+        label, suffix = f"{base}_{suffix}", suffix + 1
+    return label
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     try:
-        checkpoint, out, overrides = _parse(sys.argv[1:] if argv is None else argv)
-        results = evaluate_checkpoint(checkpoint, overrides, out)
+        checkpoints, out, overrides = _parse(sys.argv[1:] if argv is None else argv)
+        if len(checkpoints) == 1:
+            every = {checkpoints[0]: evaluate_checkpoint(checkpoints[0], overrides, out)}
+        else:
+            every = {}
+            for checkpoint in checkpoints:
+                label = _label(checkpoint, every)
+                every[label] = evaluate_checkpoint(checkpoint, overrides, str(Path(out) / label))
     except USER_ERRORS as exc:
         fail(PROGRAM, exc)
+    from clipkit.eval.report import comparison_table
     from clipkit.train.metrics import results_table
 
-    if int(os.environ.get("RANK", "0")) == 0:
-        print("\n".join(results_table(results)))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if len(every) == 1:
+        print("\n".join(results_table(next(iter(every.values())))))
+    else:
+        table = comparison_table(every)
+        Path(out, "comparison.md").write_text("# clipkit eval: comparison\n\n" + "\n".join(table) + "\n")
+        print("\n".join(table))
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def check_config(raw: DictConfig) -> CheckedConfig:
     # An open mapping in the schema, so that `+eval.datasets.NAME.root=...` can add a set (OmegaConf
     # cannot add a dict to a mapping typed with a dataclass); typed here, each entry.
     cfg.eval.datasets = {str(name): _typed(EvalDatasetConfig, node, f"eval.datasets.{name}")
-                         for name, node in cfg.eval.datasets.items()}
+                         for name, node in cfg.eval.datasets.items() if node is not None}  # null: dropped
     for name, dataset in cfg.eval.datasets.items():
         if dataset.task == "captioning" and dataset.modality not in cfg.model.caption.sources:
             raise ConfigError(f"eval.datasets.{name}.task", f"captioning {dataset.modality} needs "

@@ -5,7 +5,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -39,6 +39,8 @@ class Evaluator:
         self.device = device
         self.autocast = autocast
         self.sets: List[EvalSet] = [open_eval_set(name, c) for name, c in cfg.datasets.items()]
+        # The last run's matched embeddings per set, for the report's figures.
+        self.pairs: Dict[str, Tuple[torch.Tensor, torch.Tensor, str, str]] = {}
         for eval_set in self.sets:
             for key, modality in (("modality", eval_set.modality), ("against", eval_set.against)):
                 if (modality == "text" and tokenizer is None) or (modality != "text" and modality not in loaders):
@@ -96,7 +98,8 @@ class Evaluator:
         all_labels = self._gather(torch.tensor(labels, dtype=torch.long, device=self.device))
         all_logits = embeddings @ classifier.float().cpu()
         # Geometry of each item against its class's text embedding (the zero-shot classifier).
-        geometry = self._geometry(embeddings, classifier.float().cpu().T[all_labels], eval_set.modality, "text")
+        geometry = self._geometry(eval_set.name, embeddings, classifier.float().cpu().T[all_labels],
+                                  eval_set.modality, "text")
         return {**classification_metrics(all_logits, all_labels), **geometry, "num_samples": len(all_labels)}
 
     def _retrieval(self, model: MultiModalModel, eval_set: EvalSet) -> Metrics:
@@ -123,7 +126,7 @@ class Evaluator:
         mapping = self._gather(torch.tensor([offset + i for i in text_to_item], dtype=torch.long,
                                             device=self.device))
         metrics = retrieval_metrics(all_items, all_texts, mapping, item_name=eval_set.modality)
-        geometry = self._geometry(all_items[mapping], all_texts, eval_set.modality, "text")
+        geometry = self._geometry(eval_set.name, all_items[mapping], all_texts, eval_set.modality, "text")
         return {**metrics, **geometry, "num_samples": len(all_items)}
 
     def _paired_retrieval(self, model: MultiModalModel, eval_set: EvalSet) -> Metrics:
@@ -136,10 +139,11 @@ class Evaluator:
         all_items, all_partners = self._gather(torch.cat(items)), self._gather(torch.cat(partners))
         metrics = retrieval_metrics(all_items, all_partners, torch.arange(len(all_items)),
                                     item_name=eval_set.modality, text_name=eval_set.against)
-        geometry = self._geometry(all_items, all_partners, eval_set.modality, eval_set.against)
+        geometry = self._geometry(eval_set.name, all_items, all_partners, eval_set.modality, eval_set.against)
         return {**metrics, **geometry, "num_samples": len(all_items)}
 
-    def _geometry(self, x: torch.Tensor, y: torch.Tensor, x_name: str, y_name: str) -> Metrics:
+    def _geometry(self, name: str, x: torch.Tensor, y: torch.Tensor, x_name: str, y_name: str) -> Metrics:
+        self.pairs[name] = (x, y, x_name, y_name)
         if not self.cfg.geometry_max_pairs:
             return {}
         return geometry_metrics(x, y, x_name, y_name, self.cfg.geometry_max_pairs)

@@ -18,6 +18,7 @@ from clipkit.data.decode import SampleDecoder
 from clipkit.data.pipeline import StreamState, TrainStream, batches, make_loader
 from clipkit.data.shards import ShardSource, count_samples
 from clipkit.errors import ConfigError
+from clipkit.eval.report import write_report
 from clipkit.eval.runner import Evaluator
 from clipkit.models.build import ModelBundle, build_bundle
 from clipkit.objectives.collectives import LOCAL, process_group
@@ -240,11 +241,9 @@ class Trainer:
         return results
 
     def _write_report(self, results: Dict[str, Dict[str, float]]) -> None:
-        lines = [f"# clipkit run: {self.cfg.name}", "",
-                 f"- steps: {self.step}, samples seen: {self.samples_seen}, processes: {self.env.world_size}",
-                 f"- checkpoint: `{ckpt.find_latest(self.run_dir / 'checkpoints')}`", ""]
-        if results:
-            lines += ["## Evaluation", ""] + results_table(results)
-        (self.run_dir / "report.md").write_text("\n".join(lines) + "\n")
+        preamble = [f"- steps: {self.step}, samples seen: {self.samples_seen}, processes: {self.env.world_size}",
+                    f"- checkpoint: `{ckpt.find_latest(self.run_dir / 'checkpoints')}`", ""]
+        write_report(self.run_dir, f"clipkit run: {self.cfg.name}", results, self.evaluator.pairs,
+                     self.run_dir / "metrics.jsonl", preamble)
         for row in results_table(results) if results else []:
             print(row)

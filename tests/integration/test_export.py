@@ -147,3 +147,17 @@ def test_python_api_round_trip(trained):
     assert torch.allclose(from_wave, from_file, atol=1e-5)
     classifier = model.zero_shot_classifier(["red circle", "blue square"], ["a {c}.", "a photo of a {c}."])
     assert classifier.shape == (model.model.embed_dim, 2)
+
+
+@pytest.mark.slow
+def test_eval_of_several_checkpoints_writes_reports_and_one_comparison(trained, small_demo):
+    out = trained / "compare"
+    shapes = f"eval.datasets.shapes.root={small_demo}/eval/shapes"
+    result = run_cli("clipkit-eval", [f"checkpoint={trained / 'run'}", f"checkpoint={trained / 'run'}",
+                                      f"out={out}", shapes], trained)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (out / "comparison.md").read_text()
+    assert "| set | metric | run_step_0000006 | run_step_0000006_2 |" in table and "| shapes | acc1 |" in table
+    for label in ("run_step_0000006", "run_step_0000006_2"):
+        report = (out / label / "report.md").read_text()
+        assert "(shapes_projection.png)" in report and (out / label / "shapes_projection.png").is_file()

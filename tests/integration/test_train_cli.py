@@ -53,7 +53,10 @@ def test_train_checkpoint_eval_and_reevaluate(tmp_path, small_demo):
         assert (checkpoints / "step_0000012" / name).is_file()
     final = {name: json.loads((run_dir / "eval" / f"{name}.json").read_text()) for name in ("shapes", "scenes")}
     assert final["scenes"]["metrics"]["image_retrieval_recall@10"] > 0
-    assert "acc1" in (run_dir / "report.md").read_text()
+    report = (run_dir / "report.md").read_text()
+    assert "acc1" in report and "![training curves](curves.png)" in report
+    for figure in ("curves.png", "shapes_similarity.png", "shapes_projection.png", "scenes_projection.png"):
+        assert (run_dir / figure).stat().st_size > 1000 and f"({figure})" in report
 
     again = run_cli("clipkit-eval", [f"checkpoint={checkpoints / 'step_0000012'}", f"out={tmp_path / 'again'}"], tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
