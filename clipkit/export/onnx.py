@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict
 
@@ -23,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipkit.errors import ExportError
+from clipkit.export.staging import staged_folder
 from clipkit.models.build import ModelBundle
 
 TOLERANCE = 1e-4
@@ -70,9 +69,7 @@ def export_onnx(bundle: ModelBundle, out: Path) -> Path:
     """Writes ``out`` whole or not at all; raises ExportError if a tower does not match."""
     model = bundle.model.cpu().eval()
     out = Path(out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         towers: Dict[str, dict] = {}
         for modality in model.modalities:
             difference = _export_tower(bundle, modality, staging / f"{modality}.onnx")
@@ -85,13 +82,6 @@ def export_onnx(bundle: ModelBundle, out: Path) -> Path:
                                 "output": "normalized_embedding", "max_abs_diff_vs_pytorch": difference}
         manifest = {"embed_dim": model.embed_dim, "opset": OPSET, "towers": towers, "preprocessing": _preprocessing(bundle)}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        staging.chmod(0o755)  # mkdtemp's folder is private
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Dict
@@ -25,6 +23,7 @@ from safetensors.torch import save_file
 
 from clipkit.config.validate import CheckedConfig
 from clipkit.errors import ExportError
+from clipkit.export.staging import staged_folder
 from clipkit.models.multimodal import MultiModalModel
 
 log = logging.getLogger(__name__)
@@ -83,17 +82,8 @@ def export_open_clip(checked: CheckedConfig, model: MultiModalModel, out: Path) 
     """Writes ``out`` whole or not at all (a temporary folder renamed into place)."""
     check_exportable(checked, model)
     out = Path(out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         (staging / CONFIG_FILE).write_text(json.dumps(open_clip_config(checked, model), indent=2) + "\n")
         save_file(open_clip_state_dict(model), str(staging / WEIGHTS_FILE))
-        staging.chmod(0o755)  # mkdtemp's folder is private
         (staging / WEIGHTS_FILE).chmod(0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out

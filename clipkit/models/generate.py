@@ -5,8 +5,8 @@ Two interchangeable ways to score the next token:
 - ``CachedDecoding`` (default) keeps each self-attention layer's keys and values, of the text
   tower and of the multimodal decoder, and the cross-attention keys and values of the source's
   pooled tokens, so every step runs the network on one new token: linear in the caption length.
-- ``FullDecoding`` re-runs open_clip's modules on the whole prefix every step (quadratic); it is
-  the reference the cached path is tested against.
+- ``FullDecoding`` re-runs open_clip's modules every step on the prefix padded to the full context
+  (the text tower's mask has that size): the reference the cached path is tested against.
 
 Both implement ``step(tokens) -> next-token logits`` and ``reorder(rows)`` (beam search keeps
 the rows of the surviving beams).
