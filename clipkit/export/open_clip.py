@@ -4,7 +4,8 @@ clipkit's image and text towers are open_clip's own modules (VisionTransformer o
 TextTransformer), so the export renames keys and copies tensors: ``towers.image.encoder.*`` ->
 ``visual.*``, ``towers.text.encoder.*`` -> ``text.*`` (open_clip's CustomTextCLIP layout,
 ``custom_text: true``), the image–text pair's logit scale (and SigLIP bias) -> ``logit_scale``
-(``logit_bias``). Then ``open_clip.create_model_and_transforms('local-dir:DIR')`` and
+(``logit_bias``); a caption decoder over an attention-pooling ViT (model=tiny_coca) ->
+``text_decoder.*`` of open_clip's CoCa. Then ``open_clip.create_model_and_transforms('local-dir:DIR')`` and
 ``open_clip.get_tokenizer('local-dir:DIR')`` load it, and so does CLIP_benchmark.
 
 open_clip's CLIP has exactly an image and a text tower: a model with an audio tower exports its
@@ -42,6 +43,11 @@ def open_clip_config(checked: CheckedConfig, model: MultiModalModel) -> dict:
     image, text = checked.towers["image"], checked.towers["text"]
     model_cfg = {"embed_dim": checked.cfg.model.embed_dim, "vision_cfg": _set_fields(image.open_clip_cfg()),
                  "text_cfg": _set_fields(text.open_clip_cfg()), "custom_text": True}
+    if model.caption is not None:  # open_clip builds a CoCa when multimodal_cfg is present
+        head = checked.cfg.model.caption
+        model_cfg["vision_cfg"]["output_tokens"] = model_cfg["text_cfg"]["output_tokens"] = True
+        model_cfg["multimodal_cfg"] = {"context_length": text.context_length, "vocab_size": text.vocab_size,
+                                       "width": text.width, "heads": head.heads, "layers": head.layers}
     if "image_text" not in model.logit_scales and "image_text" in model.sigmoid_biases:
         model_cfg["init_logit_bias"] = float(model.sigmoid_biases["image_text"])
     transform = checked.cfg.data.image
@@ -55,6 +61,9 @@ def open_clip_state_dict(model: MultiModalModel) -> Dict[str, torch.Tensor]:
     for prefix, modality in (("visual", "image"), ("text", "text")):
         for key, value in model.towers[modality].encoder.state_dict().items():
             state[f"{prefix}.{key}"] = value
+    if model.caption is not None:
+        for key, value in model.caption.decoder.state_dict().items():
+            state[f"text_decoder.{key}"] = value
     if "image_text" in model.logit_scales:
         state["logit_scale"] = model.logit_scales["image_text"]
     else:  # a SigLIP model
@@ -70,8 +79,11 @@ def check_exportable(checked: CheckedConfig, model: MultiModalModel) -> None:
                           f"(this model: towers {', '.join(sorted(towers))}, pairs {', '.join(model.pairs)}); "
                           "use format=onnx, which exports every tower")
     if model.caption is not None:
-        raise ExportError("format=open_clip: clipkit's caption decoder (one attention pooler per source) has no "
-                          "open_clip CoCa equivalent yet; use format=onnx for the towers")
+        head = checked.cfg.model.caption
+        if "image" not in head.sources or not model.towers["image"].tokens_pooled or head.mlp_ratio != 4.0:
+            raise ExportError("format=open_clip: a caption decoder exports as open_clip's CoCa only when it "
+                              "captions images from a ViT with attentional_pool=true (as model=tiny_coca) and "
+                              "model.caption.mlp_ratio=4; use format=onnx for the towers")
     extra = towers - {"image", "text"}
     if extra:
         log.warning("format=open_clip holds the image and text towers; the %s tower is left out "

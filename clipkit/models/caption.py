@@ -4,12 +4,13 @@ The text tower is CoCa's unimodal decoder: it is causal, so its token features a
 see tokens <= t. The multimodal decoder (open_clip's MultimodalTransformer) continues from them with
 causal self-attention and cross-attention to the source's tokens, pooled by attention to
 ``n_queries`` (open_clip's AttentionalPooler; one pooler per source, so one decoder captions both
-images and sounds), and predicts the next token. Teacher-forced here; generation lives in
+images and sounds), and predicts the next token. A tower that pools its tokens itself (open_clip's
+CoCa image tower, ``attentional_pool``) needs no pooler here: that is open_clip's CoCa exactly. Teacher-forced here; generation lives in
 :mod:`clipkit.models.generate`.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,17 +18,23 @@ from open_clip.transformer import AttentionalPooler, MultimodalTransformer
 from torch import nn
 
 from clipkit.config.schema import CaptionHeadConfig
+from clipkit.errors import ConfigError
 
 PAD_ID = 0  # open_clip's tokenizer pads with 0
 
 
 class CaptionHead(nn.Module):
-    def __init__(self, cfg: CaptionHeadConfig, token_widths: Dict[str, int], text_width: int,
+    def __init__(self, cfg: CaptionHeadConfig, token_widths: Dict[str, int], pooled: Set[str], text_width: int,
                  context_length: int, vocab_size: int) -> None:
         super().__init__()
+        for source in pooled:
+            if token_widths[source] != text_width:
+                raise ConfigError("model.caption.sources", f"the {source} tower pools its tokens to "
+                                  f"{token_widths[source]} wide, the decoder is as wide as the text tower "
+                                  f"({text_width}): make model.embed_dim equal to the text tower's width")
         self.poolers = nn.ModuleDict({
-            source: AttentionalPooler(text_width, token_widths[source], n_head=cfg.pooler_heads,
-                                      n_queries=cfg.n_queries)
+            source: nn.Identity() if source in pooled else AttentionalPooler(
+                text_width, token_widths[source], n_head=cfg.pooler_heads, n_queries=cfg.n_queries)
             for source in cfg.sources})
         self.decoder = MultimodalTransformer(
             width=text_width, layers=cfg.layers, heads=cfg.heads, context_length=context_length,

@@ -137,6 +137,7 @@ def build_model(embed_dim: int, towers: Dict[str, TowerConfig], pairs: Iterable[
     head = None
     if caption.sources:
         text = towers["text"]
-        head = CaptionHead(caption, {s: built[s].token_width for s in caption.sources}, text.width,
+        head = CaptionHead(caption, {s: built[s].token_width for s in caption.sources},
+                           {s for s in caption.sources if built[s].tokens_pooled}, text.width,
                            text.context_length, text.vocab_size)
     return MultiModalModel(built, pairs, embed_dim, parameters, head)

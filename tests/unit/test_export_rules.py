@@ -24,11 +24,34 @@ def test_open_clip_refuses_a_model_without_image_and_text_towers(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_open_clip_refuses_a_caption_decoder(tmp_path):
-    checked, built = bundle(["experiment=demo_coca", *TINY_MODEL, *TINY_AUDIO, "model.caption.heads=2",
-                             "model.caption.pooler_heads=2"])
-    with pytest.raises(ExportError, match="caption decoder"):
+COCA = ["experiment=demo_coca", *TINY_MODEL, *TINY_AUDIO, "model.caption.heads=2", "model.caption.pooler_heads=2",
+        "model.towers.image.attn_pooler_heads=2", "model.towers.image.attn_pooler_queries=5"]
+
+
+def test_a_coca_model_exports_as_open_clips_coca(tmp_path):
+    import open_clip
+
+    checked, built = bundle(COCA)
+    model = built.model.eval()
+    export_open_clip(checked, model, tmp_path / "coca")
+    loaded, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'coca'}")
+    loaded.eval()
+    images, text = torch.randn(2, 3, 32, 32), built.tokenizer(["a small red circle", "three short high beeps"])
+    with torch.no_grad():
+        theirs = loaded(images, text)
+        _, image_tokens = model.towers["image"].forward_with_tokens(images)
+        _, text_tokens = model.towers["text"].forward_with_tokens(text)
+        ours = model.caption.logits("image", image_tokens, text_tokens[:, :-1])
+        assert type(loaded).__name__ == "CoCa"
+        assert (theirs["logits"] - ours).abs().max() <= 1e-5
+        assert (theirs["image_features"] - model.encode("image", images)).abs().max() <= 1e-5
+
+
+def test_a_caption_decoder_open_clip_cannot_express_is_refused(tmp_path):
+    checked, built = bundle([*COCA, "model.towers.image.attentional_pool=false"])
+    with pytest.raises(ExportError, match="attentional_pool"):
         export_open_clip(checked, built.model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_siglip_model_exports_its_temperature_and_bias():

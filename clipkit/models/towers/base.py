@@ -27,16 +27,18 @@ class Tower(nn.Module):
 
     ``encoder`` is the library module doing the work (an open_clip tower), kept as is so its
     weights map one to one onto open_clip's layout. ``token_width`` is the width of the token
-    features it can also return (None: it has none), which a caption decoder attends to.
+    features it can also return (None: it has none), which a caption decoder attends to;
+    ``tokens_pooled``: they are already pooled by attention (open_clip's CoCa image tower).
     """
 
     def __init__(self, modality: str, encoder: nn.Module, config: TowerConfig,
-                 token_width: Optional[int] = None) -> None:
+                 token_width: Optional[int] = None, tokens_pooled: bool = False) -> None:
         super().__init__()
         self.modality = modality
         self.encoder = encoder
         self.config = config
         self.token_width = token_width
+        self.tokens_pooled = tokens_pooled
 
     def enable_tokens(self) -> int:
         """From now on the encoder also returns its token features; returns their width."""

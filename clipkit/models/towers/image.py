@@ -32,6 +32,11 @@ class ViTConfig(ImageTowerConfig):
     pool_type: str = "tok"  # tok | avg
     final_ln_after_pool: bool = False
     no_ln_pre: bool = False
+    # open_clip's CoCa image tower: the tokens are pooled by attention to this many queries of
+    # embed_dim width (what a caption decoder attends to), the first query is the embedding.
+    attentional_pool: bool = False
+    attn_pooler_queries: int = 256
+    attn_pooler_heads: int = 8
 
     def open_clip_cfg(self) -> CLIPVisionCfg:
         return CLIPVisionCfg(
@@ -39,7 +44,8 @@ class ViTConfig(ImageTowerConfig):
             mlp_ratio=self.mlp_ratio, patch_size=self.patch_size, image_size=self.image_size,
             ls_init_value=self.ls_init_value, patch_dropout=self.patch_dropout,
             pool_type=self.pool_type, final_ln_after_pool=self.final_ln_after_pool,
-            no_ln_pre=self.no_ln_pre,
+            no_ln_pre=self.no_ln_pre, attentional_pool=self.attentional_pool,
+            attn_pooler_queries=self.attn_pooler_queries, attn_pooler_heads=self.attn_pooler_heads,
         )
 
 
@@ -64,18 +70,22 @@ class TimmConfig(ImageTowerConfig):
         )
 
 
-def _finish_image_tower(encoder, cfg: ImageTowerConfig, token_width: Optional[int]) -> Tower:
+def _finish_image_tower(encoder, cfg: ImageTowerConfig, token_width: Optional[int],
+                        tokens_pooled: bool = False) -> Tower:
     if cfg.weights:
         load_weights(encoder, cfg.weights)
     if cfg.lock:
         encoder.lock(unlocked_groups=cfg.unlocked_groups, freeze_bn_stats=cfg.freeze_bn_stats)
     encoder.set_grad_checkpointing(cfg.grad_checkpointing)
-    return Tower(cfg.MODALITY, encoder, cfg, token_width)
+    return Tower(cfg.MODALITY, encoder, cfg, token_width, tokens_pooled)
 
 
 @TOWERS.register("vit", ViTConfig)
 def build_vit(cfg: ViTConfig, embed_dim: int) -> Tower:
-    return _finish_image_tower(_build_vision_tower(embed_dim, cfg.open_clip_cfg()), cfg, cfg.width)
+    encoder = _build_vision_tower(embed_dim, cfg.open_clip_cfg())
+    if cfg.attentional_pool:
+        return _finish_image_tower(encoder, cfg, embed_dim, tokens_pooled=True)
+    return _finish_image_tower(encoder, cfg, cfg.width)
 
 
 @TOWERS.register("timm", TimmConfig)
