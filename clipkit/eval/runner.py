@@ -148,7 +148,7 @@ class Evaluator:
             return {}
         return geometry_metrics(x, y, x_name, y_name, self.cfg.geometry_max_pairs)
 
-    def _captioning(self, model: MultiModalModel, eval_set: EvalSet) -> "tuple[Metrics, List[dict]]":
+    def _captioning(self, model: MultiModalModel, eval_set: EvalSet) -> Tuple[Metrics, List[dict]]:
         """Generates a caption per item and scores it against the item's reference captions."""
         generator = torch.Generator(self.device).manual_seed(self.cfg.generation.seed + self.env.rank)
         pairs: List[tuple] = []
