@@ -59,3 +59,20 @@ def test_a_siglip_model_exports_its_temperature_and_bias():
     state = open_clip_state_dict(built.model)
     assert state["logit_scale"].item() == pytest.approx(2.302585, rel=1e-5) and state["logit_bias"].item() == -10.0
     assert any(key.startswith("visual.") for key in state) and any(key.startswith("text.") for key in state)
+
+
+def test_a_timm_image_tower_exports_with_the_same_embeddings(tmp_path):
+    import open_clip
+
+    checked, built = bundle(["experiment=demo_image_text", "model=timm_resnet50", "eval=none",
+                             "model.towers.image.model_name=test_convnext", "model.towers.image.image_size=32",
+                             "model.towers.image.pool=avg", "model.towers.image.proj=linear",
+                             *[o for o in TINY_MODEL if "towers.image" not in o]])
+    assert checked.towers["image"].model_name == "test_convnext"
+    model = built.model.eval()
+    export_open_clip(checked, model, tmp_path / "timm")
+    loaded, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'timm'}")
+    loaded.eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (loaded.encode_image(images, normalize=True) - model.encode("image", images)).abs().max() <= 1e-5
