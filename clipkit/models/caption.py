@@ -5,12 +5,12 @@ see tokens <= t. The multimodal decoder (open_clip's MultimodalTransformer) cont
 causal self-attention and cross-attention to the source's tokens, pooled by attention to
 ``n_queries`` (open_clip's AttentionalPooler; one pooler per source, so one decoder captions both
 images and sounds), and predicts the next token. A tower that pools its tokens itself (open_clip's
-CoCa image tower, ``attentional_pool``) needs no pooler here: that is open_clip's CoCa exactly. Teacher-forced here; generation lives in
-:mod:`clipkit.models.generate`.
+CoCa image tower, ``attentional_pool``) needs no pooler here: that is open_clip's CoCa exactly.
+Teacher-forced here; generation lives in :mod:`clipkit.models.generate`.
 """
 from __future__ import annotations
 
-from typing import Dict, Set, Tuple
+from typing import Dict, List, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ class CaptionHead(nn.Module):
         self._init_decoder(text_width, cfg.layers)
 
     @property
-    def sources(self):
+    def sources(self) -> List[str]:
         return list(self.poolers.keys())
 
     @torch.no_grad()
