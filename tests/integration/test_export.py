@@ -161,3 +161,15 @@ def test_eval_of_several_checkpoints_writes_reports_and_one_comparison(trained, 
     for label in ("run_step_0000006", "run_step_0000006_2"):
         report = (out / label / "report.md").read_text()
         assert "(shapes_projection.png)" in report and (out / label / "shapes_projection.png").is_file()
+
+
+@pytest.mark.parametrize("args, key", [
+    (["checkpoint=/nowhere", "format=onnx", "out=x"], "checkpoint not found"),
+    (["checkpoint=/nowhere", "format=tflite", "out=x"], "format:"),
+    (["checkpoint=/nowhere", "format=onnx"], "out:"),
+])
+def test_export_bad_input_is_one_line_and_exit_2(tmp_path, args, key):
+    result = run_cli("clipkit-export", args, tmp_path, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"clipkit-export: error: {key}"), result.stderr
