@@ -97,10 +97,7 @@ class MultiModalModel(nn.Module):
         tokens: Dict[str, torch.Tensor] = {}
         for modality in self.modalities:
             inputs, rows = batch[modality], present[modality]
-            index = rows.nonzero().squeeze(1)
-            weight = 1.0 if index.numel() else 0.0
-            if not index.numel():
-                index = index.new_zeros(1)
+            index, weight = _rows_or_stand_in(rows)
             tower = self.towers[modality]
             if getattr(tower.encoder, "output_tokens", False):
                 encoded, token_features = tower.forward_with_tokens(inputs[index])
@@ -116,13 +113,17 @@ class MultiModalModel(nn.Module):
     def _caption_terms(self, source: str, text: torch.Tensor, tokens: Dict[str, torch.Tensor],
                        present: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         rows = present[source] & present["text"]
-        index = rows.nonzero().squeeze(1)
-        weight = 1.0 if index.numel() else 0.0
-        if not index.numel():  # keep the decoder in the graph (see forward)
-            index = index.new_zeros(1)
+        index, weight = _rows_or_stand_in(rows)
         nll, count = self.caption.token_nll(source, tokens[source][index], tokens["text"][index], text[index])
         return {f"caption_nll/{source}": _scatter_rows(nll * weight, index, rows.shape[0]),
                 f"caption_tokens/{source}": _scatter_rows(count * int(weight), index, rows.shape[0])}
+
+
+def _rows_or_stand_in(rows: torch.Tensor) -> Tuple[torch.Tensor, float]:
+    """The indices of the rows marked true, weight 1; with none, row 0 as a stand-in of weight 0,
+    so that the module still runs and stays in the graph (see MultiModalModel.forward)."""
+    index = rows.nonzero().squeeze(1)
+    return (index, 1.0) if index.numel() else (index.new_zeros(1), 0.0)
 
 
 def _scatter_rows(values: torch.Tensor, index: torch.Tensor, rows: int) -> torch.Tensor:
