@@ -16,12 +16,31 @@ from clipkit.config.schema import LoggerConfig
 log = logging.getLogger("clipkit")
 
 
+def _drop_records_after(path: Path, step: int) -> None:
+    """Keep the records up to ``step`` (where a resumed run continues); later ones, and a line cut
+    short by a kill, belong to steps that will be trained again. Rewritten atomically."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    staged = path.with_name(path.name + ".tmp")
+    staged.write_text("".join(kept), encoding="utf-8")
+    os.replace(staged, path)
+
+
 class MetricsLogger:
     """Appends one JSON object per logged step to metrics.jsonl and fans out to the other sinks."""
 
     def __init__(self, cfg: LoggerConfig, run_dir: Path, full_config: DictConfig, run_name: str,
                  total_steps: int, start_step: int) -> None:
         self.cfg = cfg
+        _drop_records_after(run_dir / "metrics.jsonl", start_step)
         self.file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
         self.bar: Optional[tqdm] = None
         if cfg.console and sys.stderr.isatty():
