@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -96,6 +96,8 @@ def check_config(raw: DictConfig) -> CheckedConfig:
 
     _check_caption_head(cfg.model.caption, towers)
     _check_loss(cfg.loss, cfg.model.pairs, cfg.model.caption.sources)
+    _check_anchors(cfg.loss.anchors, cfg.model.pairs, cfg.model.caption.sources,
+                   {m for m, tower in towers.items() if tower.lock})
 
     data = cfg.data
     _positive("data.batch_size", data.batch_size)
@@ -195,4 +197,19 @@ def _check_loss(loss: LossConfig, pairs: List[str], caption_sources: List[str]) 
                           "loss.caption.weight=0; set a weight or drop the sources")
     if not any(getattr(loss, term).weight > 0 for term in (*PAIR_TERMS, "caption")):
         raise ConfigError("loss", "every loss term has weight 0; nothing would train")
+
+
+def _check_anchors(anchors: Dict[str, str], pairs: List[str], caption_sources: List[str],
+                   locked: Set[str]) -> None:
+    for pair, modality in anchors.items():
+        if pair not in pairs:
+            raise ConfigError(f"loss.anchors.{pair}", f"not a pair of model.pairs {pairs}")
+        if modality not in split_pair(pair):
+            raise ConfigError(f"loss.anchors.{pair}", f"{modality!r} is not one of the pair's modalities "
+                              f"{list(split_pair(pair))}")
+    for modality in sorted({m for pair in pairs for m in split_pair(pair)}):
+        trained_by = [p for p in pairs if modality in split_pair(p) and anchors.get(p) != modality]
+        if not trained_by and modality not in caption_sources and modality not in locked:
+            raise ConfigError("loss.anchors", f"every pair anchors {modality}, so its tower would get no "
+                              f"gradient; freeze it with model.towers.{modality}.lock=true instead")
 

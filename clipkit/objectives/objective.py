@@ -2,7 +2,8 @@
 
 Terms, each logged under its name: ``contrastive/<pair>`` (InfoNCE), ``sigmoid/<pair>`` (SigLIP),
 ``uniformity/<pair>`` (mean of the pair's two modalities), ``alignment/<pair>``,
-``cross_uniformity/<pair>`` and ``caption/<source>``. A term of weight 0 is not computed.
+``cross_uniformity/<pair>`` and ``caption/<source>``. A term of weight 0 is not computed. A pair
+with an anchor (``loss.anchors``) sends no gradient into the anchored side.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ class Objective:
             for pair in model.pairs:
                 first, second = split_pair(pair)
                 valid = present[first] & present[second]
-                term = self._pair_term(name, model, pair, outputs[first], outputs[second], valid, scale_grad)
+                a, b = (outputs[m].detach() if cfg.anchors.get(pair) == m else outputs[m] for m in (first, second))
+                term = self._pair_term(name, model, pair, a, b, valid, scale_grad)
                 terms[f"{name}/{pair}"] = term
                 total = total + term_cfg.weight * term_cfg.pair_weights.get(pair, 1.0) * term
         if cfg.caption.weight > 0 and model.caption is not None:

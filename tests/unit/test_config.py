@@ -90,6 +90,9 @@ def test_weighted_sources(tmp_path):
     (["loss=clip_unif_align", "loss.uniformity.t=0"], "loss.uniformity.t"),
     (["eval.generation.strategy=nucleus"], "eval.generation.strategy"),
     (["+eval.datasets.caps.root=/x", "+eval.datasets.caps.task=captioning"], "eval.datasets.caps.task"),
+    (["experiment=demo_image_text", "+loss.anchors.image_audio=image"], "loss.anchors.image_audio"),
+    (["+loss.anchors.image_text=audio"], "loss.anchors.image_text"),  # not in the pair
+    (["experiment=demo_image_text", "+loss.anchors.image_text=text"], "loss.anchors"),  # no gradient
 ])
 def test_objective_and_captioning_settings_are_checked(overrides, key):
     assert error_line(overrides).startswith(f"{key}:")

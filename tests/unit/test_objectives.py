@@ -95,6 +95,24 @@ def test_zero_weights_switch_terms_and_their_parameters_off():
                           "cross_uniformity/image_text", "total"}
 
 
+def test_an_anchored_side_gets_no_gradient_from_its_pair():
+    inputs, present = batch()
+    grads = {}
+    for anchors in ({}, {"image_text": "image"}):
+        loss = LossConfig(anchors=anchors)
+        model = tiny_model(loss)
+        Objective(loss)(model, model(inputs, present), present)["total"].backward()
+        grads[bool(anchors)] = {name: p.grad for name, p in model.named_parameters()}
+    free, anchored = grads[False], grads[True]
+    image = [n for n in free if n.startswith("towers.image.")]
+    text = [n for n in free if n.startswith("towers.text.") and free[n] is not None]
+    assert image and text
+    assert all(anchored[n] is None for n in image)
+    # The text side trains exactly as without the anchor: the loss and its gradient are unchanged.
+    assert all(torch.allclose(anchored[n], free[n]) for n in text)
+    assert anchored["logit_scales.image_text"] is not None
+
+
 def test_caption_loss_is_next_token_cross_entropy_ignoring_padding():
     head = CaptionHeadConfig(sources=["image"], layers=1, heads=2, n_queries=3, pooler_heads=2)
     model = tiny_model(LossConfig(caption=CaptionLossConfig(weight=1.0)), head)
