@@ -39,8 +39,8 @@ def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
     if not local_loss:
         a, b, valid, offset, processes = all_a, all_b, all_valid, 0, 1
     total_valid = int(all_valid.sum())
-    if total_valid == 0:
-        return (a.sum() + b.sum()) * 0.0
+    if total_valid == 0:  # zero, but every input in the graph: DDP expects a gradient for each
+        return (a.sum() + b.sum() + logit_scale) * 0.0
     labels = torch.arange(a.shape[0], device=a.device) + offset
     blocked = ~all_valid[None, :]  # columns without a partner are no negatives
     logits_a = (logit_scale * a @ all_b.T).masked_fill(blocked, float("-inf"))

@@ -38,8 +38,8 @@ def sigmoid_loss(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: to
     if valid is None:
         valid = torch.ones(a.shape[0], dtype=torch.bool, device=a.device)
     total_valid = int(comm.sum(valid.sum().detach()).item())
-    if total_valid == 0:
-        return (a.sum() + b.sum()) * 0.0
+    if total_valid == 0:  # zero, but every input in the graph: DDP expects a gradient for each
+        return (a.sum() + b.sum() + scale + bias) * 0.0
     total = _block_loss(a, b, scale, bias, valid, valid, diagonal_positive=True)
     columns, column_valid = b, valid
     for _ in range(comm.world_size - 1):

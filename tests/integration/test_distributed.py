@@ -55,6 +55,7 @@ def read_steps(run_dir: Path):
 
 @pytest.mark.slow
 def test_two_process_training_is_killed_and_resumes(tmp_path, small_demo):
+    """In the demo's resampled mode; the single-process kill test covers epoch mode."""
     run_dir = tmp_path / "run"
     args = ["-m", "clipkit.cli.train", *demo_overrides(small_demo), f"hydra.run.dir={run_dir}",
             "trainer.max_steps=24", "trainer.ckpt_every_n_steps=4", "trainer.log_every_n_steps=1",

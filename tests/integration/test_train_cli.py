@@ -77,7 +77,8 @@ def test_train_checkpoint_eval_and_reevaluate(tmp_path, small_demo):
 def test_sigkill_then_resume_auto_continues_from_last_complete_checkpoint(tmp_path, small_demo):
     run_dir = tmp_path / "run"
     args = [*demo_overrides(small_demo), f"hydra.run.dir={run_dir}", "trainer.max_steps=40",
-            "trainer.ckpt_every_n_steps=8", "trainer.log_every_n_steps=1", "eval=none"]
+            "trainer.ckpt_every_n_steps=8", "trainer.log_every_n_steps=1", "eval=none",
+            "data.train.resampled=false"]  # epoch mode: resuming skips what was consumed
     exe = Path(sys.executable).parent / "clipkit-train"
     process = subprocess.Popen([str(exe), *args, "trainer.resume=auto"], cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

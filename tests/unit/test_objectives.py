@@ -12,6 +12,7 @@ from clipkit.models.build import pair_parameters
 from clipkit.models.multimodal import build_model
 from clipkit.models.towers.image import ViTConfig
 from clipkit.models.towers.text import TextTransformerConfig
+from clipkit.objectives.contrastive import clip_loss
 from clipkit.objectives.geometry import alignment, cross_uniformity, uniformity
 from clipkit.objectives.objective import Objective
 from clipkit.objectives.sigmoid import sigmoid_loss
@@ -39,6 +40,18 @@ def test_sigmoid_loss_scores_only_rows_with_both_modalities():
     assert sigmoid_loss(a, b, t, bias, valid=valid).item() == pytest.approx(
         sigmoid_loss(a[valid], b[valid], t, bias).item(), rel=1e-6)
     assert sigmoid_loss(a, b, t, bias, valid=torch.zeros(6, dtype=torch.bool)).item() == 0.0
+
+
+def test_a_pair_without_rows_is_zero_yet_reaches_its_scales():
+    """DDP requires a gradient for every trained parameter in every step, also where no row of the
+    global batch carries the pair."""
+    a, b = unit_rows(4).requires_grad_(), unit_rows(4, seed=1).requires_grad_()
+    none = torch.zeros(4, dtype=torch.bool)
+    scale, bias = torch.tensor(10.0, requires_grad=True), torch.tensor(-10.0, requires_grad=True)
+    for loss in (clip_loss(a, b, scale, valid=none), sigmoid_loss(a, b, scale, bias, valid=none)):
+        assert loss.item() == 0.0
+        loss.backward()
+    assert all(t.grad is not None and not t.grad.any() for t in (a, b, scale, bias))
 
 
 def test_uniformity_alignment_and_cross_uniformity_equal_their_definitions():

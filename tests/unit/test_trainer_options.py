@@ -30,7 +30,7 @@ def test_accumulation_counts_the_accumulated_batch(small_demo, tmp_path):
 
 def test_epochs_with_sizes_json_and_tensorboard(small_demo, tmp_path):
     records = train(small_demo, tmp_path, "trainer.max_steps=null", "trainer.epochs=1",
-                    "data.train.num_samples=null", "logger.tensorboard=true")
+                    "data.train.num_samples=null", "data.train.resampled=false", "logger.tensorboard=true")
     assert records[-1]["step"] == SMALL_DEMO_SAMPLES // 16  # from the sources' sizes.json files
     assert any((tmp_path / "tensorboard").iterdir())
 
@@ -48,7 +48,8 @@ def test_locked_tower_does_not_change(small_demo, tmp_path):
 
 
 def test_resume_skip_applies_to_the_interrupted_epoch_only(small_demo, tmp_path):
-    checked, sources = prepare(compose_config([*demo_overrides(small_demo), "trainer.max_steps=3", "eval=none"]))
+    checked, sources = prepare(compose_config([*demo_overrides(small_demo), "trainer.max_steps=3", "eval=none",
+                                               "data.train.resampled=false"]))  # epochs: a finite stream
     trainer = Trainer(checked, sources, tmp_path)
     trainer.skip = {0: [1000, 0, 0]}  # as restored: 1000 of the 1200 image-text samples taken
     resumed_epoch = sum(1 for b in trainer._loader(0) if b["num_rows"])
