@@ -203,7 +203,8 @@ def _check_anchors(anchors: Dict[str, str], pairs: List[str], caption_sources: L
                    locked: Set[str]) -> None:
     for pair, modality in anchors.items():
         if pair not in pairs:
-            raise ConfigError(f"loss.anchors.{pair}", f"not a pair of model.pairs {pairs}")
+            raise ConfigError(f"loss.anchors.{pair}", f"not a pair of model.pairs {pairs}; remove the anchor "
+                              f"(~loss.anchors.{pair}) or add the pair")
         if modality not in split_pair(pair):
             raise ConfigError(f"loss.anchors.{pair}", f"{modality!r} is not one of the pair's modalities "
                               f"{list(split_pair(pair))}")

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "sinfo")
+PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "sinfo")
 
 
 def missing_reason() -> Optional[str]:
     """Why a local cluster cannot start here, or None."""
-    absent = [name for name in DAEMONS if shutil.which(name) is None]
+    absent = [name for name in PROGRAMS if shutil.which(name) is None]
     if absent:
         return f"SLURM/munge not installed (missing {', '.join(absent)}; .ci/run installs them)"
     if os.geteuid() != 0:

@@ -18,7 +18,7 @@ def bundle(overrides):
 def test_open_clip_refuses_a_model_without_image_and_text_towers(tmp_path):
     checked, built = bundle(["model=audio_text_small", "model.towers.text.width=32", "model.towers.text.heads=2",
                              "model.towers.text.layers=1", "eval=none",
-                             "~loss.contrastive.pair_weights.image_audio"])
+                             "~loss.contrastive.pair_weights.image_audio", "~loss.anchors.image_audio"])
     with pytest.raises(ExportError, match="format=onnx"):
         export_open_clip(checked, built.model, tmp_path / "out")
     assert not (tmp_path / "out").exists()
