@@ -153,8 +153,8 @@ class LossConfig:
     cross_uniformity: CrossUniformityLossConfig = field(default_factory=CrossUniformityLossConfig)
     caption: CaptionLossConfig = field(default_factory=CaptionLossConfig)
     # pair -> the modality its terms treat as a fixed target: no gradient flows into that side from
-    # this pair, e.g. {audio_text: text, image_audio: image} binds audio to the image-text space
-    # without moving it (ImageBind's image anchor, here learned in the same run).
+    # this pair, e.g. {image_audio: image} binds audio to the image space without moving it
+    # (ImageBind's image anchor, here learned in the same run).
     anchors: Dict[str, str] = field(default_factory=dict)
 
 

@@ -213,4 +213,3 @@ def _check_anchors(anchors: Dict[str, str], pairs: List[str], caption_sources: L
         if not trained_by and modality not in caption_sources and modality not in locked:
             raise ConfigError("loss.anchors", f"every pair anchors {modality}, so its tower would get no "
                               f"gradient; freeze it with model.towers.{modality}.lock=true instead")
-
