@@ -74,9 +74,10 @@ def _open_clip_step(checked, core, batch, device) -> Callable[[], float]:
     loss_fn = open_clip.ClipLoss()
     optim_cfg = checked.cfg.optim
     # open_clip_train/main.py: no weight decay on gains, biases, embeddings and logit_scale.
-    exclude = [p for n, p in model.named_parameters()
-               if p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n]
-    include = [p for n, p in model.named_parameters() if not any(p is q for q in exclude)]
+    exclude, include = [], []
+    for n, p in model.named_parameters():
+        no_decay = p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n
+        (exclude if no_decay else include).append(p)
     optimizer = torch.optim.AdamW([{"params": exclude, "weight_decay": 0.0},
                                    {"params": include, "weight_decay": optim_cfg.weight_decay}],
                                   lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
