@@ -1,16 +1,25 @@
-"""Training-step speed and memory of clipkit against open_clip on the same model and batch.
+"""Training-step speed, memory and MFU of clipkit against open_clip on the same model and batch.
 
-    python benchmarks/train_step_vs_open_clip.py [--model tiny|vit_b16|...] [--batch 128]
-        [--steps 10] [--device cpu|cuda] [--precision fp32|bf16]
+    python benchmarks/train_step_vs_open_clip.py [--model tiny|vit_b16|vit_b32|...] [--batch 128]
+        [--steps 10] [--device cpu|cuda] [--precision fp32|bf16] [--compile] [--repeats 3]
+        [--peak-tflops T] [--out results.jsonl]
 
 Both sides start from the same weights: open_clip's model is the one `clipkit-export format=open_clip`
 writes, built with open_clip's own classes and loaded with clipkit's weights. Each times one full
 step on a fixed batch of random images and real tokenized captions: forward, InfoNCE loss
 (open_clip's ClipLoss; clipkit's objective), backward, AdamW with CLIP's weight-decay groups (as
 open_clip's trainer builds it; clipkit's is fused), logit-scale clamp. No gradient clipping on
-either side. Data loading is not included. Each framework runs in a process of its own, so peak
-memory is its own (CPU: max RSS; CUDA: peak allocated). The first step's loss is printed for
-both: equal values show the two compute the same thing.
+either side, and no read of the loss between steps (neither trainer waits for the GPU every step).
+Data loading is not included. `--compile` compiles both: open_clip's whole model as
+`open_clip_train --torchcompile` does, clipkit's towers as `trainer.compile=true` does.
+
+Each framework runs in a process of its own, so peak memory is its own (CPU: max RSS; CUDA: peak
+allocated); with `--repeats N` the two alternate (open_clip first, then clipkit first, ...) and the
+table gives the range over the N runs. The first step's loss is printed for both: equal values show
+the two compute the same thing. MFU is the model FLOPs of one step (counted by
+`torch.utils.flop_counter` on the eager forward and backward: matrix products, convolutions and
+attention) times steps per second over the GPU's dense peak for the precision (bf16 on CUDA;
+`--peak-tflops` for a GPU not in the table).
 """
 from __future__ import annotations
 
@@ -19,24 +28,32 @@ import contextlib
 import json
 import math
 import resource
+import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Optional
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from clipkit.config.compose import compose_config
 from clipkit.config.validate import check_config
 from clipkit.export.open_clip import open_clip_config, open_clip_state_dict
 from clipkit.models.build import build_bundle
 from clipkit.objectives.objective import Objective
+from clipkit.train.compile import compile_towers
 from clipkit.train.optim import build_optimizer
 from clipkit.train.precision import autocast_factory, grad_scaler
 from clipkit.train.step import forward_backward
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
 SHAPES = ["circle", "square", "triangle", "cross"]
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' datasheets, matched on the device name.
+BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "GH200": 989.4, "A100": 312.0,
+                    "L40S": 362.1, "A10G": 70.0}
+
+Step = Callable[[], torch.Tensor]
 
 
 def _batch(tokenizer, size: int, image_size: int, device: torch.device) -> Dict[str, torch.Tensor]:
@@ -47,24 +64,24 @@ def _batch(tokenizer, size: int, image_size: int, device: torch.device) -> Dict[
             "text": tokenizer(captions).to(device)}
 
 
-def _clipkit_step(checked, core, batch, device) -> Callable[[], float]:
+def _clipkit_step(checked, core, batch, device) -> tuple[Step, Callable[[], None]]:
     objective = Objective(checked.cfg.loss)
     optimizer = build_optimizer(core, checked.cfg.optim)
     autocast = autocast_factory(checked.cfg.trainer.precision, device)
     scaler = grad_scaler(checked.cfg.trainer.precision, device)
     present = {m: torch.ones(batch["image"].shape[0], dtype=torch.bool, device=device) for m in batch}
 
-    def step() -> float:
+    def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         losses = forward_backward(core, core, objective, [batch], [present], autocast, scaler)
         scaler.step(optimizer)
         scaler.update()
         core.clamp_logit_scales()
-        return losses["total"].item()
-    return step
+        return losses["total"].detach()
+    return step, lambda: compile_towers(core)
 
 
-def _open_clip_step(checked, core, batch, device) -> Callable[[], float]:
+def _open_clip_step(checked, core, batch, device) -> tuple[Step, Callable[[], None]]:
     import open_clip
 
     model_cfg = dict(open_clip_config(checked, core)["model_cfg"])
@@ -82,18 +99,22 @@ def _open_clip_step(checked, core, batch, device) -> Callable[[], float]:
                                    {"params": include, "weight_decay": optim_cfg.weight_decay}],
                                   lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
     bf16 = checked.cfg.trainer.precision == "bf16"
+    forward = {"model": model}
 
-    def step() -> float:
+    def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-            image_features, text_features, logit_scale = model(batch["image"], batch["text"])
+            image_features, text_features, logit_scale = forward["model"](batch["image"], batch["text"])
             loss = loss_fn(image_features, text_features, logit_scale)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        return loss.item()
-    return step
+        return loss.detach()
+
+    def compile_model() -> None:  # open_clip_train/main.py: model = torch.compile(original_model)
+        forward["model"] = torch.compile(model)
+    return step, compile_model
 
 
 def measure(framework: str, args: argparse.Namespace) -> Dict[str, float]:
@@ -105,13 +126,18 @@ def measure(framework: str, args: argparse.Namespace) -> Dict[str, float]:
     batch = _batch(bundle.tokenizer, args.batch, checked.towers["image"].image_size, device)
     core = bundle.model
     del bundle  # open_clip's step keeps no reference to clipkit's model
-    step = (_clipkit_step if framework == "clipkit" else _open_clip_step)(checked, core, batch, device)
+    step, compile_now = (_clipkit_step if framework == "clipkit" else _open_clip_step)(checked, core, batch, device)
     del core
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    first_loss = step()
-    for _ in range(2):  # warm-up
+    with FlopCounterMode(display=False) as counter:  # the first step, eager: the model's FLOPs
+        first_loss = step().item()
+    if args.compile:
+        compile_now()
+    start = time.perf_counter()
+    for _ in range(3):  # warm-up (and compilation)
         step()
     sync()
+    warmup_seconds = time.perf_counter() - start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -121,8 +147,25 @@ def measure(framework: str, args: argparse.Namespace) -> Dict[str, float]:
     seconds = (time.perf_counter() - start) / args.steps
     peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"first_loss": first_loss, "seconds_per_step": seconds,
-            "samples_per_second": args.batch / seconds, "peak_mb": peak_mb}
+    flops = counter.get_total_flops()
+    return {"first_loss": first_loss, "seconds_per_step": seconds, "samples_per_second": args.batch / seconds,
+            "peak_mb": peak_mb, "tflop_per_step": flops / 1e12, "achieved_tflops": flops / seconds / 1e12,
+            "warmup_seconds": warmup_seconds,
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+
+
+def peak_tflops(args: argparse.Namespace, device_name: str) -> Optional[float]:
+    if args.peak_tflops:
+        return args.peak_tflops
+    if args.device != "cuda" or args.precision != "bf16":
+        return None
+    matches = [name for name in BF16_PEAK_TFLOPS if name in device_name]
+    return BF16_PEAK_TFLOPS[max(matches, key=len)] if matches else None
+
+
+def _span(values: List[float], digits: int) -> str:
+    low, high = min(values), max(values)
+    return f"{low:.{digits}f}" if f"{low:.{digits}f}" == f"{high:.{digits}f}" else f"{low:.{digits}f}–{high:.{digits}f}"
 
 
 def main() -> None:
@@ -132,20 +175,46 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile both sides")
+    parser.add_argument("--repeats", type=int, default=1, help="alternating runs of each framework")
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense peak for MFU")
+    parser.add_argument("--out", help="append each run's figures as a JSON line to this file")
     parser.add_argument("--framework", choices=["clipkit", "open_clip"], help="(internal) measure one side")
     args = parser.parse_args()
     if args.framework:
         print(json.dumps(measure(args.framework, args)))
         return
-    print(f"model={args.model} batch={args.batch} device={args.device} precision={args.precision}, "
-          f"mean of {args.steps} steps after 3")
-    print(f"{'':<10} {'first loss':>10} {'s/step':>8} {'samples/s':>10} {'peak MB':>9}")
-    for framework in ("open_clip", "clipkit"):
-        child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--framework", framework],
-                               capture_output=True, text=True, check=True)
-        r = json.loads(child.stdout.strip().splitlines()[-1])
-        print(f"{framework:<10} {r['first_loss']:>10.4f} {r['seconds_per_step']:>8.3f} "
-              f"{r['samples_per_second']:>10.1f} {r['peak_mb']:>9.0f}", flush=True)
+    setting = (f"model={args.model} batch={args.batch} device={args.device} precision={args.precision} "
+               f"compile={args.compile}")
+    print(f"{setting}, mean of {args.steps} steps after 3, {args.repeats} alternating run(s)", flush=True)
+    runs: Dict[str, List[Dict[str, float]]] = {"open_clip": [], "clipkit": []}
+    order = ["open_clip", "clipkit"]
+    for repeat in range(args.repeats):
+        for framework in order if repeat % 2 == 0 else order[::-1]:
+            child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--framework", framework],
+                                   capture_output=True, text=True)
+            if child.returncode != 0:
+                sys.exit(f"{framework} failed:\n{child.stderr[-3000:]}")
+            result = json.loads(child.stdout.strip().splitlines()[-1])
+            runs[framework].append(result)
+            print(f"  run {repeat + 1} {framework}: {result['samples_per_second']:.1f} samples/s, "
+                  f"{result['peak_mb']:.0f} MB", flush=True)
+            if args.out:
+                with open(args.out, "a", encoding="utf-8") as out:
+                    out.write(json.dumps({"setting": setting, "framework": framework, **result}) + "\n")
+    peak = peak_tflops(args, runs["clipkit"][0]["device_name"])
+    print(f"device: {runs['clipkit'][0]['device_name']}; bf16 dense peak for MFU: "
+          f"{f'{peak:.0f} TFLOP/s' if peak else 'n/a'}; {runs['clipkit'][0]['tflop_per_step']:.2f} TFLOP per step")
+    print(f"{'':<10} {'first loss':>10} {'s/step':>13} {'samples/s':>15} {'peak MB':>11} {'MFU %':>11}")
+    for framework, results in runs.items():
+        mfu = (_span([100 * r["achieved_tflops"] / peak for r in results], 1) if peak else "n/a")
+        print(f"{framework:<10} {results[0]['first_loss']:>10.4f} "
+              f"{_span([r['seconds_per_step'] for r in results], 4):>13} "
+              f"{_span([r['samples_per_second'] for r in results], 0):>15} "
+              f"{_span([r['peak_mb'] for r in results], 0):>11} {mfu:>11}")
+    ratio = (statistics.median(r["samples_per_second"] for r in runs["clipkit"])
+             / statistics.median(r["samples_per_second"] for r in runs["open_clip"]))
+    print(f"clipkit / open_clip samples/s (medians): {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT. ``srun`` without torchrun
 sets SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID; the rendezvous address then comes from
 MASTER_ADDR / MASTER_PORT if set, else from the node that launched the step and a port derived
-from the job id. A process started by neither runs alone, with no process group.
+from the job id. A launched process joins a process group even when it is the only one (a
+1-GPU torchrun run then trains under DDP on NCCL exactly as a larger one does); a process started
+by neither runs alone, with no process group.
 """
 from __future__ import annotations
 
@@ -28,9 +30,11 @@ class DistEnv:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    joined: bool = False  # in a process group (started by torchrun or srun), one process included
 
     @property
     def distributed(self) -> bool:
+        """More than one process: data, negatives and evaluation are shared out."""
         return self.world_size > 1
 
     @property
@@ -75,7 +79,7 @@ def init_distributed(device_name: str, backend: str = "auto", timeout_s: int = 1
         return DistEnv(device=pick_device(device_name))
     rank, world_size, local_rank = launched
     device = pick_device(device_name, local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    if not dist.is_initialized():
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
         os.environ.setdefault("RANK", str(rank))
@@ -86,11 +90,11 @@ def init_distributed(device_name: str, backend: str = "auto", timeout_s: int = 1
                                 device_id=device if device.type == "cuda" else None)
         log.info("process group: rank %d of %d (local %d), backend %s, device %s",
                  rank, world_size, local_rank, backend, device)
-    return DistEnv(rank, world_size, local_rank, device)
+    return DistEnv(rank, world_size, local_rank, device, joined=True)
 
 
 def shutdown(env: DistEnv) -> None:
-    if env.distributed and dist.is_initialized():
+    if env.joined and dist.is_initialized():
         dist.destroy_process_group()
 
 

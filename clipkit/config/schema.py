@@ -183,6 +183,7 @@ class TrainerConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda (each process takes the GPU of its local rank)
     dist_backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
+    compile: bool = False  # torch.compile each tower (inductor; GPU kernels on CUDA, C++ on CPU)
     accum_steps: int = 1
     grad_clip_norm: Optional[float] = 1.0
     log_every_n_steps: int = 10

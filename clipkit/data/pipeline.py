@@ -159,10 +159,12 @@ def check_reader_slots(sources: Sequence[ShardSource], world_size: int, workers:
                 "lower data.workers, or set data.train.resampled=true")
 
 
-def make_loader(stream: TrainStream, workers: int) -> DataLoader:
+def make_loader(stream: TrainStream, workers: int, pin_memory: bool = False) -> DataLoader:
+    """``pin_memory`` (for a GPU): batches come in page-locked memory, so that their copies to the
+    device run asynchronously."""
     if not stream.resampled:
         check_reader_slots(stream.sources, stream.world_size, workers)
-    return DataLoader(stream, batch_size=None, num_workers=workers,
+    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if workers else None)
 
 

@@ -38,15 +38,18 @@ def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
     processes = all_a.shape[0] // rows
     if not local_loss:
         a, b, valid, offset, processes = all_a, all_b, all_valid, 0, 1
-    total_valid = int(all_valid.sum())
-    if total_valid == 0:  # zero, but every input in the graph: DDP expects a gradient for each
-        return (a.sum() + b.sum() + logit_scale) * 0.0
     labels = torch.arange(a.shape[0], device=a.device) + offset
-    blocked = ~all_valid[None, :]  # columns without a partner are no negatives
-    logits_a = (logit_scale * a @ all_b.T).masked_fill(blocked, float("-inf"))
-    logits_b = (logit_scale * b @ all_a.T).masked_fill(blocked, float("-inf"))
+    # Columns without a partner are no negatives. The lowest finite value rather than -inf: a row
+    # with every column blocked then stays finite (and unscored), so no branch on the count of
+    # valid rows is needed, and the step never waits for the GPU to read it.
+    blocked = ~all_valid[None, :]
+    logits_a = logit_scale * a @ all_b.T
+    logits_b = logit_scale * b @ all_a.T
+    lowest = torch.finfo(logits_a.dtype).min
+    logits_a, logits_b = logits_a.masked_fill(blocked, lowest), logits_b.masked_fill(blocked, lowest)
     labels = labels.masked_fill(~valid, -100)  # rows without a partner are not scored
     per_row = (F.cross_entropy(logits_a, labels, reduction="sum", ignore_index=-100)
                + F.cross_entropy(logits_b, labels, reduction="sum", ignore_index=-100)) / 2
-    # Averaged over processes (as DDP averages gradients), this is the mean over all valid rows.
-    return per_row * processes / total_valid
+    # Averaged over processes (as DDP averages gradients), this is the mean over all valid rows;
+    # with none, an exact zero that still depends on a, b and the scale (DDP expects each gradient).
+    return per_row * processes / all_valid.sum().clamp(min=1)

@@ -1,12 +1,15 @@
 """Where training metrics go: metrics.jsonl (always), the console, and optionally wandb / tensorboard."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -14,6 +17,37 @@ from tqdm import tqdm
 from clipkit.config.schema import LoggerConfig
 
 log = logging.getLogger("clipkit")
+
+
+@dataclass
+class ThroughputWindow:
+    """The steps since the last logged record. Their time is read once, when the record is made
+    (after its values reached the host, so the GPU has finished them), less the pauses for
+    evaluation and checkpoints: reading a clock after every step would mean waiting for the GPU
+    after every step."""
+
+    started: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+    data_time: float = 0.0  # seconds spent waiting for batches
+    paused: float = 0.0
+
+    def add_step(self, data_time: float) -> None:
+        self.steps += 1
+        self.data_time += data_time
+
+    @contextlib.contextmanager
+    def pause(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused += time.perf_counter() - start
+
+    def rates(self, global_batch: int) -> Dict[str, float]:
+        """``samples_per_second`` over the window and ``data_time``, the mean wait per step."""
+        seconds = max(time.perf_counter() - self.started - self.paused, 1e-9)
+        steps = max(self.steps, 1)
+        return {"samples_per_second": global_batch * self.steps / seconds, "data_time": self.data_time / steps}
 
 
 def _drop_records_after(path: Path, step: int) -> None:

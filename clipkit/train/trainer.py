@@ -24,7 +24,8 @@ from clipkit.models.build import ModelBundle, build_bundle
 from clipkit.objectives.collectives import LOCAL, process_group
 from clipkit.objectives.objective import Objective
 from clipkit.train import checkpoint as ckpt
-from clipkit.train.metrics import MetricsLogger, results_table
+from clipkit.train.compile import compile_towers
+from clipkit.train.metrics import MetricsLogger, ThroughputWindow, results_table
 from clipkit.train.optim import build_optimizer, build_scheduler
 from clipkit.train.precision import autocast_factory, grad_scaler
 from clipkit.train.step import forward_backward
@@ -65,8 +66,10 @@ class Trainer:
         seed_everything(cfg.seed + env.rank)  # DDP copies rank 0's initial weights to all ranks
         self.bundle: ModelBundle = build_bundle(checked, self.device)
         self.core = self.bundle.model  # the MultiModalModel itself, also under DDP
+        if cfg.trainer.compile:
+            compile_towers(self.core)
         self.model = self.core
-        if env.distributed:
+        if env.joined:
             self.model = DistributedDataParallel(
                 self.core, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.objective = Objective(cfg.loss, process_group(env.world_size) if env.distributed else LOCAL)
@@ -103,7 +106,7 @@ class Trainer:
             self.sources, self.decoder, self.cfg.data.batch_size, self.cfg.data.train.resampled,
             self.cfg.data.train.shuffle_buffer, self.cfg.seed, epoch, self.env.rank, self.env.world_size,
             skip=skip)
-        return make_loader(stream, self.cfg.data.workers)
+        return make_loader(stream, self.cfg.data.workers, pin_memory=self.device.type == "cuda")
 
     def _resume(self) -> None:
         choice = self.cfg.trainer.resume
@@ -151,21 +154,25 @@ class Trainer:
                        lambda have: dist_utils.all_ranks_agree(have, self.device))
         results: Dict[str, Dict[str, float]] = {}
         last_saved = self.step if self.step > 0 else -1
+        window = ThroughputWindow()
         try:
             self.model.train()
             while self.step < self.total_steps:
-                record = self._train_step(data)
+                losses = self._train_step(data, window)
                 self.step += 1
-                if metrics_log and (self.step % self.cfg.trainer.log_every_n_steps == 0
-                                    or self.step == self.total_steps):
-                    metrics_log.log(record)
-                    metrics_log.progress(self.step, record)
-                if self.cfg.eval.every_n_steps and self.step % self.cfg.eval.every_n_steps == 0 \
-                        and self.step < self.total_steps:
-                    self._evaluate(metrics_log)
-                if self.step % self.cfg.trainer.ckpt_every_n_steps == 0:
-                    self._save()
-                    last_saved = self.step
+                if self.step % self.cfg.trainer.log_every_n_steps == 0 or self.step == self.total_steps:
+                    record = self._record(losses, window)  # every rank: the values are reduced
+                    window = ThroughputWindow()
+                    if metrics_log:
+                        metrics_log.log(record)
+                        metrics_log.progress(self.step, record)
+                with window.pause():
+                    if self.cfg.eval.every_n_steps and self.step % self.cfg.eval.every_n_steps == 0 \
+                            and self.step < self.total_steps:
+                        self._evaluate(metrics_log)
+                    if self.step % self.cfg.trainer.ckpt_every_n_steps == 0:
+                        self._save()
+                        last_saved = self.step
             if last_saved != self.step:
                 self._save()
             results = self._evaluate(metrics_log)
@@ -183,12 +190,14 @@ class Trainer:
                 for m in self.core.modalities}
 
     def _present(self, batch: dict) -> Dict[str, torch.Tensor]:
-        return {m: batch[f"has_{m}"].to(self.device) for m in self.core.modalities}
+        return {m: batch[f"has_{m}"].to(self.device, non_blocking=True) for m in self.core.modalities}
 
-    def _train_step(self, data: Iterator[dict]) -> dict:
-        start = time.time()
+    def _train_step(self, data: Iterator[dict], window: ThroughputWindow) -> Dict[str, torch.Tensor]:
+        """One optimizer step; returns its loss terms as device tensors, read only when logged (a
+        read waits for the GPU, which would otherwise run ahead of the host)."""
+        start = time.perf_counter()
         micro = [next(data) for _ in range(self.cfg.trainer.accum_steps)]
-        data_time = time.time() - start
+        window.add_step(time.perf_counter() - start)
         inputs = [self._inputs(b) for b in micro]
         present = [self._present(b) for b in micro]
         self.optimizer.zero_grad(set_to_none=True)
@@ -202,17 +211,20 @@ class Trainer:
         self.scheduler.step()
         self.core.clamp_logit_scales()
         self.samples_seen += self.global_batch
+        return {name: value.detach() for name, value in losses.items()}
+
+    def _record(self, losses: Dict[str, torch.Tensor], window: ThroughputWindow) -> dict:
+        """The metrics.jsonl record of the step just taken; collective, so every rank makes it."""
         # Per-process loss values differ (local rows); report their mean, the global-batch loss.
         names = sorted(losses)
-        reduced = dist_utils.all_reduce_mean(torch.stack([losses[n].detach().float() for n in names]))
+        reduced = dist_utils.all_reduce_mean(torch.stack([losses[n].float() for n in names])).tolist()
         skipped = dist_utils.all_reduce_sum(torch.tensor([self.stream.skipped], device=self.device))
-        elapsed = time.time() - start
-        return {"step": self.step + 1, "samples_seen": self.samples_seen, "epoch": self.stream.epoch,
-                **{f"loss/{n}": v.item() for n, v in zip(names, reduced)},
-                "lr": self.optimizer.param_groups[0]["lr"],
-                **self.core.scale_metrics(),
-                "samples_per_second": self.global_batch / elapsed, "data_time": data_time,
-                "skipped_samples": int(skipped.item())}
+        record = {"step": self.step, "samples_seen": self.samples_seen, "epoch": self.stream.epoch,
+                  **{f"loss/{n}": v for n, v in zip(names, reduced)},
+                  "lr": self.optimizer.param_groups[0]["lr"],
+                  **self.core.scale_metrics(),
+                  "skipped_samples": int(skipped.item())}
+        return {**record, **window.rates(self.global_batch)}
 
     # ------------------------------------------------------------------------------ outputs
     def _save(self) -> None:

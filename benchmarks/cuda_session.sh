@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (see the device tool): install what its image lacks from carried
+# wheels (.whl/, made on the developer's machine; the GPU machine reaches no registry), then run
+# the phases named as arguments, logging each under $OUT:
+#   tests     pytest -m cuda (tests/gpu and the CUDA cases of the unit tests)
+#   step      benchmarks/train_step_vs_open_clip.py, eager, ViT-B/16 @256 and ViT-B/32 @512, bf16
+#   compiled  the same with --compile
+#   pipeline  benchmarks/train_pipeline.py on JPEG shards, all CPU cores as data workers
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -m pip install -q --no-index --no-deps --no-build-isolation .whl/*.whl 2>&1 | tail -3
+cp -r .whl/site/pycocoevalcap "$(python3 -c 'import site; print(site.getsitepackages()[0])')/"
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | tail -3
+python3 -c "import torch, open_clip, timm, clipkit; print('torch', torch.__version__, 'open_clip', open_clip.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
+step() {  # model batch extra-args...
+    local model=$1 batch=$2; shift 2
+    timeout 400 python3 benchmarks/train_step_vs_open_clip.py --device cuda --precision bf16 --model "$model" \
+        --batch "$batch" --steps 20 --out "$OUT/step.jsonl" "$@" 2>&1 | tee -a "$OUT/step.log"
+}
+for phase in "$@"; do
+    echo "=== $phase $(date +%T)"
+    case $phase in
+        tests) timeout 330 python3 -m pytest -m cuda -v --durations=0 -p no:cacheprovider tests/gpu tests/unit/test_compile.py \
+                   2>&1 | tee "$OUT/tests.log" | tail -25 ;;
+        step) step vit_b16 256 --repeats 3; step vit_b32 512 --repeats 3 ;;
+        compiled) step vit_b16 256 --repeats 2 --compile; step vit_b32 512 --repeats 2 --compile ;;
+        pipeline) for model_batch in "vit_b32 512" "vit_b16 256"; do
+                      set -- $model_batch
+                      timeout 280 python3 benchmarks/train_pipeline.py --model "$1" --batch "$2" --compile \
+                          --shards /tmp/photos --steps 80 2>&1 | tee -a "$OUT/pipeline.log" | tail -4
+                  done ;;
+    esac
+done
+echo "=== done $(date +%T)"

@@ -1,0 +1,146 @@
+"""Whole-pipeline throughput: does the data loader or the accelerator set the pace of clipkit-train?
+
+    python benchmarks/train_pipeline.py --model vit_b32 --batch 512 --precision bf16 [--compile]
+        [--workers N] [--steps 60] [--shards DIR] [--images 4096]
+
+Writes (once) webdataset shards of photo-like JPEGs, 400-640 px a side, quality 90, with captions
+(smooth colour fields, texture noise and shapes: as costly to decode as photographs of that size,
+which matters here, unlike what they show). Then measures, with the same config:
+
+1. the training loader alone (decode, random resized crop, tokenisation, collation in N worker
+   processes), in samples/s;
+2. `clipkit-train` itself on those shards (resampled), from its metrics.jsonl: samples/s over the
+   logged windows after the first two (compilation and warm-up), and the share of step time spent
+   waiting for data (`data_time`).
+
+Compare with `train_step_vs_open_clip.py` on the same model and batch (the step alone, fixed batch):
+when the pipeline's rate is near the loader's and well under the step's, the loader sets the pace.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+WORDS = ["a dog", "two cats", "a red car", "a mountain lake", "a city street", "a plate of food",
+         "a child", "an old bridge", "a field of flowers", "a boat", "a snowy forest", "a bicycle"]
+
+
+def photo_like_jpeg(seed: int) -> Dict[str, object]:
+    rng = np.random.default_rng(seed)
+    width, height = (int(v) for v in rng.integers(400, 641, size=2))
+    field = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
+    draw = ImageDraw.Draw(field)
+    for _ in range(int(rng.integers(3, 9))):
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        box = (x0, y0, x0 + int(rng.integers(20, 200)), y0 + int(rng.integers(20, 200)))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
+    pixels = np.asarray(field.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.int16)
+    pixels = np.clip(pixels + rng.normal(0, 6, pixels.shape), 0, 255).astype(np.uint8)  # sensor-like texture
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    caption = f"a photo of {WORDS[seed % len(WORDS)]} next to {WORDS[(seed // 7) % len(WORDS)]}"
+    return {"__key__": f"{seed:09d}", "jpg": buffer.getvalue(), "txt": caption}
+
+
+def write_jpeg_shards(out: Path, images: int, per_shard: int = 256) -> None:
+    from clipkit.data.write import write_shards
+
+    if (out / "sizes.json").is_file():
+        return
+    with Pool() as pool:
+        samples = pool.imap(photo_like_jpeg, range(images), chunksize=32)
+        write_shards(samples, out, "photos", per_shard)
+
+
+def shard_pattern(out: Path) -> str:
+    count = len(json.loads((out / "sizes.json").read_text()))
+    return f"{out}/photos-{{000000..{count - 1:06d}}}.tar"
+
+
+def overrides(args: argparse.Namespace) -> List[str]:
+    return ["experiment=demo_image_text", f"model={args.model}", "data=webdataset", "eval=none",
+            f"data.train.shards='{shard_pattern(args.shards)}'", "data.train.resampled=true",
+            f"data.batch_size={args.batch}", f"data.workers={args.workers}"]
+
+
+def loader_alone(args: argparse.Namespace, batches: int) -> float:
+    """Samples/s of the training loader with no model: what the CPU side can deliver."""
+    import torch
+
+    from clipkit.cli.prepare import prepare
+    from clipkit.config.compose import compose_config
+    from clipkit.data.decode import SampleDecoder
+    from clipkit.data.pipeline import TrainStream, make_loader
+    from clipkit.models.build import build_bundle
+
+    checked, sources = prepare(compose_config(overrides(args)))
+    cfg = checked.cfg
+    bundle = build_bundle(checked, torch.device("cpu"))
+    decoder = SampleDecoder(cfg.data.keys, bundle.train_image_transform, bundle.tokenizer, bundle.train_audio_loader)
+    stream = TrainStream(sources, decoder, cfg.data.batch_size, True, cfg.data.train.shuffle_buffer, cfg.seed,
+                         0, 0, 1)
+    records = iter(make_loader(stream, cfg.data.workers))
+    for _ in range(2):  # workers started, queues filled
+        next(records)
+    start = time.perf_counter()
+    rows = sum(next(records)["num_rows"] for _ in range(batches))
+    return rows / (time.perf_counter() - start)
+
+
+def train_run(args: argparse.Namespace) -> Dict[str, float]:
+    run_dir = Path(tempfile.mkdtemp(prefix="pipeline_"))
+    command = [str(Path(sys.executable).parent / "clipkit-train"), *overrides(args), f"hydra.run.dir={run_dir}",
+               f"trainer.max_steps={args.steps}", "trainer.log_every_n_steps=10", "trainer.ckpt_every_n_steps=100000",
+               f"trainer.precision={args.precision}", f"trainer.compile={str(args.compile).lower()}"]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if result.returncode != 0:
+        sys.exit(f"clipkit-train failed:\n{result.stderr[-3000:]}")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    windows = [r for r in records if "samples_per_second" in r][2:]
+    if not windows:
+        sys.exit("too few logged windows: raise --steps")
+    rate = statistics.median(r["samples_per_second"] for r in windows)
+    waiting = statistics.mean(r["data_time"] * r["samples_per_second"] / args.batch for r in windows)
+    return {"samples_per_second": rate, "data_wait_share": waiting,
+            "all_windows": [round(r["samples_per_second"], 1) for r in windows]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="vit_b32")
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--loader-batches", type=int, default=20)
+    parser.add_argument("--shards", type=Path, default=Path("runs/bench_photos"))
+    parser.add_argument("--images", type=int, default=4096)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    write_jpeg_shards(args.shards, args.images)
+    print(f"shards: {shard_pattern(args.shards)} ({time.perf_counter() - start:.0f} s)", flush=True)
+    loader = loader_alone(args, args.loader_batches)
+    print(f"loader alone, {args.workers} workers: {loader:.0f} samples/s", flush=True)
+    train = train_run(args)
+    print(f"clipkit-train {args.model} batch {args.batch} {args.precision} compile={args.compile}, "
+          f"{args.workers} workers: {train['samples_per_second']:.0f} samples/s "
+          f"(windows {train['all_windows']}), waiting for data {100 * train['data_wait_share']:.0f}% of the time")
+
+
+if __name__ == "__main__":
+    main()
