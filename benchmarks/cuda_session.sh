@@ -4,7 +4,7 @@
 # the phases named as arguments, logging each under $OUT:
 #   tests     pytest -m cuda (tests/gpu and the CUDA cases of the unit tests)
 #   step      benchmarks/train_step_vs_open_clip.py, eager, ViT-B/16 @256 and ViT-B/32 @512, bf16
-#   compiled  the same with --compile
+#   compiled_b16, compiled_b32  the same model with --compile
 #   pipeline  benchmarks/train_pipeline.py on JPEG shards, all CPU cores as data workers
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -23,13 +23,14 @@ step() {  # model batch extra-args...
 for phase in "$@"; do
     echo "=== $phase $(date +%T)"
     case $phase in
-        tests) timeout 330 python3 -m pytest -m cuda -v --durations=0 -p no:cacheprovider tests/gpu tests/unit/test_compile.py \
+        tests) timeout 340 python3 -m pytest -m cuda -v --durations=0 -p no:cacheprovider tests/gpu tests/unit/test_compile.py \
                    2>&1 | tee "$OUT/tests.log" | tail -25 ;;
         step) step vit_b16 256 --repeats 3; step vit_b32 512 --repeats 3 ;;
-        compiled) step vit_b16 256 --repeats 2 --compile; step vit_b32 512 --repeats 2 --compile ;;
+        compiled_b16) step vit_b16 256 --repeats "${REPEATS:-2}" --compile ;;
+        compiled_b32) step vit_b32 512 --repeats "${REPEATS:-2}" --compile ;;
         pipeline) for model_batch in "vit_b32 512" "vit_b16 256"; do
                       set -- $model_batch
-                      timeout 280 python3 benchmarks/train_pipeline.py --model "$1" --batch "$2" --compile \
+                      timeout 280 python3 benchmarks/train_pipeline.py --model "$1" --batch "$2" \
                           --shards /tmp/photos --steps 80 2>&1 | tee -a "$OUT/pipeline.log" | tail -4
                   done ;;
     esac

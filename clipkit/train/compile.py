@@ -13,5 +13,7 @@ from clipkit.models.multimodal import MultiModalModel
 
 
 def compile_towers(model: MultiModalModel) -> None:
+    """Each tower's encoder decides what of it is compiled (``compile()``: all of it, unless the
+    encoder overrides that, as the audio encoder does for its front end)."""
     for tower in model.towers.values():
-        tower.compile()
+        tower.encoder.compile()

@@ -104,6 +104,12 @@ class AudioEncoder(nn.Module):
             tokens = features[:, getattr(self.backbone, "num_prefix_tokens", 0):]
         return embedding, tokens
 
+    def compile(self, *args, **kwargs) -> None:  # type: ignore[override]
+        """torch.compile the backbone's feature extractor; the log-mel front end stays eager: its
+        STFT is complex-valued, which inductor generates no code for, and compiled into one graph
+        with the backbone under bf16 autocast it gave NaN losses (seen with torch 2.11)."""
+        self.backbone.forward_features = torch.compile(self.backbone.forward_features, *args, **kwargs)
+
     def lock(self) -> None:
         for param in self.parameters():
             param.requires_grad = False
