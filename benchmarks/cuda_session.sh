@@ -3,6 +3,7 @@
 # wheels (.whl/, made on the developer's machine; the GPU machine reaches no registry), then run
 # the phases named as arguments, logging each under $OUT:
 #   tests     pytest -m cuda (tests/gpu and the CUDA cases of the unit tests)
+#   compile_tests  the CUDA cases of tests/unit/test_compile.py alone
 #   step      benchmarks/train_step_vs_open_clip.py, eager, ViT-B/16 @256 and ViT-B/32 @512, bf16
 #   compiled_b16, compiled_b32  the same model with --compile
 #   pipeline  benchmarks/train_pipeline.py on JPEG shards, all CPU cores as data workers
@@ -25,6 +26,8 @@ for phase in "$@"; do
     case $phase in
         tests) timeout 340 python3 -m pytest -m cuda -v --durations=0 -p no:cacheprovider tests/gpu tests/unit/test_compile.py \
                    2>&1 | tee "$OUT/tests.log" | tail -25 ;;
+        compile_tests) timeout 270 python3 -m pytest -m cuda -v --durations=0 -p no:cacheprovider tests/unit/test_compile.py \
+                   2>&1 | tee "$OUT/compile_tests.log" | tail -8 ;;
         step) step vit_b16 256 --repeats 3; step vit_b32 512 --repeats 3 ;;
         compiled_b16) step vit_b16 256 --repeats "${REPEATS:-2}" --compile ;;
         compiled_b32) step vit_b32 512 --repeats "${REPEATS:-2}" --compile ;;
