@@ -1,8 +1,8 @@
 """``trainer.compile``: torch.compile (inductor) applied to each tower in place.
 
 Each tower is compiled on its own rather than the whole model: the model's forward picks the rows
-that carry each modality (a data-dependent shape) and the objective branches on the batch, both of
-which would break one whole-model graph into pieces. ``nn.Module.compile`` keeps the module and its
+that carry each modality (a data-dependent shape), which would break one whole-model graph into
+pieces. ``nn.Module.compile`` keeps the module and its
 parameter names as they are, so checkpoints, DDP and export see the same model as without it.
 Row counts that change from step to step (rows lacking a modality) make the graphs dynamic after
 the first recompilation instead of recompiling for every count.
