@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -38,7 +39,7 @@ VENV = ROOT / ".parity-venv"
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DIGIT_TEMPLATES = ["a handwritten digit {c}.", "a photo of the number {c}.", "the digit {c}."]
 CAPTIONS = ["a handwritten {c}", "the digit {c}", "a scanned {c}", "number {c} written by hand"]
-PARITY_PACKAGES = ["open_clip_torch==3.3.0", "webdataset==0.2.86", "clip_benchmark==1.6.2", "numpy<2.2",
+PARITY_PACKAGES = ["open_clip_torch==3.3.0", "webdataset==0.2.86", "clip_benchmark==1.6.2", "requests", "numpy<2.2",
                    "torch==2.11.*", "torchvision==0.26.*"]
 
 
@@ -130,7 +131,7 @@ def timed(command: List[str], cwd: Path, log: Path) -> Tuple[float, float]:
     start = time.perf_counter()
     with open(log, "w") as handle:
         result = subprocess.run(command, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
-                                env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
@@ -185,7 +186,7 @@ def clip_benchmark_acc1(export: Path, eval_root: Path, work: Path) -> float:
 def clipkit_eval_acc1(work: Path, eval_root: Path) -> float:
     out = work / "clipkit_eval"
     timed([str(Path(sys.executable).parent / "clipkit-eval"), f"checkpoint={work / 'run'}", f"out={out}",
-           f"+eval.datasets.parity.root={eval_root}", "+eval.datasets.parity.task=zeroshot_classification"],
+           f"eval.datasets.parity.root={eval_root}", "eval.datasets.parity.task=zeroshot_classification"],
           work, work / "clipkit_eval.log")
     return json.loads((out / "parity.json").read_text())["metrics"]["acc1"]
 
