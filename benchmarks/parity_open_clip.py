@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import resource
 import shutil
@@ -39,7 +40,7 @@ VENV = ROOT / ".parity-venv"
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DIGIT_TEMPLATES = ["a handwritten digit {c}.", "a photo of the number {c}.", "the digit {c}."]
 CAPTIONS = ["a handwritten {c}", "the digit {c}", "a scanned {c}", "number {c} written by hand"]
-PARITY_PACKAGES = ["open_clip_torch==3.3.0", "webdataset==0.2.86", "clip_benchmark==1.6.2", "requests", "numpy<2.2",
+PARITY_PACKAGES = ["open_clip_torch==3.3.0", "webdataset==0.2.86", "clip_benchmark==1.6.2", "requests", "pandas", "numpy<2.2",
                    "torch==2.11.*", "torchvision==0.26.*"]
 
 
@@ -99,6 +100,9 @@ def data_set(name: str, out: Path) -> Tuple[str, int, Path, int, int]:
 
 # ---------------------------------------------------------------------------------------- model
 def clipkit_overrides(shards: str, samples: int, image_size: int, patch: int, epochs: int) -> List[str]:
+    """open_clip_train's epoch is ceil(samples / batch) steps (its loader starts the next pass to fill
+    the last batch); clipkit takes the same number of steps, starting its next pass where one ends."""
+    steps = epochs * math.ceil(samples / 64)
     return ["experiment=demo_image_text", "model=tiny", "data=webdataset", "eval=none",
             f"data.train.shards='{shards}'", f"data.train.num_samples={samples}", "data.train.resampled=false",
             "data.batch_size=64", "data.workers=1", "data.image.mean=[0.5,0.5,0.5]", "data.image.std=[0.5,0.5,0.5]",
@@ -109,7 +113,7 @@ def clipkit_overrides(shards: str, samples: int, image_size: int, patch: int, ep
             "model.towers.text.layers=4", "model.towers.text.context_length=32",
             "optim.lr=1e-3", "optim.weight_decay=0.1", "optim.betas=[0.9,0.999]", "optim.eps=1e-8",
             "sched=cosine", "sched.warmup_steps=50", "trainer.grad_clip_norm=null", "trainer.precision=fp32",
-            "trainer.max_steps=null", f"trainer.epochs={epochs}", "trainer.device=cpu", "trainer.log_every_n_steps=50"]
+            f"trainer.max_steps={steps}", "trainer.device=cpu", "trainer.log_every_n_steps=50"]
 
 
 def open_clip_model_config(overrides: List[str]) -> dict:
