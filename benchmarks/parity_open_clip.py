@@ -143,14 +143,14 @@ def timed(command: List[str], cwd: Path, log: Path) -> Tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def run_clipkit(work: Path, overrides: List[str], seed: int) -> Tuple[Path, float, float, float]:
+def run_clipkit(work: Path, overrides: List[str], seed: int) -> Tuple[Path, float, float]:
     bin_dir = Path(sys.executable).parent
     wall, cpu = timed([str(bin_dir / "clipkit-train"), *overrides, f"seed={seed}", f"hydra.run.dir={work / 'run'}"],
                       work, work / "train.log")
     export = work / "open_clip"
     timed([str(bin_dir / "clipkit-export"), f"checkpoint={work / 'run'}", "format=open_clip", f"out={export}"],
           work, work / "export.log")
-    return export, wall, cpu, float("nan")
+    return export, wall, cpu
 
 
 def run_open_clip(work: Path, shards: str, samples: int, epochs: int, seed: int,
@@ -229,7 +229,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             if side == "clipkit":
-                export, wall, cpu, _ = run_clipkit(work, [*overrides, *args.clipkit], seed)
+                export, wall, cpu = run_clipkit(work, [*overrides, *args.clipkit], seed)
             else:
                 export, wall, cpu = run_open_clip(work, shards, samples, epochs, seed, config)
             acc1 = clip_benchmark_acc1(export, eval_root, work)
