@@ -2,7 +2,7 @@
 
     python benchmarks/train_step_vs_open_clip.py [--model tiny|vit_b16|vit_b32|...] [--batch 128]
         [--steps 10] [--device cpu|cuda] [--precision fp32|bf16] [--compile] [--repeats 3]
-        [--peak-tflops T] [--out results.jsonl]
+        [--peak-tflops T] [--set KEY=VALUE ...] [--out results.jsonl]
 
 Both sides start from the same weights: open_clip's model is the one `clipkit-export format=open_clip`
 writes, built with open_clip's own classes and loaded with clipkit's weights. Each times one full
@@ -120,7 +120,7 @@ def _open_clip_step(checked, core, batch, device) -> tuple[Step, Callable[[], No
 def measure(framework: str, args: argparse.Namespace) -> Dict[str, float]:
     device = torch.device(args.device)
     checked = check_config(compose_config(["experiment=demo_image_text", f"model={args.model}",
-                                           f"trainer.precision={args.precision}", "eval=none"]))
+                                           f"trainer.precision={args.precision}", "eval=none", *args.set]))
     torch.manual_seed(0)
     bundle = build_bundle(checked, device)
     batch = _batch(bundle.tokenizer, args.batch, checked.towers["image"].image_size, device)
@@ -178,14 +178,16 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile both sides")
     parser.add_argument("--repeats", type=int, default=1, help="alternating runs of each framework")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense peak for MFU")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="clipkit config overrides for the model on both sides, e.g. model.embed_dim=128")
     parser.add_argument("--out", help="append each run's figures as a JSON line to this file")
     parser.add_argument("--framework", choices=["clipkit", "open_clip"], help="(internal) measure one side")
     args = parser.parse_args()
     if args.framework:
         print(json.dumps(measure(args.framework, args)))
         return
-    setting = (f"model={args.model} batch={args.batch} device={args.device} precision={args.precision} "
-               f"compile={args.compile}")
+    setting = (f"model={args.model} {' '.join(args.set)} batch={args.batch} device={args.device} "
+               f"precision={args.precision} compile={args.compile}")
     print(f"{setting}, mean of {args.steps} steps after 3, {args.repeats} alternating run(s)", flush=True)
     runs: Dict[str, List[Dict[str, float]]] = {"open_clip": [], "clipkit": []}
     order = ["open_clip", "clipkit"]

@@ -8,6 +8,11 @@ already consumed. Batches carry that bookkeeping with them:
   the latest one per worker; resuming skips that many raw samples (read, never decoded).
 - ``num_skipped``: corrupt samples and unreadable shard members skipped since the previous batch.
 - ``num_rows``: the batch size; 0 in the record that closes a worker's stream with its last skips.
+
+One DataLoader serves every pass: its workers persist, and each pass reads the epoch number from
+shared memory when it starts (``TrainStream.set_epoch``). Starting workers anew for every pass costs
+a fork of the trainer and a copy of every page it writes afterwards, which on a small data set
+slowed each step by a fifth.
 """
 from __future__ import annotations
 
@@ -68,6 +73,9 @@ def _slot_urls(urls: Sequence[str], epoch: int, seed: int, slot: int, slots: int
 
 
 class TrainStream(IterableDataset):
+    """``skip`` (per worker, raw samples per source) is what a resumed run already consumed of pass
+    ``epoch``, the pass it starts in; later passes are read whole."""
+
     def __init__(self, sources: Sequence[ShardSource], decoder: SampleDecoder, batch_size: int,
                  resampled: bool, shuffle_buffer: int, seed: int, epoch: int, rank: int,
                  world_size: int, skip: Optional[Dict[int, List[int]]] = None) -> None:
@@ -78,18 +86,27 @@ class TrainStream(IterableDataset):
         self.resampled = resampled
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
-        self.epoch = epoch
+        self._epoch = torch.tensor(epoch).share_memory_()  # seen by persistent workers
         self.rank = rank
         self.world_size = world_size
         self.skip = skip or {}
+        self.skip_epoch = epoch
 
-    def _raw_source(self, index: int, slot: int, slots: int, counter: _SkipCounter) -> Iterator[dict]:
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The pass that the next ``iter()`` (here or in a persistent worker) reads."""
+        self._epoch.fill_(epoch)
+
+    def _raw_source(self, index: int, epoch: int, slot: int, slots: int, counter: _SkipCounter) -> Iterator[dict]:
         source = self.sources[index]
-        rng = seeded_rng(self.seed, self.epoch, slot, index)
+        rng = seeded_rng(self.seed, epoch, slot, index)
         if self.resampled:  # sample shards with replacement, forever
             urls: Iterator = (source.urls[rng.randrange(len(source.urls))] for _ in iter(int, 1))
         else:
-            urls = iter(_slot_urls(source.urls, self.epoch, self.seed, slot, slots))
+            urls = iter(_slot_urls(source.urls, epoch, self.seed, slot, slots))
         raw = wds.tarfile_to_samples(handler=counter)({"url": u} for u in urls)
         if self.shuffle_buffer > 1:
             raw = wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)(raw)
@@ -99,16 +116,18 @@ class TrainStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         slot, slots = self.rank * workers + worker, self.world_size * workers
+        epoch = self.epoch
         counter = _SkipCounter()
-        streams = [self._raw_source(i, slot, slots, counter) for i in range(len(self.sources))]
+        streams = [self._raw_source(i, epoch, slot, slots, counter) for i in range(len(self.sources))]
         taken = [0] * len(streams)
         # Replaying a resumed epoch: drop what this worker already delivered, before decoding.
-        for i, n in enumerate(self.skip.get(worker, [])[: len(streams)]):
+        skip = self.skip.get(worker, []) if epoch == self.skip_epoch else []
+        for i, n in enumerate(skip[: len(streams)]):
             for _ in range(n):
                 if next(streams[i], None) is None:
                     break
                 taken[i] += 1
-        mix_rng = seeded_rng(self.seed, self.epoch, slot, "mix", *taken)
+        mix_rng = seeded_rng(self.seed, epoch, slot, "mix", *taken)
         live = list(range(len(streams)))
         samples: List[Dict[str, torch.Tensor]] = []
         reported = 0
@@ -160,24 +179,28 @@ def check_reader_slots(sources: Sequence[ShardSource], world_size: int, workers:
 
 
 def make_loader(stream: TrainStream, workers: int, pin_memory: bool = False) -> DataLoader:
-    """``pin_memory`` (for a GPU): batches come in page-locked memory, so that their copies to the
-    device run asynchronously."""
+    """One loader for every pass (its workers persist; see the module's docstring). ``pin_memory``
+    (for a GPU): batches come in page-locked memory, so that their copies to the device run
+    asynchronously."""
     if not stream.resampled:
         check_reader_slots(stream.sources, stream.world_size, workers)
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if workers else None)
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
 
 
-def batches(loader_factory: Callable[[int], DataLoader], state: StreamState,
+def batches(loader: DataLoader, state: StreamState,
             all_have_batch: Callable[[bool], bool] = lambda have: have) -> Iterator[dict]:
-    """Batches across epochs, updating ``state`` as each is handed out.
+    """Batches of ``loader`` (over a :class:`TrainStream`) across epochs, from ``state.epoch`` on,
+    updating ``state`` as each is handed out.
 
     A new pass over the shards (reshuffled) starts when this process runs out, or, with several
     processes, when any of them does (``all_have_batch`` asks them all), so that every process
     takes the same number of steps.
     """
+    stream: TrainStream = loader.dataset
     while True:
-        records = iter(loader_factory(state.epoch))
+        stream.set_epoch(state.epoch)
+        records = iter(loader)
         produced = 0
         while True:
             batch = next(records, None)

@@ -17,7 +17,6 @@ from typing import Dict
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 
 
 def _uniformity(x: torch.Tensor, t: float = 2.0) -> float:
@@ -28,6 +27,8 @@ def _uniformity(x: torch.Tensor, t: float = 2.0) -> float:
 
 
 def _separability(x: torch.Tensor, y: torch.Tensor, seed: int) -> float:
+    from sklearn.linear_model import LogisticRegression  # here: importing sklearn adds ~1 s to every start
+
     features = torch.cat([x, y]).numpy()
     labels = np.r_[np.zeros(len(x)), np.ones(len(y))]
     order = np.random.default_rng(seed).permutation(len(labels))

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from clipkit import distributed as dist_utils
 from clipkit.config.validate import CheckedConfig
@@ -100,12 +101,13 @@ class Trainer:
                               "data.train.num_samples (or put a sizes.json beside the shards)")
         return max(1, trainer.epochs * (num_samples // self.global_batch))
 
-    def _loader(self, epoch: int):
-        skip, self.skip = self.skip, {}  # what a resumed epoch already delivered: skipped once
+    def _loader(self) -> DataLoader:
+        """The loader of every pass from the current one on; ``self.skip``, what a resumed run had
+        consumed of this pass, is skipped once."""
         stream = TrainStream(
             self.sources, self.decoder, self.cfg.data.batch_size, self.cfg.data.train.resampled,
-            self.cfg.data.train.shuffle_buffer, self.cfg.seed, epoch, self.env.rank, self.env.world_size,
-            skip=skip)
+            self.cfg.data.train.shuffle_buffer, self.cfg.seed, self.stream.epoch, self.env.rank,
+            self.env.world_size, skip=self.skip)
         return make_loader(stream, self.cfg.data.workers, pin_memory=self.device.type == "cuda")
 
     def _resume(self) -> None:
@@ -150,7 +152,7 @@ class Trainer:
         if self.env.is_main:
             metrics_log = MetricsLogger(self.cfg.logger, self.run_dir, OmegaConf.structured(self.cfg),
                                         self.cfg.name, self.total_steps, self.step)
-        data = batches(self._loader, self.stream,
+        data = batches(self._loader(), self.stream,
                        lambda have: dist_utils.all_ranks_agree(have, self.device))
         results: Dict[str, Dict[str, float]] = {}
         last_saved = self.step if self.step > 0 else -1

@@ -18,7 +18,7 @@ def grads(model):
 def two_micro_batches(small_demo, tmp_path, *overrides):
     checked, sources = prepare(compose_config([*demo_overrides(small_demo), "trainer.accum_steps=2", *overrides]))
     trainer = Trainer(checked, sources, tmp_path)
-    data = batches(trainer._loader, trainer.stream)
+    data = batches(trainer._loader(), trainer.stream)
     micro = [next(data), next(data)]
     return trainer, [trainer._inputs(b) for b in micro], [trainer._present(b) for b in micro]
 

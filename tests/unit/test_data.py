@@ -7,7 +7,7 @@ from PIL import Image
 
 from clipkit.config.schema import ImageTransformConfig, SampleKeysConfig
 from clipkit.data.decode import SampleDecoder
-from clipkit.data.pipeline import StreamState, TrainStream, make_loader
+from clipkit.data.pipeline import StreamState, TrainStream, batches, make_loader
 from clipkit.data.shards import count_samples, resolve_sources
 from clipkit.data.transforms import build_image_transform
 from clipkit.data.write import write_shards
@@ -87,6 +87,16 @@ def test_epochs_reshuffle_shard_order(shards):
     first = [b["text"] for b in stream(shards, epoch=0, shuffle=0) if b["num_rows"]]
     second = [b["text"] for b in stream(shards, epoch=1, shuffle=0) if b["num_rows"]]
     assert not all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_persistent_workers_read_each_pass_as_a_fresh_loader_would(shards):
+    """One loader serves every pass; its workers must see each new epoch number."""
+    loader = stream(shards, workers=2)
+    data = batches(loader, StreamState())
+    persistent = [next(data) for _ in range(3 * 8)]  # 9 batches a pass, the 2 workers' last ones partial
+    fresh = [b for epoch in range(3) for b in stream(shards, workers=2, epoch=epoch) if b["num_rows"]]
+    assert [b["position"] for b in persistent] == [b["position"] for b in fresh[:24]]
+    assert all(torch.equal(a["text"], b["text"]) for a, b in zip(persistent, fresh))
 
 
 def test_too_few_shards_for_reader_slots_is_an_error(shards):
