@@ -14,8 +14,9 @@ random resized crop 0.9-1 bicubic, one data worker, ``--epochs`` passes) are the
 open_clip_train runs in an environment of its own (``--setup``: it needs ``webdataset<=0.2.86``,
 and CLIP_benchmark needs numpy < 2.2). Each side's final model is written as an open_clip
 ``local-dir`` folder (clipkit through ``clipkit-export``, open_clip_train's last checkpoint copied
-into the same layout) and scored by CLIP_benchmark in that environment; clipkit's is also scored by
-``clipkit-eval`` (the two must agree). Printed per side: acc1 mean, spread (max - min) and values,
+into the same layout) and scored by CLIP_benchmark in that environment, in fp32 as the models were
+trained (``--no_amp``: by default CLIP_benchmark runs under bf16 autocast, on CPU too); clipkit's is
+also scored by ``clipkit-eval`` (the two must agree). Printed per side: acc1 mean, spread (max - min) and values,
 wall and CPU seconds of the training command. ``--clipkit KEY=VALUE`` adds overrides to clipkit's
 side only, for ablations.
 """
@@ -183,7 +184,8 @@ def clip_benchmark_acc1(export: Path, eval_root: Path, work: Path) -> float:
     out = work / "clip_benchmark.json"
     timed([str(VENV / "bin" / "clip_benchmark"), "eval", "--model", f"local-dir:{export}", "--pretrained", "",
            "--dataset", "wds/parity", "--dataset_root", str(eval_root), "--task", "zeroshot_classification",
-           "--batch_size", "128", "--num_workers", "0", "--output", str(out)], work, work / "clip_benchmark.log")
+           "--batch_size", "128", "--num_workers", "0", "--no_amp", "--output", str(out)],
+          work, work / "clip_benchmark.log")
     return json.loads(out.read_text())["metrics"]["acc1"]
 
 
