@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from clipkit.cli.errors import USER_ERRORS, fail
+from clipkit.cli.launch import run_main
 
 PROGRAM = "clipkit-data"
 
@@ -53,4 +54,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from clipkit.cli.errors import USER_ERRORS, fail
+from clipkit.cli.launch import run_main
 from clipkit.errors import ConfigError
 
 PROGRAM = "clipkit-eval"
@@ -108,4 +109,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -11,6 +11,7 @@ import sys
 from typing import Dict, List, Optional
 
 from clipkit.cli.errors import USER_ERRORS, fail
+from clipkit.cli.launch import run_main
 from clipkit.errors import ConfigError
 
 PROGRAM = "clipkit-export"
@@ -60,4 +61,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -13,6 +13,7 @@ from hydra.errors import OverrideParseException
 from omegaconf import DictConfig
 
 from clipkit.cli.errors import USER_ERRORS, fail
+from clipkit.cli.launch import run_main
 from clipkit.cli.prepare import precheck, prepare
 from clipkit.config.compose import CONF_DIR, HYDRA_VERSION_BASE, compose_config, register_schema
 from clipkit.errors import ConfigError
@@ -91,4 +92,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
