@@ -11,9 +11,13 @@ from clipkit.config.schema import OptimConfig, SchedConfig
 
 
 def _exempt_from_decay(name: str, param: nn.Parameter) -> bool:
-    """Biases, norm gains, embeddings (incl. positional), class tokens and logit scales."""
-    return (param.ndim < 2 or "embedding" in name or "logit_scale" in name
-            or name.endswith(("class_embedding", "positional_embedding", "cls_token", "pos_embed")))
+    """Biases, norm gains, class tokens and logit scales: every tensor of fewer than 2 dimensions.
+
+    Token and positional embeddings are decayed, as open_clip_train does. Measured with
+    benchmarks/parity_open_clip.py (5 seeds, digits): exempting them gave acc1 0.903 with a 0.219
+    spread over seeds (one seed collapsed), decaying them 0.938 with a 0.022 spread.
+    """
+    return param.ndim < 2 or "logit_scale" in name
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
