@@ -81,7 +81,9 @@ def init_distributed(device_name: str, backend: str = "auto", timeout_s: int = 1
     device = pick_device(device_name, local_rank)
     if not dist.is_initialized():
         if backend == "auto":
-            backend = "nccl" if device.type == "cuda" else "gloo"
+            # With GPUs, host tensors (the flags that keep the ranks in step) go through gloo: a
+            # collective of host values then never waits for the device's queue of work.
+            backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
         os.environ.setdefault("RANK", str(rank))
         os.environ.setdefault("WORLD_SIZE", str(world_size))
         os.environ.setdefault("LOCAL_RANK", str(local_rank))
@@ -156,10 +158,11 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
 
 
 def all_ranks_agree(flag: bool, device: torch.device) -> bool:
-    """True only if ``flag`` is true on every rank (e.g. "I still have a batch")."""
+    """True only if ``flag`` is true on every rank (e.g. "I still have a batch"). Agreed on host
+    tensors: reading a device one would wait for the device."""
     if not _initialised():
         return flag
-    value = torch.tensor([1 if flag else 0], device=device)
+    value = torch.tensor([1 if flag else 0], device=device if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())
 

@@ -86,7 +86,8 @@ class MultiModalModel(nn.Module):
 
     def forward(self, batch: Dict[str, torch.Tensor], present: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """(B, D) normalised embeddings for every modality; rows lacking it (``present[m]`` false)
-        are zero. Only present rows are encoded. Where no row has a modality, one row is encoded
+        are zero. Only present rows are encoded. ``present`` may stay on the host (the trainer's
+        masks do): the rows to encode are then found there, without waiting for the device. Where no row has a modality, one row is encoded
         with weight zero, so that every tower is in every step's graph: DDP and the gathers of
         every process then see the same tensors, whichever modalities their batches carry.
 
@@ -97,7 +98,7 @@ class MultiModalModel(nn.Module):
         tokens: Dict[str, torch.Tensor] = {}
         for modality in self.modalities:
             inputs, rows = batch[modality], present[modality]
-            index, weight = _rows_or_stand_in(rows)
+            index, weight = _rows_or_stand_in(rows, inputs.device)
             tower = self.towers[modality]
             if getattr(tower.encoder, "output_tokens", False):
                 encoded, token_features = tower.forward_with_tokens(inputs[index])
@@ -113,17 +114,31 @@ class MultiModalModel(nn.Module):
     def _caption_terms(self, source: str, text: torch.Tensor, tokens: Dict[str, torch.Tensor],
                        present: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         rows = present[source] & present["text"]
-        index, weight = _rows_or_stand_in(rows)
+        index, weight = _rows_or_stand_in(rows, text.device)
         nll, count = self.caption.token_nll(source, tokens[source][index], tokens["text"][index], text[index])
         return {f"caption_nll/{source}": _scatter_rows(nll * weight, index, rows.shape[0]),
                 f"caption_tokens/{source}": _scatter_rows(count * int(weight), index, rows.shape[0])}
 
 
-def _rows_or_stand_in(rows: torch.Tensor) -> Tuple[torch.Tensor, float]:
-    """The indices of the rows marked true, weight 1; with none, row 0 as a stand-in of weight 0,
-    so that the module still runs and stays in the graph (see MultiModalModel.forward)."""
+def _rows_or_stand_in(rows: torch.Tensor, device: torch.device) -> Tuple[torch.Tensor, float]:
+    """The indices, on ``device``, of the rows marked true, weight 1; with none, row 0 as a stand-in
+    of weight 0, so that the module still runs and stays in the graph (see MultiModalModel.forward).
+    Their count sets the shapes that follow, so it must reach the host: from a host mask it is
+    there already, from a device mask reading it waits for the device."""
     index = rows.nonzero().squeeze(1)
-    return (index, 1.0) if index.numel() else (index.new_zeros(1), 0.0)
+    index, weight = (index, 1.0) if index.numel() else (index.new_zeros(1), 0.0)
+    return to_device_async(index, device), weight
+
+
+def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``, copied without the host waiting for the device: a blocking copy
+    waits for the stream, and so may one from pageable memory, so a host tensor is page-locked
+    first (the batches from a pinning loader already are)."""
+    if tensor.device == device:
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def _scatter_rows(values: torch.Tensor, index: torch.Tensor, rows: int) -> torch.Tensor:

@@ -40,10 +40,9 @@ def _off_diagonal_log_mean_exp(x: torch.Tensor, y: torch.Tensor, t: float, comm:
     rows = torch.arange(x.shape[0], device=x.device)
     scored[rows, rows + offset] = False
     partial = (torch.exp(-t * _squared_distances(x, all_y)) * scored).sum()
-    count = comm.sum(scored.sum().to(x.dtype)).detach()
-    if count.item() == 0:
-        return (x.sum() + y.sum()) * 0.0
-    return torch.log(comm.sum(partial) / count)
+    count = comm.sum(scored.sum().float()).detach()  # fp32: bf16 would round N^2
+    # With no pair scored, log(1) = 0 with a zero gradient, decided on the device (no host read).
+    return torch.log(torch.where(count > 0, comm.sum(partial) / count.clamp(min=1), 1.0))
 
 
 def uniformity(x: torch.Tensor, t: float = 2.0, comm: Collectives = LOCAL,
@@ -59,9 +58,7 @@ def cross_uniformity(x: torch.Tensor, y: torch.Tensor, t: float = 2.0, comm: Col
 def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0, comm: Collectives = LOCAL,
               valid: Optional[torch.Tensor] = None) -> torch.Tensor:
     valid = _valid(x, valid)
-    count = comm.sum(valid.sum().to(x.dtype)).detach()
-    if count.item() == 0:
-        return (x.sum() + y.sum()) * 0.0
+    count = comm.sum(valid.sum().float()).detach()
     # |d|^alpha as (|d|^2)^(alpha/2): no square root, whose gradient is undefined at d = 0.
     distance = ((x - y) ** 2).sum(1).clamp(min=1e-12) ** (alpha / 2)
-    return comm.sum((distance * valid).sum()) / count
+    return comm.sum((distance * valid).sum()) / count.clamp(min=1)  # no valid row: an exact zero

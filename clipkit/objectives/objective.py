@@ -79,6 +79,4 @@ class Objective:
         """Mean next-token loss over the global batch's scored tokens; averaged over processes
         (as DDP averages gradients) it is the global mean."""
         count = self.comm.sum(tokens.sum().float()).detach()
-        if count.item() == 0:
-            return nll.sum() * 0.0
-        return nll.sum() * self.comm.world_size / count
+        return nll.sum() * self.comm.world_size / count.clamp(min=1)  # no token: an exact zero

@@ -37,13 +37,13 @@ def sigmoid_loss(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: to
     averages gradients), is the loss over the global batch divided by its count of valid rows."""
     if valid is None:
         valid = torch.ones(a.shape[0], dtype=torch.bool, device=a.device)
-    total_valid = int(comm.sum(valid.sum().detach()).item())
-    if total_valid == 0:  # zero, but every input in the graph: DDP expects a gradient for each
-        return (a.sum() + b.sum() + scale + bias) * 0.0
+    total_valid = comm.sum(valid.sum().float()).detach()
     total = _block_loss(a, b, scale, bias, valid, valid, diagonal_positive=True)
     columns, column_valid = b, valid
     for _ in range(comm.world_size - 1):
         columns = comm.ring_pass(columns)
         column_valid = comm.ring_pass(column_valid.to(a.dtype)).detach() > 0.5
         total = total + _block_loss(a, columns, scale, bias, valid, column_valid, diagonal_positive=False)
-    return total * comm.world_size / total_valid
+    # No valid row: nothing is scored and the loss is an exact zero, still in the graph of every
+    # input (DDP expects a gradient for each), without a branch that would read the count.
+    return total * comm.world_size / total_valid.clamp(min=1)

@@ -7,7 +7,7 @@ from typing import Callable, ContextManager, Dict, List
 import torch
 from torch import nn
 
-from clipkit.models.multimodal import MultiModalModel
+from clipkit.models.multimodal import MultiModalModel, to_device_async
 from clipkit.objectives.objective import Objective
 
 Inputs = Dict[str, torch.Tensor]
@@ -19,6 +19,9 @@ def forward_backward(model: nn.Module, core: MultiModalModel, objective: Objecti
     """Accumulate into ``.grad`` the gradient of the objective on the concatenated micro-batches
     (``inputs[i]`` with its row masks ``present[i]``).
 
+    The masks may stay on the host, as the loader made them: the model then picks the rows to
+    encode without reading the device, and the objective gets copies on the inputs' device.
+
     ``model`` is ``core`` itself or its DistributedDataParallel wrapper. With several
     micro-batches, the negatives span all of them (feature cache): every micro-batch is embedded
     without gradient, then re-embedded one at a time with gradient while the others stay cached,
@@ -26,9 +29,10 @@ def forward_backward(model: nn.Module, core: MultiModalModel, objective: Objecti
     step on the concatenated batch. The logit scales take their gradient from the last pass only,
     and DDP synchronises only that pass.
     """
+    device = next(iter(inputs[0].values())).device
     if len(inputs) == 1:
         with autocast():
-            losses = objective(core, model(inputs[0], present[0]), present[0])
+            losses = objective(core, model(inputs[0], present[0]), _on(device, present[0]))
         scaler.scale(losses["total"]).backward()
         return losses
     devices = _cuda_devices(inputs)
@@ -37,7 +41,7 @@ def forward_backward(model: nn.Module, core: MultiModalModel, objective: Objecti
         for x, p in zip(inputs, present):
             rng_states.append(_rng_state(devices))
             cached.append(model(x, p))
-    all_present = {m: torch.cat([p[m] for p in present]) for m in present[0]}
+    all_present = _on(device, {m: torch.cat([p[m] for p in present]) for m in present[0]})
     last = len(inputs) - 1
     losses: Dict[str, torch.Tensor] = {}
     for j, (x, p) in enumerate(zip(inputs, present)):
@@ -53,6 +57,10 @@ def forward_backward(model: nn.Module, core: MultiModalModel, objective: Objecti
                 losses = objective(core, merged, all_present, scale_grad=j == last)
             scaler.scale(losses["total"]).backward()
     return losses
+
+
+def _on(device: torch.device, masks: Inputs) -> Inputs:
+    return {m: to_device_async(mask, device) for m, mask in masks.items()}
 
 
 def _cuda_devices(inputs: List[Inputs]) -> List[int]:

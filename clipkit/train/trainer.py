@@ -22,6 +22,7 @@ from clipkit.errors import ConfigError
 from clipkit.eval.report import write_report
 from clipkit.eval.runner import Evaluator
 from clipkit.models.build import ModelBundle, build_bundle
+from clipkit.models.multimodal import to_device_async
 from clipkit.objectives.collectives import LOCAL, process_group
 from clipkit.objectives.objective import Objective
 from clipkit.train import checkpoint as ckpt
@@ -71,8 +72,9 @@ class Trainer:
             compile_towers(self.core)
         self.model = self.core
         if env.joined:
-            self.model = DistributedDataParallel(
-                self.core, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # No device_ids: DDP would then copy every input to the device, the row masks too,
+            # which the model reads on the host (the inputs are on the device already).
+            self.model = DistributedDataParallel(self.core)
         self.objective = Objective(cfg.loss, process_group(env.world_size) if env.distributed else LOCAL)
         self.autocast = autocast_factory(cfg.trainer.precision, self.device)
         self.scaler = grad_scaler(cfg.trainer.precision, self.device)
@@ -188,11 +190,12 @@ class Trainer:
     def _inputs(self, batch: dict) -> Dict[str, torch.Tensor]:
         """Every modality of the model; one that no row of the batch carries comes as zeros."""
         rows = batch["num_rows"]
-        return {m: (batch[m] if m in batch else self.bundle.empty_inputs(m, rows)).to(self.device, non_blocking=True)
+        return {m: to_device_async(batch[m] if m in batch else self.bundle.empty_inputs(m, rows), self.device)
                 for m in self.core.modalities}
 
     def _present(self, batch: dict) -> Dict[str, torch.Tensor]:
-        return {m: batch[f"has_{m}"].to(self.device, non_blocking=True) for m in self.core.modalities}
+        """The row masks, left on the host: see forward_backward."""
+        return {m: batch[f"has_{m}"] for m in self.core.modalities}
 
     def _train_step(self, data: Iterator[dict], window: ThroughputWindow) -> Dict[str, torch.Tensor]:
         """One optimizer step; returns its loss terms as device tensors, read only when logged (a
