@@ -73,7 +73,7 @@ def _clipkit_step(checked, core, batch, device) -> tuple[Step, Callable[[], None
 
     def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        losses = forward_backward(core, core, objective, [batch], [present], autocast, scaler)
+        losses = forward_backward(core, objective, [batch], [present], autocast, scaler)
         scaler.step(optimizer)
         scaler.update()
         core.clamp_logit_scales()

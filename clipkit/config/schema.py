@@ -177,6 +177,14 @@ class SchedConfig:
 
 # --------------------------------------------------------------------------------------- trainer
 @dataclass
+class FSDPConfig:
+    """trainer.parallel=fsdp: FSDP2 (clipkit.train.parallel)."""
+
+    reshard_after_forward: bool = True  # free each unit's gathered parameters after its forward
+    cpu_offload: bool = False  # parameters, gradients and optimizer state kept on the host
+
+
+@dataclass
 class TrainerConfig:
     max_steps: Optional[int] = None
     epochs: Optional[int] = None

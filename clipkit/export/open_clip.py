@@ -64,11 +64,12 @@ def open_clip_state_dict(model: MultiModalModel) -> Dict[str, torch.Tensor]:
     if model.caption is not None:
         for key, value in model.caption.decoder.state_dict().items():
             state[f"text_decoder.{key}"] = value
+    # open_clip's are scalars; clipkit's per-pair values have shape (1,).
     if "image_text" in model.logit_scales:
-        state["logit_scale"] = model.logit_scales["image_text"]
+        state["logit_scale"] = model.logit_scales["image_text"].reshape(())
     else:  # a SigLIP model
-        state["logit_scale"] = model.sigmoid_scales["image_text"]
-        state["logit_bias"] = model.sigmoid_biases["image_text"]
+        state["logit_scale"] = model.sigmoid_scales["image_text"].reshape(())
+        state["logit_bias"] = model.sigmoid_biases["image_text"].reshape(())
     return {key: value.detach().cpu().contiguous().clone() for key, value in state.items()}
 
 

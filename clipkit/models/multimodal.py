@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,10 @@ from torch import nn
 from clipkit.config.schema import CaptionHeadConfig
 from clipkit.models.caption import CaptionHead
 from clipkit.models.towers import TOWERS, Tower, TowerConfig
+
+
+# Scores a forward's outputs: the model (for its learnable scales) and the outputs -> loss terms.
+LossFn = Callable[["MultiModalModel", Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]
 
 
 def split_pair(pair: str) -> Tuple[str, str]:
@@ -32,9 +36,20 @@ class PairParameters:
 
 
 def _per_pair(pairs: List[str], value: Optional[float]) -> nn.ParameterDict:
+    """One learnable value per pair, of shape (1,) rather than a scalar: FSDP shards no scalars."""
     if value is None:
         return nn.ParameterDict()
-    return nn.ParameterDict({pair: nn.Parameter(torch.tensor(float(value))) for pair in pairs})
+    return nn.ParameterDict({pair: nn.Parameter(torch.full((1,), float(value))) for pair in pairs})
+
+
+_PER_PAIR = ("logit_scales.", "sigmoid_scales.", "sigmoid_biases.")
+
+
+def _per_pair_values_as_vectors(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Load-time: the scalar per-pair values of checkpoints written before they became (1,)."""
+    for key, value in state_dict.items():
+        if key.startswith(tuple(prefix + p for p in _PER_PAIR)) and value.ndim == 0:
+            state_dict[key] = value.reshape(1)
 
 
 class MultiModalModel(nn.Module):
@@ -50,6 +65,7 @@ class MultiModalModel(nn.Module):
         self.max_log_logit_scale = math.log(parameters.max_logit_scale)
         self.embed_dim = embed_dim
         self.caption = caption
+        self.register_load_state_dict_pre_hook(_per_pair_values_as_vectors)
         if caption is not None:
             for modality in ("text", *caption.sources):
                 self.towers[modality].enable_tokens()
@@ -84,7 +100,8 @@ class MultiModalModel(nn.Module):
                 **{f"sigmoid_scale/{p}": self.sigmoid_scale(p).item() for p in self.sigmoid_scales},
                 **{f"sigmoid_bias/{p}": self.sigmoid_bias(p).item() for p in self.sigmoid_biases}}
 
-    def forward(self, batch: Dict[str, torch.Tensor], present: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def forward(self, batch: Dict[str, torch.Tensor], present: Dict[str, torch.Tensor],
+                loss: Optional[LossFn] = None) -> Dict[str, torch.Tensor]:
         """(B, D) normalised embeddings for every modality; rows lacking it (``present[m]`` false)
         are zero. Only present rows are encoded. ``present`` may stay on the host (the trainer's
         masks do): the rows to encode are then found there, without waiting for the device. Where no row has a modality, one row is encoded
@@ -93,7 +110,11 @@ class MultiModalModel(nn.Module):
 
         With a caption head, also per source s: ``caption_nll/s`` (B,), each row's summed
         next-token loss of its caption, and ``caption_tokens/s``, the tokens scored (0 on rows
-        lacking s or text)."""
+        lacking s or text).
+
+        With ``loss``, returns ``loss(self, outputs)`` instead: the objective then runs inside the
+        forward of whatever wraps the model (DDP, FSDP), which is where FSDP gathers the learnable
+        scales it uses, and the wrapper sees one module with every trained parameter."""
         out: Dict[str, torch.Tensor] = {}
         tokens: Dict[str, torch.Tensor] = {}
         for modality in self.modalities:
@@ -109,7 +130,7 @@ class MultiModalModel(nn.Module):
         if self.caption is not None:
             for source in self.caption.sources:
                 out.update(self._caption_terms(source, batch["text"], tokens, present))
-        return out
+        return out if loss is None else loss(self, out)
 
     def _caption_terms(self, source: str, text: torch.Tensor, tokens: Dict[str, torch.Tensor],
                        present: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

@@ -13,26 +13,26 @@ from clipkit.objectives.objective import Objective
 Inputs = Dict[str, torch.Tensor]
 
 
-def forward_backward(model: nn.Module, core: MultiModalModel, objective: Objective,
-                     inputs: List[Inputs], present: List[Inputs],
+def forward_backward(model: nn.Module, objective: Objective, inputs: List[Inputs], present: List[Inputs],
                      autocast: Callable[[], ContextManager], scaler: torch.amp.GradScaler) -> Dict[str, torch.Tensor]:
     """Accumulate into ``.grad`` the gradient of the objective on the concatenated micro-batches
     (``inputs[i]`` with its row masks ``present[i]``).
 
-    The masks may stay on the host, as the loader made them: the model then picks the rows to
-    encode without reading the device, and the objective gets copies on the inputs' device.
+    ``model`` is the MultiModalModel or the one wrapper (DDP) around it; the objective runs inside
+    its forward. The masks may stay on the host, as the loader made them: the model then picks the
+    rows to encode without reading the device, and the objective gets copies on the inputs' device.
 
-    ``model`` is ``core`` itself or its DistributedDataParallel wrapper. With several
-    micro-batches, the negatives span all of them (feature cache): every micro-batch is embedded
-    without gradient, then re-embedded one at a time with gradient while the others stay cached,
-    and the full loss is back-propagated. The sum over micro-batches is exactly the gradient of one
-    step on the concatenated batch. The logit scales take their gradient from the last pass only,
-    and DDP synchronises only that pass.
+    With several micro-batches, the negatives span all of them (feature cache): every micro-batch
+    is embedded without gradient, then re-embedded one at a time with gradient while the others
+    stay cached, and the full loss is back-propagated. The sum over micro-batches is exactly the
+    gradient of one step on the concatenated batch. The logit scales take their gradient from the
+    last pass only, and DDP synchronises only that pass.
     """
     device = next(iter(inputs[0].values())).device
     if len(inputs) == 1:
+        scored = _on(device, present[0])
         with autocast():
-            losses = objective(core, model(inputs[0], present[0]), _on(device, present[0]))
+            losses = model(inputs[0], present[0], loss=lambda core, out: objective(core, out, scored))
         scaler.scale(losses["total"]).backward()
         return losses
     devices = _cuda_devices(inputs)
@@ -46,15 +46,18 @@ def forward_backward(model: nn.Module, core: MultiModalModel, objective: Objecti
     losses: Dict[str, torch.Tensor] = {}
     for j, (x, p) in enumerate(zip(inputs, present)):
         skip_sync = j < last and hasattr(model, "no_sync")
+
+        def merged_loss(core: MultiModalModel, live: Inputs, j: int = j) -> Dict[str, torch.Tensor]:
+            merged = {m: torch.cat([live[m] if i == j else cached[i][m] for i in range(len(inputs))])
+                      for m in live}
+            return objective(core, merged, all_present, scale_grad=j == last)
+
         with model.no_sync() if skip_sync else contextlib.nullcontext():
             # Replay the random draws of this micro-batch's cached pass (SpecAugment, dropout),
             # so the re-embedding with gradient equals the cached embedding exactly.
             with torch.random.fork_rng(devices=devices), autocast():
                 _set_rng_state(rng_states[j], devices)
-                live = model(x, p)
-                merged = {m: torch.cat([live[m] if i == j else cached[i][m] for i in range(len(inputs))])
-                          for m in live}
-                losses = objective(core, merged, all_present, scale_grad=j == last)
+                losses = model(x, p, loss=merged_loss)
             scaler.scale(losses["total"]).backward()
     return losses
 

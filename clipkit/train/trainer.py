@@ -10,7 +10,6 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from clipkit import distributed as dist_utils
@@ -29,6 +28,7 @@ from clipkit.train import checkpoint as ckpt
 from clipkit.train.compile import compile_towers
 from clipkit.train.metrics import MetricsLogger, ThroughputWindow, results_table
 from clipkit.train.optim import build_optimizer, build_scheduler
+from clipkit.train.parallel import wrap
 from clipkit.train.precision import autocast_factory, grad_scaler
 from clipkit.train.step import forward_backward
 
@@ -72,9 +72,7 @@ class Trainer:
             compile_towers(self.core)
         self.model = self.core
         if env.joined:
-            # No device_ids: DDP would then copy every input to the device, the row masks too,
-            # which the model reads on the host (the inputs are on the device already).
-            self.model = DistributedDataParallel(self.core)
+            self.model = wrap(self.core)  # DDP; trainer.parallel=fsdp is to come (see train/parallel.py)
         self.objective = Objective(cfg.loss, process_group(env.world_size) if env.distributed else LOCAL)
         self.autocast = autocast_factory(cfg.trainer.precision, self.device)
         self.scaler = grad_scaler(cfg.trainer.precision, self.device)
@@ -206,8 +204,7 @@ class Trainer:
         inputs = [self._inputs(b) for b in micro]
         present = [self._present(b) for b in micro]
         self.optimizer.zero_grad(set_to_none=True)
-        losses = forward_backward(self.model, self.core, self.objective, inputs, present,
-                                  self.autocast, self.scaler)
+        losses = forward_backward(self.model, self.objective, inputs, present, self.autocast, self.scaler)
         self.scaler.unscale_(self.optimizer)
         if self.cfg.trainer.grad_clip_norm:
             torch.nn.utils.clip_grad_norm_(self.core.parameters(), self.cfg.trainer.grad_clip_norm)

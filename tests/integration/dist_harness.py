@@ -1,12 +1,15 @@
-"""Run under torchrun: one DDP step's loss and gradients on this rank's slice of a fixed batch.
+"""Run under torchrun: one step's loss and gradients on this rank's slice of a fixed batch.
 
-    torchrun --nproc_per_node=2 dist_harness.py MODE OUT_DIR
+    torchrun --nproc_per_node=2 dist_harness.py MODE OUT_DIR [ddp|fsdp] [STEPS]
 
 MODE is ``local`` (local loss), ``global`` (full gathered matrix), ``accum`` (local loss with
 two accumulated micro-batches per rank) or ``masked`` (some rows of rank 0 and every row of rank 1
 lack the image), all with InfoNCE; or ``sigmoid``, ``geometry`` and ``coca``, the other loss
-terms (see ``loss_config``), with a few rows lacking the image on each rank. Each rank saves {"loss", "grads"} to OUT_DIR/rank<r>.pt. ``reference(n, mode)``
-computes the same on one process over the whole batch.
+terms (see ``loss_config``), with a few rows lacking the image on each rank; or ``locked``,
+InfoNCE with the text tower locked. Each rank saves {"loss", "grads"} of the first step to
+OUT_DIR/rank<r>.pt, and with STEPS > 1 the full weights after STEPS AdamW steps on the same batch
+as "weights". The model is wrapped in DDP (default) or sharded by FSDP2 (``fsdp``).
+``reference(n, mode)`` computes the first step on one process over the whole batch.
 """
 from __future__ import annotations
 
@@ -15,18 +18,20 @@ from pathlib import Path
 from typing import Dict, List
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
+from torch.distributed.tensor import DTensor
 
 from clipkit import distributed
 from clipkit.config.schema import (AlignmentLossConfig, CaptionHeadConfig, CaptionLossConfig,
-                                   ContrastiveLossConfig, CrossUniformityLossConfig, LossConfig,
-                                   ModelConfig, SigmoidLossConfig, UniformityLossConfig)
+                                   ContrastiveLossConfig, CrossUniformityLossConfig, FSDPConfig, LossConfig,
+                                   ModelConfig, OptimConfig, SigmoidLossConfig, UniformityLossConfig)
 from clipkit.models.build import pair_parameters
 from clipkit.models.multimodal import MultiModalModel, build_model
 from clipkit.models.towers.image import ViTConfig
 from clipkit.models.towers.text import TextTransformerConfig
 from clipkit.objectives.collectives import process_group
 from clipkit.objectives.objective import Objective
+from clipkit.train.optim import build_optimizer
+from clipkit.train.parallel import wrap
 from clipkit.train.precision import autocast_factory, grad_scaler
 from clipkit.train.step import forward_backward
 
@@ -51,7 +56,8 @@ def tiny_model(mode: str) -> MultiModalModel:
     caption = CaptionHeadConfig(sources=["image"], layers=1, heads=2, n_queries=3, pooler_heads=2) \
         if mode == "coca" else CaptionHeadConfig()
     return build_model(16, {"image": ViTConfig(image_size=16, patch_size=8, width=32, layers=1, head_width=16),
-                            "text": TextTransformerConfig(context_length=8, width=32, heads=2, layers=1)},
+                            "text": TextTransformerConfig(context_length=8, width=32, heads=2, layers=1,
+                                                          lock=mode == "locked")},
                        ["image_text"], pair_parameters(ModelConfig(), loss_config(mode)), caption)
 
 
@@ -80,10 +86,15 @@ def step(model, core: MultiModalModel, objective: Objective, batch: Dict[str, to
     chunks: List[Dict[str, torch.Tensor]] = [{k: v.chunk(parts)[i] for k, v in batch.items()} for i in range(parts)]
     present = [{k: v.chunk(parts)[i] for k, v in mask.items()} for i in range(parts)]
     cpu = torch.device("cpu")
-    losses = forward_backward(model, core, objective, chunks, present, autocast_factory("fp32", cpu),
+    losses = forward_backward(model, objective, chunks, present, autocast_factory("fp32", cpu),
                               grad_scaler("fp32", cpu))
-    grads = {n: p.grad.detach().clone() for n, p in core.named_parameters() if p.grad is not None}
+    grads = {n: full(p.grad).detach().clone() for n, p in core.named_parameters() if p.grad is not None}
     return losses["total"].detach(), grads
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor, also of a parameter or gradient that FSDP shards."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def reference(n: int, mode: str):
@@ -91,19 +102,30 @@ def reference(n: int, mode: str):
     return step(core, core, Objective(loss_config(mode)), fixed_batch(n), fixed_present(n, mode), parts=1)
 
 
-def main(mode: str, out_dir: Path) -> None:
+def main(mode: str, out_dir: Path, parallel: str = "ddp", steps: int = 1) -> None:
     env = distributed.init_distributed("cpu", "gloo")
     core = tiny_model(mode)
-    model = DistributedDataParallel(core)
+    model = wrap(core, parallel, FSDPConfig(), "fp32")
+    assert parallel != "fsdp" or all(isinstance(p, DTensor) for p in core.parameters()), "not sharded"
     objective = Objective(loss_config(mode), process_group(env.world_size))
     n = PER_RANK * env.world_size
     mine = slice(env.rank * PER_RANK, (env.rank + 1) * PER_RANK)
     batch = {k: v[mine] for k, v in fixed_batch(n).items()}
     mask = {k: v[mine] for k, v in fixed_present(n, mode).items()}
+    optimizer = build_optimizer(core, OptimConfig(lr=1e-3, weight_decay=0.1))
     loss, grads = step(model, core, objective, batch, mask, parts=2 if mode == "accum" else 1)
-    torch.save({"loss": distributed.all_reduce_mean(loss), "grads": grads}, out_dir / f"rank{env.rank}.pt")
+    saved = {"loss": distributed.all_reduce_mean(loss), "grads": grads}
+    if steps > 1:
+        for _ in range(steps - 1):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            core.clamp_logit_scales()
+            step(model, core, objective, batch, mask, parts=1)
+        optimizer.step()
+        saved["weights"] = {n: full(p).detach().clone() for n, p in core.named_parameters()}
+    torch.save(saved, out_dir / f"rank{env.rank}.pt")
     distributed.shutdown(env)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    main(sys.argv[1], Path(sys.argv[2]), *sys.argv[3:4], *map(int, sys.argv[4:5]))

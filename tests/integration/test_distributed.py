@@ -32,6 +32,33 @@ def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path, mode):
         assert worst <= 1e-5, (rank, worst)
 
 
+@pytest.mark.parametrize("mode", ["local", "sigmoid", "locked"])
+def test_fsdp_equals_ddp(tmp_path, mode):
+    """FSDP2 and DDP on 2 processes: the same first-step loss and gradients (<= 1e-6), both equal
+    to one process on the whole batch, and the same weights after 20 AdamW steps (<= 1e-4)."""
+    runs = {}
+    for parallel in ("ddp", "fsdp"):
+        out = tmp_path / parallel
+        out.mkdir()
+        result = run_command(torchrun(2, [HARNESS, mode, str(out), parallel, "20"]), tmp_path, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[parallel] = [torch.load(out / f"rank{rank}.pt") for rank in (0, 1)]
+    expected_loss, expected = reference(2 * PER_RANK, mode)
+    ddp = runs["ddp"][0]
+    assert ddp["grads"].keys() == expected.keys()
+    for got in runs["fsdp"]:
+        assert abs(got["loss"].item() - ddp["loss"].item()) <= 1e-6
+        assert abs(got["loss"].item() - expected_loss.item()) <= 1e-5
+        assert got["grads"].keys() == expected.keys()
+        assert max((got["grads"][n] - ddp["grads"][n]).abs().max().item() for n in expected) <= 1e-6
+        assert max((got["grads"][n] - expected[n]).abs().max().item() for n in expected) <= 1e-5
+        assert got["weights"].keys() == ddp["weights"].keys()
+        worst = max((got["weights"][n] - ddp["weights"][n]).abs().max().item() for n in ddp["weights"])
+        assert worst <= 1e-4, worst
+    if mode == "locked":  # the locked tower takes no gradient, under FSDP too
+        assert not any(n.startswith("towers.text") for n in expected)
+
+
 def descendants(pid: int):
     """Every process below ``pid`` (torchrun starts each worker in a session of its own)."""
     children = {}

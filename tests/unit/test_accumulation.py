@@ -30,7 +30,7 @@ def test_feature_cache_accumulation_equals_one_big_batch(small_demo, tmp_path):
     assert not all(bool(p["audio"].all()) for p in present)  # some rows lack audio
 
     trainer.model.zero_grad()
-    accumulated_loss = forward_backward(trainer.model, trainer.core, trainer.objective, inputs, present,
+    accumulated_loss = forward_backward(trainer.model, trainer.objective, inputs, present,
                                         trainer.autocast, trainer.scaler)["total"]
     accumulated = grads(trainer.model)
 
@@ -59,6 +59,6 @@ def test_gradient_pass_replays_the_random_draws_of_the_cached_pass(small_demo, t
     expected = trainer.objective(model, merged, all_present)["total"]
 
     torch.manual_seed(7)
-    last_pass = forward_backward(model, trainer.core, trainer.objective, inputs, present,
+    last_pass = forward_backward(model, trainer.objective, inputs, present,
                                  trainer.autocast, trainer.scaler)["total"]
     assert torch.allclose(last_pass, expected, atol=1e-6)

@@ -29,7 +29,7 @@ def loss_and_grads(device: torch.device, compiled: bool, precision: str = "fp32"
     inputs = {"image": torch.randn(rows, 3, 32, 32, generator=generator).to(device),
               "text": torch.randint(1, 1000, (rows, 16), generator=generator).to(device)}
     present = {m: torch.ones(rows, dtype=torch.bool, device=device) for m in inputs}
-    losses = forward_backward(model, model, Objective(checked.cfg.loss), [inputs], [present],
+    losses = forward_backward(model, Objective(checked.cfg.loss), [inputs], [present],
                               autocast_factory(precision, device), grad_scaler(precision, device))
     grads = {n: p.grad.float().cpu() for n, p in model.named_parameters() if p.grad is not None}
     return losses["total"].item(), grads, model

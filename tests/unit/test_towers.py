@@ -36,6 +36,16 @@ def test_logit_scale_is_clamped_at_max():
     assert model.logit_scales["image_text"].item() == pytest.approx(torch.log(torch.tensor(100.0)).item())
 
 
+def test_checkpoints_with_scalar_logit_scales_still_load():
+    """Per-pair values are (1,) since FSDP came (it shards no scalars); older files hold scalars."""
+    towers = {"image": ViTConfig(**VIT), "text": TextTransformerConfig(context_length=8, width=32, heads=2, layers=1)}
+    model = build_model(8, towers, ["image_text"])
+    old = {k: (v.reshape(()) if k.startswith("logit_scales.") else v) for k, v in model.state_dict().items()}
+    old["logit_scales.image_text"] = torch.tensor(1.5)
+    model.load_state_dict(old, strict=True)
+    assert model.logit_scales["image_text"].shape == (1,) and model.logit_scales["image_text"].item() == 1.5
+
+
 def test_timm_backbone_tower():
     tower = TOWERS.get("timm").build(TimmConfig(model_name="resnet18", image_size=32), 16)
     assert tower(torch.randn(2, 3, 32, 32)).shape == (2, 16)
@@ -58,3 +68,14 @@ def test_local_weights_are_loaded(tmp_path):
     assert torch.equal(loaded(x), source(x))
     with pytest.raises(CheckpointError, match="does not fit"):
         TOWERS.get("vit").build(ViTConfig(**{**VIT, "width": 64, "head_width": 32}, weights=str(path)), 16)
+
+
+def test_fsdp_units_are_each_towers_blocks():
+    from clipkit.train.parallel import shard_units
+
+    vit = TOWERS.get("vit").build(ViTConfig(**VIT), 8)
+    text = TOWERS.get("transformer").build(TextTransformerConfig(context_length=8, width=32, heads=2, layers=3), 8)
+    resnet = TOWERS.get("timm").build(TimmConfig(model_name="resnet18", image_size=32), 8)
+    assert shard_units(vit) == list(vit.encoder.transformer.resblocks)
+    assert shard_units(text) == list(text.encoder.transformer.resblocks)
+    assert shard_units(resnet) == [getattr(resnet.encoder.trunk, f"layer{i}") for i in range(1, 5)]
