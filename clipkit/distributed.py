@@ -54,6 +54,11 @@ def _launcher_env() -> Optional[Tuple[int, int, int]]:
     return None
 
 
+def launched() -> bool:
+    """Started by torchrun or srun: the process will join a process group."""
+    return _launcher_env() is not None
+
+
 def launched_world_size() -> int:
     """Processes the launcher started (1 without one), known before any process group exists."""
     launched = _launcher_env()

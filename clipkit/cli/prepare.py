@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 from clipkit.config.validate import CheckedConfig, check_config
 from clipkit.data.demo import write_demo
 from clipkit.data.pipeline import check_reader_slots
-from clipkit.distributed import launched_world_size
+from clipkit.distributed import launched, launched_world_size
+from clipkit.errors import ConfigError
 from clipkit.data.shards import ShardSource, resolve_sources
 from clipkit.eval.datasets import open_eval_set
 
@@ -23,8 +24,12 @@ def demo_pending(checked: CheckedConfig) -> bool:
 
 
 def check_inputs(checked: CheckedConfig) -> List[ShardSource]:
-    """Shards and eval sets exist and are well formed, and there are enough shards for every
-    process (as the launcher's environment says) and data worker."""
+    """Shards and eval sets exist and are well formed, there are enough shards for every
+    process (as the launcher's environment says) and data worker, and FSDP has processes to
+    shard over."""
+    if checked.cfg.trainer.parallel == "fsdp" and not launched():
+        raise ConfigError("trainer.parallel", "fsdp needs a process group: start with torchrun or srun "
+                          "(torchrun --nproc_per_node=1 for one process)")
     sources = resolve_sources(checked.cfg.data.train.shards)
     if not checked.cfg.data.train.resampled:
         check_reader_slots(sources, launched_world_size(), checked.cfg.data.workers)

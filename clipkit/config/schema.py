@@ -192,6 +192,8 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda (each process takes the GPU of its local rank)
     dist_backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
     compile: bool = False  # torch.compile each tower (inductor; GPU kernels on CUDA, C++ on CPU)
+    parallel: str = "ddp"  # ddp (a full copy per process) | fsdp (FSDP2: weights and optimizer sharded)
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     accum_steps: int = 1
     grad_clip_norm: Optional[float] = 1.0
     log_every_n_steps: int = 10

@@ -118,6 +118,11 @@ def check_config(raw: DictConfig) -> CheckedConfig:
         raise ConfigError("trainer.device", f"'{trainer.device}' is not one of auto, cpu, cuda")
     if trainer.dist_backend not in ("auto", "nccl", "gloo"):
         raise ConfigError("trainer.dist_backend", f"'{trainer.dist_backend}' is not one of auto, nccl, gloo")
+    if trainer.parallel not in ("ddp", "fsdp"):
+        raise ConfigError("trainer.parallel", f"'{trainer.parallel}' is not one of ddp, fsdp")
+    if trainer.parallel == "fsdp" and trainer.precision == "fp16":
+        raise ConfigError("trainer.precision", "fp16 loss scaling is not supported with trainer.parallel=fsdp; "
+                          "use bf16 (FSDP gathers bf16 weights and reduces gradients in fp32)")
     for key in ("accum_steps", "log_every_n_steps", "ckpt_every_n_steps", "keep_last_k"):
         _positive(f"trainer.{key}", getattr(trainer, key))
     _positive("trainer.grad_clip_norm", trainer.grad_clip_norm)

@@ -9,6 +9,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from clipkit.config.schema import CaptionHeadConfig
 from clipkit.models.caption import CaptionHead
@@ -95,10 +96,11 @@ class MultiModalModel(nn.Module):
             scale.clamp_(0.0, self.max_log_logit_scale)
 
     def scale_metrics(self) -> Dict[str, float]:
-        """The current logit scales (and sigmoid biases), named as metrics.jsonl logs them."""
-        return {**{f"logit_scale/{p}": self.logit_scale(p).item() for p in self.logit_scales},
-                **{f"sigmoid_scale/{p}": self.sigmoid_scale(p).item() for p in self.sigmoid_scales},
-                **{f"sigmoid_bias/{p}": self.sigmoid_bias(p).item() for p in self.sigmoid_biases}}
+        """The current logit scales (and sigmoid biases), named as metrics.jsonl logs them; under
+        FSDP a collective, so every process calls it."""
+        return {**{f"logit_scale/{p}": _read(self.logit_scale(p)) for p in self.logit_scales},
+                **{f"sigmoid_scale/{p}": _read(self.sigmoid_scale(p)) for p in self.sigmoid_scales},
+                **{f"sigmoid_bias/{p}": _read(self.sigmoid_bias(p)) for p in self.sigmoid_biases}}
 
     def forward(self, batch: Dict[str, torch.Tensor], present: Dict[str, torch.Tensor],
                 loss: Optional[LossFn] = None) -> Dict[str, torch.Tensor]:
@@ -139,6 +141,11 @@ class MultiModalModel(nn.Module):
         nll, count = self.caption.token_nll(source, tokens[source][index], tokens["text"][index], text[index])
         return {f"caption_nll/{source}": _scatter_rows(nll * weight, index, rows.shape[0]),
                 f"caption_tokens/{source}": _scatter_rows(count * int(weight), index, rows.shape[0])}
+
+
+def _read(value: torch.Tensor) -> float:
+    """A one-element tensor's value; FSDP shards it (collective: every process must read it)."""
+    return (value.full_tensor() if isinstance(value, DTensor) else value).item()
 
 
 def _rows_or_stand_in(rows: torch.Tensor, device: torch.device) -> Tuple[torch.Tensor, float]:

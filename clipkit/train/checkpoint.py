@@ -12,7 +12,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -54,13 +54,14 @@ def complete_checkpoints(ckpt_root: Path) -> List[Path]:
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model: nn.Module, train_state: Dict[str, Any],
+def save_checkpoint(ckpt_root: Path, step: int, model_state: Dict[str, torch.Tensor], train_state: Dict[str, Any],
                     config_yaml: str, keep_last_k: int) -> Path:
+    """``model_state``: the full (unsharded) weights by name."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / step_dir_name(step)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=ckpt_root))
     try:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
         save_file(tensors, str(staging / MODEL_FILE))
         torch.save(train_state, staging / STATE_FILE)
         (staging / CONFIG_FILE).write_text(config_yaml)
@@ -112,13 +113,19 @@ def resolve_checkpoint(path: str) -> Path:
     return folder
 
 
-def load_model_weights(model: nn.Module, folder: Path) -> None:
+def load_model_weights(model: nn.Module, folder: Path,
+                       load: Optional[Callable[[nn.Module, Dict[str, torch.Tensor]], Any]] = None) -> None:
+    """The checkpoint's weights into ``model``, all keys matching; ``load`` puts a full state
+    dict into the model (default: ``load_state_dict``; the trainer's also fills FSDP shards)."""
     try:
         state = load_file(str(folder / MODEL_FILE))
     except Exception as exc:  # safetensors raises several types for damaged files
         raise CheckpointError(f"unreadable checkpoint {folder / MODEL_FILE}: {exc}") from exc
     try:
-        model.load_state_dict(state, strict=True)
+        if load is None:
+            model.load_state_dict(state, strict=True)
+        else:
+            load(model, state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise CheckpointError(f"checkpoint {folder} does not fit the configured model: "

@@ -1,6 +1,6 @@
-"""How the model is spread over the processes: DDP (a full copy on each, gradients averaged) or
-FSDP2 (parameters, gradients and optimizer state sharded). The trainer uses DDP; FSDP is checked
-against it by tests/integration/test_distributed.py and is not yet a trainer option.
+"""How the model is spread over the processes: ``trainer.parallel=ddp`` (a full copy on each,
+gradients averaged) or ``fsdp`` (FSDP2: parameters, gradients and optimizer state sharded), and
+how its state is taken whole for a checkpoint and put back.
 
 Under FSDP each repeated block of every tower (open_clip's residual attention blocks, timm's
 blocks or stages, the audio CNN's blocks) is its own unit, then each tower, the caption head and
@@ -10,12 +10,16 @@ The objectives' learnable scales live in the model's root unit and are used insi
 """
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import List
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 from torch import nn
-from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from clipkit.config.schema import FSDPConfig
@@ -24,6 +28,7 @@ from clipkit.models.multimodal import MultiModalModel
 # Containers whose children are a tower's repeated blocks, by attribute name.
 _BLOCK_LISTS = re.compile(r"^(resblocks|blocks|stages|layers)$")
 _STAGES = re.compile(r"^layer\d+$")  # timm's ResNets: layer1..layer4
+_FULL_ON_HOST = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def shard_units(tower: nn.Module) -> List[nn.Module]:
@@ -67,3 +72,42 @@ def wrap(model: MultiModalModel, parallel: str = "ddp", fsdp: FSDPConfig = FSDPC
     if parallel == "fsdp":
         return apply_fsdp(model, fsdp, precision)
     return DistributedDataParallel(model)
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """The whole weights and optimizer state, on the host of rank 0 (empty elsewhere under FSDP),
+    the optimizer's keyed by parameter name: the same layout whatever the mode and the number of
+    processes, so that a DDP checkpoint resumes under FSDP, and 2 processes as 1. Collective."""
+    return (get_model_state_dict(model, options=_FULL_ON_HOST),
+            get_optimizer_state_dict(model, optimizer, options=_FULL_ON_HOST))
+
+
+def load_full_model_state(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
+    """Every process passes the whole weights; under FSDP each keeps its shards."""
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+
+
+def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """The optimizer state of :func:`full_state` (by parameter name); a state keyed by position,
+    as clipkit wrote before it had FSDP, loads as it was saved."""
+    if all(isinstance(key, int) for key in state["state"]):
+        optimizer.load_state_dict(state)
+    else:
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+@contextlib.contextmanager
+def gathered(model: nn.Module, cfg: FSDPConfig) -> Iterator[None]:
+    """Inside, every FSDP unit of ``model`` holds its full weights and keeps them after a forward:
+    no collective per forward, so the processes may run different numbers of forwards, as
+    evaluation does over its shares of an eval set. Without FSDP, nothing changes."""
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(cfg.reshard_after_forward and unit is not model, recurse=False)

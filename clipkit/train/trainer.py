@@ -28,7 +28,7 @@ from clipkit.train import checkpoint as ckpt
 from clipkit.train.compile import compile_towers
 from clipkit.train.metrics import MetricsLogger, ThroughputWindow, results_table
 from clipkit.train.optim import build_optimizer, build_scheduler
-from clipkit.train.parallel import wrap
+from clipkit.train.parallel import full_state, gathered, load_full_model_state, load_full_optimizer_state, wrap
 from clipkit.train.precision import autocast_factory, grad_scaler
 from clipkit.train.step import forward_backward
 
@@ -67,12 +67,12 @@ class Trainer:
             log.warning("trainer.precision=fp16 on CPU is emulated and slow; bf16 is the fast choice there")
         seed_everything(cfg.seed + env.rank)  # DDP copies rank 0's initial weights to all ranks
         self.bundle: ModelBundle = build_bundle(checked, self.device)
-        self.core = self.bundle.model  # the MultiModalModel itself, also under DDP
+        self.core = self.bundle.model  # the MultiModalModel itself, also under DDP (sharded in place by FSDP)
         if cfg.trainer.compile:
             compile_towers(self.core)
         self.model = self.core
         if env.joined:
-            self.model = wrap(self.core)  # DDP; trainer.parallel=fsdp is to come (see train/parallel.py)
+            self.model = wrap(self.core, cfg.trainer.parallel, cfg.trainer.fsdp, cfg.trainer.precision)
         self.objective = Objective(cfg.loss, process_group(env.world_size) if env.distributed else LOCAL)
         self.autocast = autocast_factory(cfg.trainer.precision, self.device)
         self.scaler = grad_scaler(cfg.trainer.precision, self.device)
@@ -120,9 +120,9 @@ class Trainer:
                 return
         else:
             folder = ckpt.resolve_checkpoint(choice)
-        ckpt.load_model_weights(self.core, folder)
+        ckpt.load_model_weights(self.core, folder, load_full_model_state)
         state = ckpt.load_train_state(folder)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_full_optimizer_state(self.core, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.samples_seen = state["step"], state["samples_seen"]
@@ -230,17 +230,19 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ outputs
     def _save(self) -> None:
-        """Rank 0 writes; every rank contributes its RNG state and data position."""
+        """Rank 0 writes; every rank contributes its RNG state and data position (and its shards
+        of the weights and optimizer state under FSDP)."""
         per_rank = dist_utils.gather_objects(
             {"rng": rng_state(), "taken": {str(k): v for k, v in self.stream.taken.items()}})
         skipped = dist_utils.gather_objects(self.stream.skipped)
+        weights, optimizer_state = full_state(self.core, self.optimizer)
         if self.env.is_main:
             state = {"step": self.step, "samples_seen": self.samples_seen,
-                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
                      "scaler": self.scaler.state_dict(),
                      "data": {"epoch": self.stream.epoch, "workers": self.cfg.data.workers,
                               "skipped": sum(skipped), "ranks": per_rank}}
-            folder = ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, self.core, state,
+            folder = ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, weights, state,
                                           self.config_yaml, self.cfg.trainer.keep_last_k)
             log.info("saved checkpoint %s", folder)
         dist_utils.barrier()
@@ -248,7 +250,8 @@ class Trainer:
     def _evaluate(self, metrics_log: Optional[MetricsLogger]) -> Dict[str, Dict[str, float]]:
         if not self.evaluator.sets:
             return {}
-        results = self.evaluator.run(self.core, self.step, self.run_dir / "eval" if self.env.is_main else None)
+        with gathered(self.core, self.cfg.trainer.fsdp):
+            results = self.evaluator.run(self.core, self.step, self.run_dir / "eval" if self.env.is_main else None)
         flat = {f"eval/{name}/{k}": v for name, metrics in results.items() for k, v in metrics.items()}
         if metrics_log:
             metrics_log.log({"step": self.step, "samples_seen": self.samples_seen, **flat})

@@ -3,14 +3,19 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Dict
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from clipkit.train import checkpoint as ckpt
 from tests.conftest import demo_overrides, run_cli, run_command, torchrun
 from tests.integration.dist_harness import PER_RANK, reference
+from tests.integration.test_export import OPEN_CLIP_ZERO_SHOT, first_images
 
 HARNESS = str(Path(__file__).with_name("dist_harness.py"))
 
@@ -110,6 +115,72 @@ def test_two_process_training_is_killed_and_resumes(tmp_path, small_demo):
     assert [r["step"] for r in train] == list(range(1, 25))  # redone steps logged once
     assert train[-1]["samples_seen"] == 24 * 16 * 2  # global batch
     assert [r["step"] for r in records if "eval/shapes/acc1" in r][-2:] == [12, 24]
+    assert json.loads((run_dir / "eval" / "shapes.json").read_text())["metrics"]["num_samples"] == 96
+
+
+def final_weights(run_dir: Path) -> Dict[str, torch.Tensor]:
+    return load_file(str(ckpt.find_latest(run_dir / "checkpoints") / ckpt.MODEL_FILE))
+
+
+@pytest.mark.slow
+def test_fsdp_run_killed_resumes_on_2_and_1_processes_and_its_checkpoint_loads_everywhere(tmp_path, small_demo):
+    """The tri-modal demo with its text tower locked, in epoch mode."""
+    base = ["-m", "clipkit.cli.train", *demo_overrides(small_demo), "trainer.parallel=fsdp",
+            "model.towers.text.lock=true", "data.train.resampled=false", "trainer.ckpt_every_n_steps=4",
+            "trainer.log_every_n_steps=1", "eval=none"]
+    run_dir = tmp_path / "run"
+    args = [*base, f"hydra.run.dir={run_dir}", "trainer.max_steps=16"]
+    launch = subprocess.Popen(torchrun(2, args), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run_dir / "checkpoints" / "step_0000008").is_dir():
+        time.sleep(0.1)
+    for pid in [launch.pid, *descendants(launch.pid)]:
+        os.kill(pid, signal.SIGKILL)
+    launch.wait()
+    assert max(r["step"] for r in read_steps(run_dir)) < 16, "training finished before it could be killed"
+    locked = {k: v for k, v in final_weights(run_dir).items() if k.startswith("towers.text.")}
+    result = run_command(torchrun(2, args), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed from {run_dir / 'checkpoints'}" in result.stdout + result.stderr
+    assert [r["step"] for r in read_steps(run_dir) if "loss/total" in r] == list(range(1, 17))
+
+    # The same checkpoint on one process, two more steps.
+    result = run_command(torchrun(1, [*base, f"hydra.run.dir={run_dir}", "trainer.max_steps=18"]), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_steps(run_dir)[-1]["step"] == 18
+    final = final_weights(run_dir)
+    assert all(torch.equal(final[k], v) for k, v in locked.items())  # the locked tower never moved
+
+    # ... and read by every downstream tool: evaluation, open_clip export, clipkit.load.
+    evaluated = run_cli("clipkit-eval", [f"checkpoint={run_dir}", f"out={tmp_path / 'eval'}",
+                                         f"eval.datasets.shapes.root={small_demo}/eval/shapes"], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    exported = run_cli("clipkit-export", [f"checkpoint={run_dir}", "format=open_clip", f"out={tmp_path / 'oc'}"],
+                       tmp_path)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    fresh = subprocess.run([sys.executable, "-c", OPEN_CLIP_ZERO_SHOT, str(tmp_path / "oc"),
+                            str(small_demo / "eval" / "shapes")], capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    import clipkit
+
+    assert clipkit.load(str(run_dir)).encode_image(first_images(small_demo / "eval" / "shapes", 2)).shape[0] == 2
+
+
+@pytest.mark.slow
+def test_ddp_checkpoint_resumes_under_fsdp_and_evaluates(tmp_path, small_demo):
+    run_dir = tmp_path / "run"
+    base = ["-m", "clipkit.cli.train", *demo_overrides(small_demo), f"hydra.run.dir={run_dir}",
+            "trainer.log_every_n_steps=1"]
+    result = run_command(torchrun(2, [*base, "trainer.max_steps=4", "eval=none"]), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_command(torchrun(2, [*base, "trainer.max_steps=6", "trainer.parallel=fsdp", "eval.batch_size=7"]),
+                         tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "at step 4" in result.stdout + result.stderr
+    records = read_steps(run_dir)
+    assert [r["step"] for r in records if "loss/total" in r] == [1, 2, 3, 4, 5, 6]
+    # the demo's eval sets, evaluated with the sharded model over the 2 processes' shares of each
     assert json.loads((run_dir / "eval" / "shapes.json").read_text())["metrics"]["num_samples"] == 96
 
 

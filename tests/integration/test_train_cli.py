@@ -31,6 +31,7 @@ def read_metrics(run_dir: Path):
     ("data.batch_size=lots", "data.batch_size"),
     ('data.train.shards="/nowhere/shard-{0..3}.tar"', "data.train.shards"),
     ("data.train.shards=/nowhere/shard-{0..3}.tar", "data.train.shards"),  # unquoted braces
+    ("trainer.parallel=fsdp", "trainer.parallel"),  # without torchrun or srun
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, small_demo, override, key):
     result = run_cli("clipkit-train", [f"data.demo_root={small_demo}", override], tmp_path, timeout=120)

@@ -7,7 +7,7 @@ from clipkit.train import checkpoint as ckpt
 
 
 def save(root, step, model, keep=3):
-    return ckpt.save_checkpoint(root, step, model, {"step": step}, "a: 1\n", keep)
+    return ckpt.save_checkpoint(root, step, model.state_dict(), {"step": step}, "a: 1\n", keep)
 
 
 def test_layout_latest_and_keep_last_k(tmp_path):

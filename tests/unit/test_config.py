@@ -41,6 +41,8 @@ def test_impossible_values_are_named():
     assert error_line(["data.batch_size=-2"]).startswith("data.batch_size: must be > 0")
     assert error_line(["trainer.precision=fp8"]).startswith("trainer.precision:")
     assert error_line(["trainer.epochs=2"]).startswith("trainer.max_steps: set exactly one")
+    assert error_line(["trainer.parallel=zero3"]).startswith("trainer.parallel: 'zero3' is not one of ddp, fsdp")
+    assert error_line(["trainer.parallel=fsdp", "trainer.precision=fp16"]).startswith("trainer.precision: fp16")
 
 
 def test_tower_fields_are_typed_by_their_registry_entry():
