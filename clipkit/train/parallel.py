@@ -90,7 +90,7 @@ def load_full_model_state(model: nn.Module, state: Dict[str, torch.Tensor]) -> N
 def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """The optimizer state of :func:`full_state` (by parameter name); a state keyed by position,
     as clipkit wrote before it had FSDP, loads as it was saved."""
-    if all(isinstance(key, int) for key in state["state"]):
+    if all(isinstance(key, int) for group in state["param_groups"] for key in group["params"]):
         optimizer.load_state_dict(state)
     else:
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))

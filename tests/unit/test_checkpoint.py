@@ -49,3 +49,26 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
         ckpt.load_model_weights(nn.Linear(3, 2), folder)
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         ckpt.resolve_checkpoint(str(tmp_path / "nope"))
+
+
+def test_optimizer_state_by_name_and_the_older_by_position_both_load():
+    from clipkit.train.parallel import full_state, load_full_optimizer_state
+
+    def trained():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        model(torch.randn(5, 4)).sum().backward()
+        optimizer.step()
+        return model, optimizer
+
+    model, optimizer = trained()
+    _, by_name = full_state(model, optimizer)
+    assert set(by_name["state"]) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    for saved in (by_name, optimizer.state_dict()):
+        fresh_model, _ = trained()
+        fresh_model.zero_grad(set_to_none=True)  # as when a run resumes
+        fresh = torch.optim.AdamW(fresh_model.parameters(), lr=0.1)
+        load_full_optimizer_state(fresh_model, fresh, saved)
+        for before, after in zip(optimizer.state.values(), fresh.state.values()):
+            assert torch.equal(before["exp_avg_sq"], after["exp_avg_sq"])
