@@ -65,8 +65,12 @@ class Trainer:
         self.device = env.device
         if cfg.trainer.precision == "fp16" and self.device.type == "cpu":
             log.warning("trainer.precision=fp16 on CPU is emulated and slow; bf16 is the fast choice there")
-        seed_everything(cfg.seed + env.rank)  # DDP copies rank 0's initial weights to all ranks
+        # Every rank draws the same initial weights (FSDP shards them as they are; DDP would copy
+        # rank 0's), then moves to a random stream of its own.
+        seed_everything(cfg.seed)
         self.bundle: ModelBundle = build_bundle(checked, self.device)
+        if env.rank:
+            seed_everything(cfg.seed + env.rank)
         self.core = self.bundle.model  # the MultiModalModel itself, also under DDP (sharded in place by FSDP)
         if cfg.trainer.compile:
             compile_towers(self.core)
