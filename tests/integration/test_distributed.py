@@ -174,13 +174,15 @@ def test_ddp_checkpoint_resumes_under_fsdp_and_evaluates(tmp_path, small_demo):
             "trainer.log_every_n_steps=1"]
     result = run_command(torchrun(2, [*base, "trainer.max_steps=4", "eval=none"]), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    result = run_command(torchrun(2, [*base, "trainer.max_steps=6", "trainer.parallel=fsdp", "eval.batch_size=7"]),
-                         tmp_path)
+    result = run_command(torchrun(2, [*base, "trainer.max_steps=8", "trainer.parallel=fsdp", "eval.batch_size=7",
+                                      "eval.every_n_steps=3"]), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "at step 4" in result.stdout + result.stderr
     records = read_steps(run_dir)
-    assert [r["step"] for r in records if "loss/total" in r] == [1, 2, 3, 4, 5, 6]
-    # the demo's eval sets, evaluated with the sharded model over the 2 processes' shares of each
+    assert [r["step"] for r in records if "loss/total" in r] == list(range(1, 9))
+    # the demo's eval sets, evaluated with the sharded model over the 2 processes' shares of each,
+    # during training (then training goes on sharded) and at its end
+    assert [r["step"] for r in records if "eval/shapes/acc1" in r] == [6, 8]
     assert json.loads((run_dir / "eval" / "shapes.json").read_text())["metrics"]["num_samples"] == 96
 
 
