@@ -3,6 +3,7 @@
     python benchmarks/train_step_vs_open_clip.py [--model tiny|vit_b16|vit_b32|...] [--batch 128]
         [--steps 10] [--device cpu|cuda] [--precision fp32|bf16] [--compile] [--repeats 3]
         [--peak-tflops T] [--set KEY=VALUE ...] [--out results.jsonl]
+        [--parallel ddp|fsdp --processes N]
 
 Both sides start from the same weights: open_clip's model is the one `clipkit-export format=open_clip`
 writes, built with open_clip's own classes and loaded with clipkit's weights. Each times one full
@@ -20,6 +21,12 @@ the two compute the same thing. MFU is the model FLOPs of one step (counted by
 `torch.utils.flop_counter` on the eager forward and backward: matrix products, convolutions and
 attention) times steps per second over the GPU's dense peak for the precision (bf16 on CUDA;
 `--peak-tflops` for a GPU not in the table).
+
+With `--parallel`, each side runs under torchrun on `--processes` processes (gloo on CPU, NCCL on
+GPUs), `--batch` rows per process, negatives gathered with their gradient (open_clip's ClipLoss
+with local_loss and gather_with_grad): clipkit wrapped in DDP or sharded by FSDP2 as
+`trainer.parallel` does, open_clip in DDP (open_clip_torch 3.3.0 has no FSDP). Peak memory is the
+largest over the processes; samples/s counts every process's rows.
 """
 from __future__ import annotations
 
@@ -35,15 +42,20 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 
 from clipkit.config.compose import compose_config
+from clipkit.config.schema import FSDPConfig
 from clipkit.config.validate import check_config
+from clipkit.distributed import all_reduce_mean, init_distributed
 from clipkit.export.open_clip import open_clip_config, open_clip_state_dict
 from clipkit.models.build import build_bundle
+from clipkit.objectives.collectives import LOCAL, process_group
 from clipkit.objectives.objective import Objective
 from clipkit.train.compile import compile_towers
 from clipkit.train.optim import build_optimizer
+from clipkit.train.parallel import wrap
 from clipkit.train.precision import autocast_factory, grad_scaler
 from clipkit.train.step import forward_backward
 
@@ -64,8 +76,12 @@ def _batch(tokenizer, size: int, image_size: int, device: torch.device) -> Dict[
             "text": tokenizer(captions).to(device)}
 
 
-def _clipkit_step(checked, core, batch, device) -> tuple[Step, Callable[[], None]]:
-    objective = Objective(checked.cfg.loss)
+def _clipkit_step(checked, core, batch, device, parallel: Optional[str]) -> tuple[Step, Callable[[], None]]:
+    model = core
+    if parallel:
+        model = wrap(core, parallel, FSDPConfig(), checked.cfg.trainer.precision)
+    world = distributed_world()
+    objective = Objective(checked.cfg.loss, process_group(world) if world > 1 else LOCAL)
     optimizer = build_optimizer(core, checked.cfg.optim)
     autocast = autocast_factory(checked.cfg.trainer.precision, device)
     scaler = grad_scaler(checked.cfg.trainer.precision, device)
@@ -73,7 +89,7 @@ def _clipkit_step(checked, core, batch, device) -> tuple[Step, Callable[[], None
 
     def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        losses = forward_backward(core, objective, [batch], [present], autocast, scaler)
+        losses = forward_backward(model, objective, [batch], [present], autocast, scaler)
         scaler.step(optimizer)
         scaler.update()
         core.clamp_logit_scales()
@@ -81,14 +97,16 @@ def _clipkit_step(checked, core, batch, device) -> tuple[Step, Callable[[], None
     return step, lambda: compile_towers(core)
 
 
-def _open_clip_step(checked, core, batch, device) -> tuple[Step, Callable[[], None]]:
+def _open_clip_step(checked, core, batch, device, parallel: Optional[str]) -> tuple[Step, Callable[[], None]]:
     import open_clip
 
     model_cfg = dict(open_clip_config(checked, core)["model_cfg"])
     model_cfg.pop("custom_text")
     model = open_clip.CustomTextCLIP(**model_cfg).to(device)
     model.load_state_dict(open_clip_state_dict(core))
-    loss_fn = open_clip.ClipLoss()
+    world = distributed_world()
+    loss_fn = open_clip.ClipLoss(local_loss=world > 1, gather_with_grad=world > 1,
+                                 rank=torch.distributed.get_rank() if world > 1 else 0, world_size=world)
     optim_cfg = checked.cfg.optim
     # open_clip_train/main.py: no weight decay on gains, biases, embeddings and logit_scale.
     exclude, include = [], []
@@ -99,7 +117,7 @@ def _open_clip_step(checked, core, batch, device) -> tuple[Step, Callable[[], No
                                    {"params": include, "weight_decay": optim_cfg.weight_decay}],
                                   lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
     bf16 = checked.cfg.trainer.precision == "bf16"
-    forward = {"model": model}
+    forward = {"model": DistributedDataParallel(model) if parallel else model}
 
     def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
@@ -113,12 +131,18 @@ def _open_clip_step(checked, core, batch, device) -> tuple[Step, Callable[[], No
         return loss.detach()
 
     def compile_model() -> None:  # open_clip_train/main.py: model = torch.compile(original_model)
-        forward["model"] = torch.compile(model)
+        forward["model"] = torch.compile(forward["model"])
     return step, compile_model
+
+
+def distributed_world() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
 def measure(framework: str, args: argparse.Namespace) -> Dict[str, float]:
     device = torch.device(args.device)
+    if args.parallel:
+        device = init_distributed(args.device).device
     checked = check_config(compose_config(["experiment=demo_image_text", f"model={args.model}",
                                            f"trainer.precision={args.precision}", "eval=none", *args.set]))
     torch.manual_seed(0)
@@ -126,7 +150,8 @@ def measure(framework: str, args: argparse.Namespace) -> Dict[str, float]:
     batch = _batch(bundle.tokenizer, args.batch, checked.towers["image"].image_size, device)
     core = bundle.model
     del bundle  # open_clip's step keeps no reference to clipkit's model
-    step, compile_now = (_clipkit_step if framework == "clipkit" else _open_clip_step)(checked, core, batch, device)
+    step, compile_now = (_clipkit_step if framework == "clipkit" else _open_clip_step)(
+        checked, core, batch, device, args.parallel)
     del core
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with FlopCounterMode(display=False) as counter:  # the first step, eager: the model's FLOPs
@@ -148,7 +173,15 @@ def measure(framework: str, args: argparse.Namespace) -> Dict[str, float]:
     peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     flops = counter.get_total_flops()
-    return {"first_loss": first_loss, "seconds_per_step": seconds, "samples_per_second": args.batch / seconds,
+    world = distributed_world()
+    if world > 1:  # the largest process's memory, every process's rows and FLOPs
+        peak = torch.tensor([peak_mb])
+        torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
+        peak_mb = float(peak.item())
+        first_loss = float(all_reduce_mean(torch.tensor([first_loss])).item())
+        flops *= world
+    return {"first_loss": first_loss, "seconds_per_step": seconds,
+            "samples_per_second": args.batch * world / seconds,
             "peak_mb": peak_mb, "tflop_per_step": flops / 1e12, "achieved_tflops": flops / seconds / 1e12,
             "warmup_seconds": warmup_seconds,
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
@@ -181,19 +214,27 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="clipkit config overrides for the model on both sides, e.g. model.embed_dim=128")
     parser.add_argument("--out", help="append each run's figures as a JSON line to this file")
+    parser.add_argument("--parallel", choices=["ddp", "fsdp"],
+                        help="run each side under torchrun: clipkit in DDP or FSDP, open_clip in DDP")
+    parser.add_argument("--processes", type=int, default=2, help="processes with --parallel")
     parser.add_argument("--framework", choices=["clipkit", "open_clip"], help="(internal) measure one side")
     args = parser.parse_args()
     if args.framework:
-        print(json.dumps(measure(args.framework, args)))
+        result = measure(args.framework, args)
+        if distributed_world() == 1 or torch.distributed.get_rank() == 0:
+            print(json.dumps(result))
         return
     setting = (f"model={args.model} {' '.join(args.set)} batch={args.batch} device={args.device} "
-               f"precision={args.precision} compile={args.compile}")
+               f"precision={args.precision} compile={args.compile}"
+               + (f" parallel={args.parallel} (open_clip: ddp) processes={args.processes}" if args.parallel else ""))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.processes}"] \
+        if args.parallel else [sys.executable]
     print(f"{setting}, mean of {args.steps} steps after 3, {args.repeats} alternating run(s)", flush=True)
     runs: Dict[str, List[Dict[str, float]]] = {"open_clip": [], "clipkit": []}
     order = ["open_clip", "clipkit"]
     for repeat in range(args.repeats):
         for framework in order if repeat % 2 == 0 else order[::-1]:
-            child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--framework", framework],
+            child = subprocess.run([*launcher, __file__, *sys.argv[1:], "--framework", framework],
                                    capture_output=True, text=True)
             if child.returncode != 0:
                 sys.exit(f"{framework} failed:\n{child.stderr[-3000:]}")
