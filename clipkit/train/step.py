@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Dict, List
+from typing import Callable, ContextManager, Dict, Iterator, List
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from clipkit.models.multimodal import MultiModalModel, to_device_async
 from clipkit.objectives.objective import Objective
@@ -26,7 +27,7 @@ def forward_backward(model: nn.Module, objective: Objective, inputs: List[Inputs
     is embedded without gradient, then re-embedded one at a time with gradient while the others
     stay cached, and the full loss is back-propagated. The sum over micro-batches is exactly the
     gradient of one step on the concatenated batch. The logit scales take their gradient from the
-    last pass only, and DDP synchronises only that pass.
+    last pass only, and DDP or FSDP reduce the gradients of that pass only.
     """
     device = next(iter(inputs[0].values())).device
     if len(inputs) == 1:
@@ -45,14 +46,13 @@ def forward_backward(model: nn.Module, objective: Objective, inputs: List[Inputs
     last = len(inputs) - 1
     losses: Dict[str, torch.Tensor] = {}
     for j, (x, p) in enumerate(zip(inputs, present)):
-        skip_sync = j < last and hasattr(model, "no_sync")
 
         def merged_loss(core: MultiModalModel, live: Inputs, j: int = j) -> Dict[str, torch.Tensor]:
             merged = {m: torch.cat([live[m] if i == j else cached[i][m] for i in range(len(inputs))])
                       for m in live}
             return objective(core, merged, all_present, scale_grad=j == last)
 
-        with model.no_sync() if skip_sync else contextlib.nullcontext():
+        with _gradients_kept_local(model) if j < last else contextlib.nullcontext():
             # Replay the random draws of this micro-batch's cached pass (SpecAugment, dropout),
             # so the re-embedding with gradient equals the cached embedding exactly.
             with torch.random.fork_rng(devices=devices), autocast():
@@ -60,6 +60,22 @@ def forward_backward(model: nn.Module, objective: Objective, inputs: List[Inputs
                 losses = model(x, p, loss=merged_loss)
             scaler.scale(losses["total"]).backward()
     return losses
+
+
+@contextlib.contextmanager
+def _gradients_kept_local(model: nn.Module) -> Iterator[None]:
+    """Backward passes inside accumulate gradients without reducing them across processes."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    elif hasattr(model, "no_sync"):  # DDP
+        with model.no_sync():
+            yield
+    else:
+        yield
 
 
 def _on(device: torch.device, masks: Inputs) -> Inputs:

@@ -113,14 +113,15 @@ def main(mode: str, out_dir: Path, parallel: str = "ddp", steps: int = 1) -> Non
     batch = {k: v[mine] for k, v in fixed_batch(n).items()}
     mask = {k: v[mine] for k, v in fixed_present(n, mode).items()}
     optimizer = build_optimizer(core, OptimConfig(lr=1e-3, weight_decay=0.1))
-    loss, grads = step(model, core, objective, batch, mask, parts=2 if mode == "accum" else 1)
+    parts = 2 if mode == "accum" else 1
+    loss, grads = step(model, core, objective, batch, mask, parts)
     saved = {"loss": distributed.all_reduce_mean(loss), "grads": grads}
     if steps > 1:
         for _ in range(steps - 1):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             core.clamp_logit_scales()
-            step(model, core, objective, batch, mask, parts=1)
+            step(model, core, objective, batch, mask, parts)
         optimizer.step()
         saved["weights"] = {n: full(p).detach().clone() for n, p in core.named_parameters()}
     torch.save(saved, out_dir / f"rank{env.rank}.pt")
