@@ -15,8 +15,9 @@ Data loading is not included. `--compile` compiles both: open_clip's whole model
 `open_clip_train --torchcompile` does, clipkit's towers as `trainer.compile=true` does.
 
 Each framework runs in a process of its own, so peak memory is its own (CPU: max RSS; CUDA: peak
-allocated); with `--repeats N` the two alternate (open_clip first, then clipkit first, ...) and the
-table gives the range over the N runs. The first step's loss is printed for both: equal values show
+allocated), and so is its training state (the weights, gradients and AdamW moments it holds); with
+`--repeats N` the two alternate (open_clip first, then clipkit first, ...) and the table gives the
+range over the N runs. The first step's loss is printed for both: equal values show
 the two compute the same thing. MFU is the model FLOPs of one step (counted by
 `torch.utils.flop_counter` on the eager forward and backward: matrix products, convolutions and
 attention) times steps per second over the GPU's dense peak for the precision (bf16 on CUDA;
@@ -42,6 +43,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import torch
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -66,6 +68,18 @@ BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "GH200": 9
                     "L40S": 362.1, "A10G": 70.0}
 
 Step = Callable[[], torch.Tensor]
+Optim = torch.optim.Optimizer
+
+
+def training_state_mb(optimizer: Optim) -> float:
+    """This process's weights, gradients and optimizer state (its shards of them under FSDP)."""
+    tensors = []
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            tensors += [param, *([param.grad] if param.grad is not None else []),
+                        *(v for v in optimizer.state.get(param, {}).values() if torch.is_tensor(v))]
+    local = [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+    return sum(t.numel() * t.element_size() for t in local) / 2**20
 
 
 def _batch(tokenizer, size: int, image_size: int, device: torch.device) -> Dict[str, torch.Tensor]:
@@ -76,7 +90,7 @@ def _batch(tokenizer, size: int, image_size: int, device: torch.device) -> Dict[
             "text": tokenizer(captions).to(device)}
 
 
-def _clipkit_step(checked, core, batch, device, parallel: Optional[str]) -> tuple[Step, Callable[[], None]]:
+def _clipkit_step(checked, core, batch, device, parallel: Optional[str]) -> tuple[Step, Callable[[], None], Optim]:
     model = core
     if parallel:
         model = wrap(core, parallel, FSDPConfig(), checked.cfg.trainer.precision)
@@ -94,10 +108,10 @@ def _clipkit_step(checked, core, batch, device, parallel: Optional[str]) -> tupl
         scaler.update()
         core.clamp_logit_scales()
         return losses["total"].detach()
-    return step, lambda: compile_towers(core)
+    return step, lambda: compile_towers(core), optimizer
 
 
-def _open_clip_step(checked, core, batch, device, parallel: Optional[str]) -> tuple[Step, Callable[[], None]]:
+def _open_clip_step(checked, core, batch, device, parallel: Optional[str]) -> tuple[Step, Callable[[], None], Optim]:
     import open_clip
 
     model_cfg = dict(open_clip_config(checked, core)["model_cfg"])
@@ -132,7 +146,7 @@ def _open_clip_step(checked, core, batch, device, parallel: Optional[str]) -> tu
 
     def compile_model() -> None:  # open_clip_train/main.py: model = torch.compile(original_model)
         forward["model"] = torch.compile(forward["model"])
-    return step, compile_model
+    return step, compile_model, optimizer
 
 
 def distributed_world() -> int:
@@ -150,7 +164,7 @@ def measure(framework: str, args: argparse.Namespace) -> Dict[str, float]:
     batch = _batch(bundle.tokenizer, args.batch, checked.towers["image"].image_size, device)
     core = bundle.model
     del bundle  # open_clip's step keeps no reference to clipkit's model
-    step, compile_now = (_clipkit_step if framework == "clipkit" else _open_clip_step)(
+    step, compile_now, optimizer = (_clipkit_step if framework == "clipkit" else _open_clip_step)(
         checked, core, batch, device, args.parallel)
     del core
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -182,7 +196,8 @@ def measure(framework: str, args: argparse.Namespace) -> Dict[str, float]:
         flops *= world
     return {"first_loss": first_loss, "seconds_per_step": seconds,
             "samples_per_second": args.batch * world / seconds,
-            "peak_mb": peak_mb, "tflop_per_step": flops / 1e12, "achieved_tflops": flops / seconds / 1e12,
+            "peak_mb": peak_mb, "state_mb": training_state_mb(optimizer),
+            "tflop_per_step": flops / 1e12, "achieved_tflops": flops / seconds / 1e12,
             "warmup_seconds": warmup_seconds,
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
 
@@ -241,20 +256,22 @@ def main() -> None:
             result = json.loads(child.stdout.strip().splitlines()[-1])
             runs[framework].append(result)
             print(f"  run {repeat + 1} {framework}: {result['samples_per_second']:.1f} samples/s, "
-                  f"{result['peak_mb']:.0f} MB", flush=True)
+                  f"peak {result['peak_mb']:.0f} MB, training state {result['state_mb']:.0f} MB", flush=True)
             if args.out:
                 with open(args.out, "a", encoding="utf-8") as out:
                     out.write(json.dumps({"setting": setting, "framework": framework, **result}) + "\n")
     peak = peak_tflops(args, runs["clipkit"][0]["device_name"])
     print(f"device: {runs['clipkit'][0]['device_name']}; bf16 dense peak for MFU: "
           f"{f'{peak:.0f} TFLOP/s' if peak else 'n/a'}; {runs['clipkit'][0]['tflop_per_step']:.2f} TFLOP per step")
-    print(f"{'':<10} {'first loss':>10} {'s/step':>13} {'samples/s':>15} {'peak MB':>11} {'MFU %':>11}")
+    print(f"{'':<10} {'first loss':>10} {'s/step':>13} {'samples/s':>15} {'peak MB':>11} {'state MB':>9} "
+          f"{'MFU %':>11}")
     for framework, results in runs.items():
         mfu = (_span([100 * r["achieved_tflops"] / peak for r in results], 1) if peak else "n/a")
         print(f"{framework:<10} {results[0]['first_loss']:>10.4f} "
               f"{_span([r['seconds_per_step'] for r in results], 4):>13} "
               f"{_span([r['samples_per_second'] for r in results], 0):>15} "
-              f"{_span([r['peak_mb'] for r in results], 0):>11} {mfu:>11}")
+              f"{_span([r['peak_mb'] for r in results], 0):>11} {_span([r['state_mb'] for r in results], 0):>9} "
+              f"{mfu:>11}")
     ratio = (statistics.median(r["samples_per_second"] for r in runs["clipkit"])
              / statistics.median(r["samples_per_second"] for r in runs["open_clip"]))
     print(f"clipkit / open_clip samples/s (medians): {ratio:.2f}")
