@@ -106,9 +106,10 @@ class MultiModalModel(nn.Module):
                 loss: Optional[LossFn] = None) -> Dict[str, torch.Tensor]:
         """(B, D) normalised embeddings for every modality; rows lacking it (``present[m]`` false)
         are zero. Only present rows are encoded. ``present`` may stay on the host (the trainer's
-        masks do): the rows to encode are then found there, without waiting for the device. Where no row has a modality, one row is encoded
-        with weight zero, so that every tower is in every step's graph: DDP and the gathers of
-        every process then see the same tensors, whichever modalities their batches carry.
+        masks do): the rows to encode are then found there, without waiting for the device. Where
+        no row has a modality, one row is encoded with weight zero, so that every tower is in every
+        step's graph: DDP/FSDP and the gathers of every process then see the same tensors,
+        whichever modalities their batches carry.
 
         With a caption head, also per source s: ``caption_nll/s`` (B,), each row's summed
         next-token loss of its caption, and ``caption_tokens/s``, the tokens scored (0 on rows
