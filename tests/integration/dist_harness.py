@@ -6,7 +6,8 @@ MODE is ``local`` (local loss), ``global`` (full gathered matrix), ``accum`` (lo
 two accumulated micro-batches per rank) or ``masked`` (some rows of rank 0 and every row of rank 1
 lack the image), all with InfoNCE; or ``sigmoid``, ``geometry`` and ``coca``, the other loss
 terms (see ``loss_config``), with a few rows lacking the image on each rank; or ``locked``,
-InfoNCE with the text tower locked. Each rank saves {"loss", "grads"} of the first step to
+InfoNCE with the text tower locked; or ``compiled``, InfoNCE with the towers compiled (the
+reference stays eager). Each rank saves {"loss", "grads"} of the first step to
 OUT_DIR/rank<r>.pt, and with STEPS > 1 the full weights after STEPS AdamW steps on the same batch
 as "weights". The model is wrapped in DDP (default) or sharded by FSDP2 (``fsdp``).
 ``reference(n, mode)`` computes the first step on one process over the whole batch.
@@ -30,6 +31,7 @@ from clipkit.models.towers.image import ViTConfig
 from clipkit.models.towers.text import TextTransformerConfig
 from clipkit.objectives.collectives import process_group
 from clipkit.objectives.objective import Objective
+from clipkit.train.compile import compile_towers
 from clipkit.train.optim import build_optimizer
 from clipkit.train.parallel import wrap
 from clipkit.train.precision import autocast_factory, grad_scaler
@@ -105,6 +107,8 @@ def reference(n: int, mode: str):
 def main(mode: str, out_dir: Path, parallel: str = "ddp", steps: int = 1) -> None:
     env = distributed.init_distributed("cpu", "gloo")
     core = tiny_model(mode)
+    if mode == "compiled":
+        compile_towers(core)
     model = wrap(core, parallel, FSDPConfig(), "fp32")
     assert parallel != "fsdp" or all(isinstance(p, DTensor) for p in core.parameters()), "not sharded"
     objective = Objective(loss_config(mode), process_group(env.world_size))
