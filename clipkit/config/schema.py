@@ -190,7 +190,7 @@ class TrainerConfig:
     epochs: Optional[int] = None
     precision: str = "fp32"  # fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda (each process takes the GPU of its local rank)
-    dist_backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
+    dist_backend: str = "auto"  # auto (nccl on GPU, plus gloo for host values; gloo on CPU) | nccl | gloo
     compile: bool = False  # torch.compile each tower (inductor; GPU kernels on CUDA, C++ on CPU)
     parallel: str = "ddp"  # ddp (a full copy per process) | fsdp (FSDP2: weights and optimizer sharded)
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)

@@ -64,8 +64,7 @@ def apply_fsdp(model: MultiModalModel, cfg: FSDPConfig, precision: str) -> Multi
     return model
 
 
-def wrap(model: MultiModalModel, parallel: str = "ddp", fsdp: FSDPConfig = FSDPConfig(),
-         precision: str = "fp32") -> nn.Module:
+def wrap(model: MultiModalModel, parallel: str, fsdp: FSDPConfig, precision: str) -> nn.Module:
     """The one module the step runs: ``model`` sharded (fsdp) or replicated (ddp). The inputs are
     on the device already, so DDP gets no device_ids (it would copy every input, the row masks
     included, which the model reads on the host)."""
