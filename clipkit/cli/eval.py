@@ -59,7 +59,7 @@ def evaluate_checkpoint(checkpoint: str, overrides: List[str], out: Optional[str
                               autocast_factory(checked.cfg.trainer.precision, env.device), env)
         if not evaluator.sets:
             raise ConfigError("eval.datasets", "no eval sets configured")
-        step = int(ckpt.load_train_state(folder).get("step", 0))
+        step = ckpt.checkpoint_step(folder)
         out_dir = Path(out) if out else folder / "eval"
         results = evaluator.run(bundle.model, step, out_dir if env.is_main else None)
         if env.is_main:

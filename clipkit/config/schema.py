@@ -199,6 +199,8 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     ckpt_every_n_steps: int = 500
     keep_last_k: int = 3
+    # write checkpoints in a background thread while training goes on (a host copy is taken first)
+    ckpt_async: bool = False
     resume: Optional[str] = "auto"  # auto | PATH (a checkpoint folder) | null
 
 

@@ -2,7 +2,11 @@
 
 Every process (rank) and DataLoader worker reads its own slot of the shards. The stream is a
 deterministic function of (seed, epoch, slot), so a resumed run replays it and skips what was
-already consumed. Batches carry that bookkeeping with them:
+already consumed. Every random draw after the shard order and the shuffle buffer is a function of
+the sample's position in its slot's pass (the number of raw samples taken before it): which source
+it comes from, and the random augmentation of its image and audio. A resumed run therefore
+continues with the same samples, augmented the same way, whatever the number of data workers.
+Batches carry the bookkeeping with them:
 
 - ``position``: (worker, raw samples taken per source) when the batch was made. The trainer keeps
   the latest one per worker; resuming skips that many raw samples (read, never decoded).
@@ -16,10 +20,12 @@ slowed each step by a fifth.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set
 
 import torch
 import webdataset as wds
@@ -36,17 +42,40 @@ MODALITIES = ("image", "text", "audio")
 
 @dataclass
 class StreamState:
-    """Where a stream is: the epoch, the raw samples taken per source by each DataLoader worker,
-    and the corrupt samples skipped so far."""
+    """Where this process's stream is: the epoch, the raw samples taken per source by each
+    DataLoader worker, and the corrupt samples skipped so far. After a resume, ``replay`` is what
+    each worker had taken of the resumed epoch, for the loader to skip once."""
 
+    workers: int = 0
+    endless: bool = False  # resampled with no pass length: a resume cannot replay it
     epoch: int = 0
     taken: Dict[int, List[int]] = field(default_factory=dict)
     skipped: int = 0
+    replay: Dict[int, List[int]] = field(default_factory=dict)
 
     def consume(self, record: dict) -> None:
         worker, counts = record["position"]
         self.taken[int(worker)] = list(counts)
         self.skipped += record["num_skipped"]
+
+    def state_dict(self) -> Dict[str, object]:
+        return {"epoch": self.epoch, "taken": {str(k): v for k, v in self.taken.items()},
+                "skipped": self.skipped, "workers": self.workers}
+
+    def load_process_states(self, states: List[dict], rank: int, world_size: int) -> None:
+        """Rank 0 carries the run's count of skipped samples. The resumed epoch is replayed
+        exactly when the processes and workers are as saved, else restarted from its beginning;
+        an endless stream continues with fresh draws."""
+        self.epoch = int(states[0]["epoch"])
+        self.skipped = sum(int(s["skipped"]) for s in states) if rank == 0 else 0
+        if self.endless:
+            self.epoch += 1
+        elif len(states) == world_size and int(states[0]["workers"]) == self.workers:
+            self.replay = {int(k): list(v) for k, v in states[rank]["taken"].items()}
+        elif rank == 0:
+            log.warning("processes x data.workers changed (%d x %d -> %d x %d): restarting epoch %d "
+                        "from its beginning", len(states), states[0]["workers"], world_size, self.workers,
+                        self.epoch)
 
 
 class _SkipCounter:
@@ -66,6 +95,36 @@ def seeded_rng(*parts: object) -> random.Random:
     return random.Random("/".join(map(str, parts)))
 
 
+def position_seed(*parts: object) -> int:
+    """A 63-bit seed from its parts, the same in every process and Python version."""
+    return int.from_bytes(hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest(), "little") >> 1
+
+
+@contextlib.contextmanager
+def seeded_draws(seed: int) -> Iterator[None]:
+    """Inside, torch's and Python's global generators (what torchvision's and timm's transforms
+    draw from) are seeded with ``seed``; outside, they are as before (with ``data.workers=0`` the
+    decode runs in the training process, whose own draws must not move)."""
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(state)
+
+
+def pick_source(weights: Sequence[float], exhausted: Set[int], rng: random.Random) -> int:
+    """A source drawn with probability proportional to its weight among those not exhausted.
+
+    The draw orders all sources (Efraimidis-Spirakis: key u^(1/w), largest first) and takes the
+    first not exhausted, so its result does not depend on when an exhaustion was discovered: a run
+    resumed after a source ran out draws what the uninterrupted run drew."""
+    keys = [rng.random() ** (1.0 / w) for w in weights]
+    return next(i for i in sorted(range(len(weights)), key=lambda j: -keys[j]) if i not in exhausted)
+
+
 def _slot_urls(urls: Sequence[str], epoch: int, seed: int, slot: int, slots: int) -> List[str]:
     order = list(urls)
     seeded_rng(seed, epoch, "shards").shuffle(order)
@@ -74,16 +133,21 @@ def _slot_urls(urls: Sequence[str], epoch: int, seed: int, slot: int, slots: int
 
 class TrainStream(IterableDataset):
     """``skip`` (per worker, raw samples per source) is what a resumed run already consumed of pass
-    ``epoch``, the pass it starts in; later passes are read whole."""
+    ``epoch``, the pass it starts in; later passes are read whole. A resampled stream (shards drawn
+    with replacement) is endless unless ``pass_samples`` cuts each slot's pass at that many raw
+    samples, as open_clip's epochs of a resampled stream are: then a resume replays at most one
+    pass."""
 
     def __init__(self, sources: Sequence[ShardSource], decoder: SampleDecoder, batch_size: int,
                  resampled: bool, shuffle_buffer: int, seed: int, epoch: int, rank: int,
-                 world_size: int, skip: Optional[Dict[int, List[int]]] = None) -> None:
+                 world_size: int, skip: Optional[Dict[int, List[int]]] = None,
+                 pass_samples: Optional[int] = None) -> None:
         super().__init__()
         self.sources = list(sources)
         self.decoder = decoder
         self.batch_size = batch_size
         self.resampled = resampled
+        self.pass_samples = pass_samples
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self._epoch = torch.tensor(epoch).share_memory_()  # seen by persistent workers
@@ -127,19 +191,22 @@ class TrainStream(IterableDataset):
                 if next(streams[i], None) is None:
                     break
                 taken[i] += 1
-        mix_rng = seeded_rng(self.seed, epoch, slot, "mix", *taken)
-        live = list(range(len(streams)))
+        weights = [source.weight for source in self.sources]
+        exhausted: Set[int] = set()
         samples: List[Dict[str, torch.Tensor]] = []
         reported = 0
-        while live:
-            i = live[0] if len(live) == 1 else mix_rng.choices(live, [self.sources[j].weight for j in live])[0]
+        while len(exhausted) < len(streams) and (self.pass_samples is None or sum(taken) < self.pass_samples):
+            position = sum(taken)  # raw samples this slot took before this one, in this pass
+            i = 0 if len(streams) == 1 else \
+                pick_source(weights, exhausted, random.Random(position_seed(self.seed, epoch, slot, "mix", position)))
             raw = next(streams[i], None)
             if raw is None:
-                live.remove(i)
+                exhausted.add(i)
                 continue
             taken[i] += 1
             try:
-                samples.append(self.decoder(raw))
+                with seeded_draws(position_seed(self.seed, epoch, slot, "augment", position)):
+                    samples.append(self.decoder(raw))
             except CorruptSample as exc:
                 counter(exc)
                 continue
@@ -184,8 +251,11 @@ def make_loader(stream: TrainStream, workers: int, pin_memory: bool = False) -> 
     asynchronously."""
     if not stream.resampled:
         check_reader_slots(stream.sources, stream.world_size, workers)
+    # A generator of its own: each pass's iter() draws the workers' base seed from it, never from
+    # the process's, whose stream (dropout, SpecAugment) a resumed run must continue unmoved.
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                      generator=torch.Generator().manual_seed(stream.seed))
 
 
 def batches(loader: DataLoader, state: StreamState,

@@ -129,5 +129,6 @@ def eval_loader(eval_set: EvalSet, loaders: Dict[str, Loader], batch_size: int, 
                 rank: int = 0, world_size: int = 1) -> DataLoader:
     """This process's share of the eval shards (every world_size-th from its rank)."""
     shards = eval_set.shards[rank::world_size]
+    # A generator of its own, so that evaluating never moves the training process's random stream.
     return DataLoader(_EvalStream(shards, eval_set, loaders), batch_size=batch_size,
-                      num_workers=min(workers, len(shards)), collate_fn=_collate)
+                      num_workers=min(workers, len(shards)), collate_fn=_collate, generator=torch.Generator())

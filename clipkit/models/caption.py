@@ -10,7 +10,7 @@ Teacher-forced here; generation lives in :mod:`clipkit.models.generate`.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,11 @@ from clipkit.config.schema import CaptionHeadConfig
 from clipkit.errors import ConfigError
 
 PAD_ID = 0  # open_clip's tokenizer pads with 0
+
+
+def scored_positions(text: torch.Tensor) -> torch.Tensor:
+    """(K, 2): the row and column, in text[:, 1:], of every next-token target that is not padding."""
+    return (text[:, 1:] != PAD_ID).nonzero()
 
 
 class CaptionHead(nn.Module):
@@ -66,10 +71,14 @@ class CaptionHead(nn.Module):
         return self.decoder(self.memory(source, source_tokens), text_features)
 
     def token_nll(self, source: str, source_tokens: torch.Tensor, text_features: torch.Tensor,
-                  text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                  text: torch.Tensor, scored: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per row, the summed cross-entropy of predicting text[:, 1:] from the positions before,
         padding ignored, and the number of tokens scored. Only non-padding positions are
-        projected onto the vocabulary, the costly part for short captions in a long context."""
+        projected onto the vocabulary, the costly part for short captions in a long context.
+
+        ``scored``: those positions, (K, 2) row and column indices into text[:, 1:], found on the
+        host by the caller from its copy of the tokens. Without it they are found here, and their
+        count, which sets the shapes that follow, is read from the device: one wait."""
         decoder = self.decoder
         x, memory = text_features[:, :-1], self.memory(source, source_tokens)
         mask = decoder.attn_mask[: x.shape[1], : x.shape[1]]
@@ -77,8 +86,11 @@ class CaptionHead(nn.Module):
             x = block(x, attn_mask=mask)
             x = cross(x, k_x=memory, v_x=memory)
         targets = text[:, 1:]
-        scored = targets != PAD_ID
-        logits = decoder.ln_final(x[scored]) @ decoder.text_projection
-        nll = F.cross_entropy(logits.float(), targets[scored], reduction="none")
-        per_row = torch.zeros(targets.shape, dtype=nll.dtype, device=nll.device).masked_scatter(scored, nll)
-        return per_row.sum(1), scored.sum(1)
+        if scored is None:
+            scored = scored_positions(text)
+        row, column = scored[:, 0], scored[:, 1]
+        logits = decoder.ln_final(x[row, column]) @ decoder.text_projection
+        nll = F.cross_entropy(logits.float(), targets[row, column], reduction="none")
+        per_row = nll.new_zeros(targets.shape[0]).index_add(0, row, nll)
+        count = row.new_zeros(targets.shape[0]).index_add(0, row, torch.ones_like(row))
+        return per_row, count

@@ -12,7 +12,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from clipkit.config.schema import CaptionHeadConfig
-from clipkit.models.caption import CaptionHead
+from clipkit.models.caption import CaptionHead, scored_positions
 from clipkit.models.towers import TOWERS, Tower, TowerConfig
 
 
@@ -137,9 +137,15 @@ class MultiModalModel(nn.Module):
 
     def _caption_terms(self, source: str, text: torch.Tensor, tokens: Dict[str, torch.Tensor],
                        present: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """``present["text_tokens"]``, a host copy of the token ids if the caller has one, lets the
+        scored tokens be found on the host too."""
         rows = present[source] & present["text"]
         index, weight = _rows_or_stand_in(rows, text.device)
-        nll, count = self.caption.token_nll(source, tokens[source][index], tokens["text"][index], text[index])
+        scored = None
+        if "text_tokens" in present:
+            host_rows, _ = _rows_or_stand_in(rows, rows.device)
+            scored = to_device_async(scored_positions(present["text_tokens"][host_rows]), text.device)
+        nll, count = self.caption.token_nll(source, tokens[source][index], tokens["text"][index], text[index], scored)
         return {f"caption_nll/{source}": _scatter_rows(nll * weight, index, rows.shape[0]),
                 f"caption_tokens/{source}": _scatter_rows(count * int(weight), index, rows.shape[0])}
 

@@ -1,21 +1,31 @@
-"""Checkpoints: ``checkpoints/step_NNNNNNN/{model.safetensors, train_state.pt, config.yaml}``.
+"""Checkpoint folders on disk: ``checkpoints/step_NNNNNNN/`` and ``checkpoints/latest``.
 
-A checkpoint is written into a hidden temporary folder, flushed to disk, renamed into place, and
-only then named by ``checkpoints/latest``. A run killed at any moment therefore leaves either the
-previous complete checkpoint or the new complete one; temporary folders are never picked.
+Every step folder holds ``config.yaml``, ``train_state.pt`` (the host state: progress, scheduler,
+scaler, per-process RNG and data position) and a ``manifest.json`` (every other file with its size
+and SHA-256, the layout, the number of processes, the step). The weights and optimizer state are
+either
+
+- ``full``: ``model.safetensors`` (the whole weights), the optimizer inside ``train_state.pt``; or
+- ``sharded``: ``shards/``, written by every process through ``torch.distributed.checkpoint``
+  (FSDP runs); any number of processes can read it back, and one process consolidates it on CPU.
+
+A folder is written under a hidden name, flushed to disk, given its manifest, renamed into place,
+and only then named by ``latest``. A run killed at any moment therefore leaves either the previous
+complete checkpoint or the new complete one; hidden folders are never picked.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from clipkit.data.write import fsync_tree
@@ -26,12 +36,27 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
 CONFIG_FILE = "config.yaml"
-REQUIRED = (MODEL_FILE, STATE_FILE, CONFIG_FILE)
+MANIFEST_FILE = "manifest.json"
+SHARDS_DIR = "shards"
+LAYOUTS = ("full", "sharded")
+_LEGACY_REQUIRED = (MODEL_FILE, STATE_FILE, CONFIG_FILE)  # folders written before manifests
 STEP_DIR = re.compile(r"^step_(\d{7,})$")
 
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:07d}"
+
+
+def staging_dir(ckpt_root: Path, step: int) -> Path:
+    """Where the folder of ``step`` is written before it is published: the same name in every
+    process, which all write into it under the sharded layout."""
+    return ckpt_root / f".{step_dir_name(step)}.partial"
+
+
+def clear_staging(ckpt_root: Path) -> None:
+    """Removes what killed runs left half-written."""
+    for leftover in ckpt_root.glob(".step_*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -42,8 +67,80 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _files(folder: Path) -> List[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+
+
+def publish(staging: Path, step: int, layout: str, world_size: int, keep_last_k: int) -> Path:
+    """Seals a fully written staging folder: manifest, flush, rename to ``step_NNNNNNN``, point
+    ``latest`` at it, and drop all but the newest ``keep_last_k`` complete folders."""
+    root = staging.parent
+    final = root / step_dir_name(step)
+    files = {name: {"bytes": (staging / name).stat().st_size, "sha256": _sha256(staging / name)}
+             for name in _files(staging)}
+    manifest = {"format": 1, "step": step, "layout": layout, "world_size": world_size, "files": files}
+    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+    fsync_tree(staging)
+    if final.exists():  # the same step saved again (e.g. a re-run of a finished run)
+        shutil.rmtree(final)
+    staging.rename(final)
+    _fsync_dir(root)
+    pointer = root / ".latest.tmp"
+    pointer.write_text(final.name + "\n")
+    with open(pointer, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(pointer, root / "latest")
+    _fsync_dir(root)
+    for old in complete_checkpoints(root)[:-keep_last_k] if keep_last_k > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# ------------------------------------------------------------------------------------ reading
+def read_manifest(folder: Path) -> Optional[dict]:
+    """The folder's manifest; for a folder from before manifests (the three files of the full
+    layout, no manifest), one that lists those files without checksums; None if neither."""
+    path = folder / MANIFEST_FILE
+    if path.is_file():
+        try:
+            manifest = json.loads(path.read_text())
+            if manifest.get("layout") in LAYOUTS and isinstance(manifest.get("files"), dict):
+                return manifest
+        except (OSError, ValueError):
+            pass
+        return None
+    if all((folder / f).is_file() for f in _LEGACY_REQUIRED):
+        return {"layout": "full", "world_size": None, "files": {f: {} for f in _LEGACY_REQUIRED}}
+    return None
+
+
+def problem(folder: Path, checksums: bool = False) -> Optional[str]:
+    """Why ``folder`` is not a complete, intact checkpoint (None if it is): no manifest, a listed
+    file missing or of another size, or (``checksums``) of other contents."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return f"{folder} is not a complete checkpoint (no valid {MANIFEST_FILE})"
+    for name, expected in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            return f"{folder} is not a complete checkpoint (missing {name})"
+        if "bytes" in expected and path.stat().st_size != expected["bytes"]:
+            return f"{path} is damaged: {path.stat().st_size} bytes, the manifest says {expected['bytes']}"
+        if checksums and "sha256" in expected and _sha256(path) != expected["sha256"]:
+            return f"{path} is damaged: its SHA-256 differs from the manifest's"
+    return None
+
+
 def is_complete(folder: Path) -> bool:
-    return STEP_DIR.match(folder.name) is not None and all((folder / f).is_file() for f in REQUIRED)
+    return STEP_DIR.match(folder.name) is not None and problem(folder) is None
 
 
 def complete_checkpoints(ckpt_root: Path) -> List[Path]:
@@ -54,47 +151,26 @@ def complete_checkpoints(ckpt_root: Path) -> List[Path]:
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model_state: Dict[str, torch.Tensor], train_state: Dict[str, Any],
-                    config_yaml: str, keep_last_k: int) -> Path:
-    """``model_state``: the full (unsharded) weights by name."""
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / step_dir_name(step)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=ckpt_root))
-    try:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
-        save_file(tensors, str(staging / MODEL_FILE))
-        torch.save(train_state, staging / STATE_FILE)
-        (staging / CONFIG_FILE).write_text(config_yaml)
-        fsync_tree(staging)
-        if final.exists():  # the same step saved again (e.g. a re-run of a finished run)
-            shutil.rmtree(final)
-        staging.rename(final)
-        _fsync_dir(ckpt_root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    pointer = ckpt_root / ".latest.tmp"
-    pointer.write_text(final.name + "\n")
-    with open(pointer, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(pointer, ckpt_root / "latest")
-    _fsync_dir(ckpt_root)
-    for old in complete_checkpoints(ckpt_root)[:-keep_last_k] if keep_last_k > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def find_latest(ckpt_root: Path) -> Optional[Path]:
-    """The folder ``latest`` names if complete, else the newest complete one, else None."""
+def find_latest(ckpt_root: Path, checksums: bool = False) -> Optional[Path]:
+    """The folder ``latest`` names if complete, else the newest complete one, else None. With
+    ``checksums``, a folder whose files do not match their checksums is passed over (with a
+    warning) for the next older one."""
+    candidates = complete_checkpoints(ckpt_root)[::-1]
     pointer = ckpt_root / "latest"
     if pointer.is_file():
         named = ckpt_root / pointer.read_text().strip()
-        if is_complete(named):
-            return named
-        log.warning("checkpoints/latest names %s, which is not a complete checkpoint; "
-                    "looking for the newest complete one", named.name)
-    complete = complete_checkpoints(ckpt_root)
-    return complete[-1] if complete else None
+        if named in candidates:
+            candidates.remove(named)
+            candidates.insert(0, named)
+        else:
+            log.warning("checkpoints/latest names %s, which is not a complete checkpoint; "
+                        "looking for the newest complete one", named.name)
+    for folder in candidates:
+        damage = problem(folder, checksums) if checksums else None
+        if damage is None:
+            return folder
+        log.warning("%s; trying an older checkpoint", damage)
+    return None
 
 
 def resolve_checkpoint(path: str) -> Path:
@@ -107,29 +183,56 @@ def resolve_checkpoint(path: str) -> Path:
         return latest
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint not found: {folder}")
-    missing = [f for f in REQUIRED if not (folder / f).is_file()]
-    if missing:
-        raise CheckpointError(f"{folder} is not a complete checkpoint (missing {', '.join(missing)})")
+    damage = problem(folder)
+    if damage is not None:
+        raise CheckpointError(damage)
     return folder
+
+
+def layout(folder: Path) -> str:
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise CheckpointError(problem(folder) or f"{folder} is not a checkpoint")
+    return manifest["layout"]
+
+
+def checkpoint_step(folder: Path) -> int:
+    manifest = read_manifest(folder) or {}
+    return int(manifest["step"]) if "step" in manifest else int(load_train_state(folder).get("step", 0))
+
+
+def read_model_state(folder: Path) -> Dict[str, torch.Tensor]:
+    """The whole weights by name, on CPU, whatever the layout (sharded ones are consolidated)."""
+    if layout(folder) == "sharded":
+        from clipkit.train.sharded import read_consolidated_model
+
+        try:
+            return read_consolidated_model(folder / SHARDS_DIR)
+        except Exception as exc:  # DCP raises several types for damaged files
+            raise CheckpointError(f"unreadable checkpoint {folder / SHARDS_DIR}: {exc}") from exc
+    try:
+        return load_file(str(folder / MODEL_FILE))
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise CheckpointError(f"unreadable checkpoint {folder / MODEL_FILE}: {exc}") from exc
+
+
+def fit_error(folder: Path, exc: Exception) -> CheckpointError:
+    first = str(exc).strip().splitlines()
+    return CheckpointError(f"checkpoint {folder} does not fit the configured model: {' '.join(first[:2])[:300]}")
 
 
 def load_model_weights(model: nn.Module, folder: Path,
                        load: Optional[Callable[[nn.Module, Dict[str, torch.Tensor]], Any]] = None) -> None:
     """The checkpoint's weights into ``model``, all keys matching; ``load`` puts a full state
     dict into the model (default: ``load_state_dict``; the trainer's also fills FSDP shards)."""
-    try:
-        state = load_file(str(folder / MODEL_FILE))
-    except Exception as exc:  # safetensors raises several types for damaged files
-        raise CheckpointError(f"unreadable checkpoint {folder / MODEL_FILE}: {exc}") from exc
+    state = read_model_state(folder)
     try:
         if load is None:
             model.load_state_dict(state, strict=True)
         else:
             load(model, state)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise CheckpointError(f"checkpoint {folder} does not fit the configured model: "
-                              f"{' '.join(first[:2])[:300]}") from exc
+        raise fit_error(folder, exc) from exc
 
 
 def load_train_state(folder: Path) -> Dict[str, Any]:

@@ -10,7 +10,6 @@ from typing import Dict
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from clipkit.train import checkpoint as ckpt
 from tests.conftest import demo_overrides, run_cli, run_command, torchrun
@@ -100,12 +99,16 @@ def read_steps(run_dir: Path):
 
 
 @pytest.mark.slow
-def test_two_process_training_is_killed_and_resumes(tmp_path, small_demo):
-    """In the demo's resampled mode; the single-process kill test covers epoch mode."""
+def test_two_process_training_is_killed_and_resumes_exactly(tmp_path, small_demo):
+    """In the demo's resampled mode (the FSDP kill test covers epoch mode), one data worker per
+    process: the resumed run logs the uninterrupted run's losses and ends with its weights."""
+    common = ["-m", "clipkit.cli.train", *demo_overrides(small_demo), "trainer.max_steps=24",
+              "trainer.ckpt_every_n_steps=4", "trainer.log_every_n_steps=1", "eval.every_n_steps=12"]
+    reference = tmp_path / "reference"
+    result = run_command(torchrun(2, [*common, f"hydra.run.dir={reference}"]), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "run"
-    args = ["-m", "clipkit.cli.train", *demo_overrides(small_demo), f"hydra.run.dir={run_dir}",
-            "trainer.max_steps=24", "trainer.ckpt_every_n_steps=4", "trainer.log_every_n_steps=1",
-            "eval.every_n_steps=12"]
+    args = [*common, f"hydra.run.dir={run_dir}"]
     launch = subprocess.Popen(torchrun(2, args), cwd=tmp_path, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 300
@@ -130,18 +133,30 @@ def test_two_process_training_is_killed_and_resumes(tmp_path, small_demo):
     assert train[-1]["samples_seen"] == 24 * 16 * 2  # global batch
     assert [r["step"] for r in records if "eval/shapes/acc1" in r][-2:] == [12, 24]
     assert json.loads((run_dir / "eval" / "shapes.json").read_text())["metrics"]["num_samples"] == 96
+    expected = [r["loss/total"] for r in read_steps(reference) if "loss/total" in r]
+    assert [r["loss/total"] for r in train] == expected
+    assert all(torch.equal(final_weights(run_dir)[k], v) for k, v in final_weights(reference).items())
 
 
 def final_weights(run_dir: Path) -> Dict[str, torch.Tensor]:
-    return load_file(str(ckpt.find_latest(run_dir / "checkpoints") / ckpt.MODEL_FILE))
+    return ckpt.read_model_state(ckpt.find_latest(run_dir / "checkpoints"))
+
+
+def manifest(run_dir: Path) -> dict:
+    return json.loads((ckpt.find_latest(run_dir / "checkpoints") / ckpt.MANIFEST_FILE).read_text())
 
 
 @pytest.mark.slow
-def test_fsdp_run_killed_resumes_on_2_and_1_processes_and_its_checkpoint_loads_everywhere(tmp_path, small_demo):
-    """The tri-modal demo with its text tower locked, in epoch mode."""
+def test_fsdp_run_killed_resumes_on_2_1_and_4_processes_and_its_checkpoint_loads_everywhere(tmp_path, small_demo):
+    """The tri-modal demo with its text tower locked, in epoch mode, with a data worker per
+    process and checkpoints written in the background."""
     base = ["-m", "clipkit.cli.train", *demo_overrides(small_demo), "trainer.parallel=fsdp",
             "model.towers.text.lock=true", "data.train.resampled=false", "trainer.ckpt_every_n_steps=4",
-            "trainer.log_every_n_steps=1", "eval=none"]
+            "trainer.ckpt_async=true", "trainer.log_every_n_steps=1", "eval=none"]
+    reference = tmp_path / "reference"
+    result = run_command(torchrun(2, [*base, f"hydra.run.dir={reference}", "trainer.max_steps=16"]), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
     run_dir = tmp_path / "run"
     args = [*base, f"hydra.run.dir={run_dir}", "trainer.max_steps=16"]
     launch = subprocess.Popen(torchrun(2, args), cwd=tmp_path, stdout=subprocess.DEVNULL,
@@ -153,16 +168,24 @@ def test_fsdp_run_killed_resumes_on_2_and_1_processes_and_its_checkpoint_loads_e
         os.kill(pid, signal.SIGKILL)
     launch.wait()
     assert max(r["step"] for r in read_steps(run_dir)) < 16, "training finished before it could be killed"
+    saved = manifest(run_dir)
+    assert (saved["layout"], saved["world_size"]) == ("sharded", 2)
+    assert {"shards/.metadata", "shards/__0_0.distcp", "shards/__1_0.distcp", ckpt.STATE_FILE} <= set(saved["files"])
     locked = {k: v for k, v in final_weights(run_dir).items() if k.startswith("towers.text.")}
     result = run_command(torchrun(2, args), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed from {run_dir / 'checkpoints'}" in result.stdout + result.stderr
     assert [r["step"] for r in read_steps(run_dir) if "loss/total" in r] == list(range(1, 17))
+    # the same samples, augmented the same way, from the sharded model and optimizer state
+    expected, final = final_weights(reference), final_weights(run_dir)
+    assert max((final[k] - v).abs().max().item() for k, v in expected.items()) <= 1e-6
 
-    # The same checkpoint on one process, two more steps.
-    result = run_command(torchrun(1, [*base, f"hydra.run.dir={run_dir}", "trainer.max_steps=18"]), tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert read_steps(run_dir)[-1]["step"] == 18
+    # The same checkpoint on one process, two more steps, then on four, two more.
+    for processes, steps in ((1, 18), (4, 20)):
+        result = run_command(torchrun(processes, [*base, f"hydra.run.dir={run_dir}", f"trainer.max_steps={steps}"]),
+                             tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert read_steps(run_dir)[-1]["step"] == steps and manifest(run_dir)["world_size"] == processes
     final = final_weights(run_dir)
     assert all(torch.equal(final[k], v) for k, v in locked.items())  # the locked tower never moved
 
@@ -182,7 +205,7 @@ def test_fsdp_run_killed_resumes_on_2_and_1_processes_and_its_checkpoint_loads_e
 
 
 @pytest.mark.slow
-def test_ddp_checkpoint_resumes_under_fsdp_and_evaluates(tmp_path, small_demo):
+def test_ddp_checkpoint_resumes_under_fsdp_and_back_and_evaluates(tmp_path, small_demo):
     run_dir = tmp_path / "run"
     base = ["-m", "clipkit.cli.train", *demo_overrides(small_demo), f"hydra.run.dir={run_dir}",
             "trainer.log_every_n_steps=1"]
@@ -198,6 +221,11 @@ def test_ddp_checkpoint_resumes_under_fsdp_and_evaluates(tmp_path, small_demo):
     # during training (then training goes on sharded) and at its end
     assert [r["step"] for r in records if "eval/shapes/acc1" in r] == [6, 8]
     assert json.loads((run_dir / "eval" / "shapes.json").read_text())["metrics"]["num_samples"] == 96
+    assert manifest(run_dir)["layout"] == "sharded"
+    # ... and back: the sharded checkpoint resumes under DDP, which writes the full layout again.
+    result = run_command(torchrun(2, [*base, "trainer.max_steps=10", "eval=none"]), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "at step 8" in result.stdout + result.stderr and manifest(run_dir)["layout"] == "full"
 
 
 @pytest.mark.slow

@@ -95,3 +95,26 @@ def test_geometry_of_two_clouds_against_direct_formulas():
     assert metrics["linear_separability"] > 0.95  # the clouds sit on opposite sides
     same = geometry_metrics(x, x, "image", "text")
     assert same["modality_gap"] == 0.0 and same["linear_separability"] <= 0.6
+
+
+def test_caption_loss_from_host_found_tokens_equals_the_masked_mean(captioner):
+    """The training step finds the scored tokens on the host; the loss is the mean next-token
+    cross-entropy over the non-padding targets either way."""
+    import torch.nn.functional as F
+
+    from clipkit.models.caption import PAD_ID, scored_positions
+
+    tokenizer = build_tokenizer(TextTransformerConfig(context_length=16))
+    text = tokenizer(["a small red circle", "three short high beeps above a large square"])
+    _, image_tokens = captioner.towers["image"].forward_with_tokens(torch.randn(2, 3, 16, 16))
+    _, text_tokens = captioner.towers["text"].forward_with_tokens(text)
+    head = captioner.caption
+    found_here = head.token_nll("image", image_tokens, text_tokens, text)
+    from_host = head.token_nll("image", image_tokens, text_tokens, text, scored_positions(text.clone()))
+    assert all(torch.equal(a, b) for a, b in zip(found_here, from_host))
+    nll, count = from_host
+    assert count.tolist() == (text[:, 1:] != PAD_ID).sum(1).tolist()
+    logits = head.logits("image", image_tokens, text_tokens)[:, :-1]
+    expected = F.cross_entropy(logits.flatten(0, 1).float(), text[:, 1:].flatten(), ignore_index=PAD_ID,
+                               reduction="none").view(2, -1).sum(1)
+    assert torch.allclose(nll, expected, atol=1e-4)

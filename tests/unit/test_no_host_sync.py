@@ -44,12 +44,12 @@ def unlogged_steps_read_nothing(small_demo, tmp_path, monkeypatch, *overrides: s
     checked_steps = []
 
     def step(data, window):
-        if trainer.step == 0:  # the first starts the data workers, before any patch
+        if trainer.progress.step == 0:  # the first starts the data workers, before any patch
             return take_step(data, window)
         with monkeypatch.context() as patch:
             forbid_host_reads(patch)
             losses = take_step(data, window)
-        checked_steps.append(trainer.step + 1)
+        checked_steps.append(trainer.progress.step + 1)
         return losses
 
     trainer._train_step = step
@@ -67,6 +67,13 @@ def test_accumulated_steps_read_nothing_on_the_host(small_demo, tmp_path, monkey
     unlogged_steps_read_nothing(small_demo, tmp_path, monkeypatch, "trainer.accum_steps=2")
 
 
+@pytest.mark.parametrize("accum_steps", [1, 2])
+def test_captioning_steps_read_nothing_on_the_host(small_demo, tmp_path, monkeypatch, accum_steps):
+    """CoCa: the caption head scores only the non-padding tokens, found on the host's copy."""
+    unlogged_steps_read_nothing(small_demo, tmp_path, monkeypatch, "experiment=demo_coca",
+                                f"trainer.accum_steps={accum_steps}")
+
+
 def test_the_guard_catches_a_read(monkeypatch):
     with monkeypatch.context() as patch:
         forbid_host_reads(patch)
@@ -79,17 +86,18 @@ def test_the_guard_catches_a_read(monkeypatch):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_unlogged_cuda_steps_never_synchronize(small_demo, tmp_path):
+@pytest.mark.parametrize("recipe", [[], ["experiment=demo_coca"]], ids=["trimodal", "coca"])
+def test_unlogged_cuda_steps_never_synchronize(small_demo, tmp_path, recipe):
     """On a GPU, CUDA's own detector: any synchronising call (a read, a blocking copy, a mask
     indexed on the device) raises between logging steps."""
-    checked, sources = prepare(compose_config([*demo_overrides(small_demo), "trainer.device=cuda",
+    checked, sources = prepare(compose_config([*demo_overrides(small_demo), *recipe, "trainer.device=cuda",
                                                "trainer.precision=bf16", "trainer.max_steps=6",
                                                "trainer.log_every_n_steps=6", "eval=none"]))
     trainer = Trainer(checked, sources, tmp_path)
     take_step = trainer._train_step
 
     def step(data, window):
-        if trainer.step == 0:
+        if trainer.progress.step == 0:
             return take_step(data, window)
         torch.cuda.set_sync_debug_mode("error")
         try:

@@ -51,7 +51,7 @@ def test_resume_skip_applies_to_the_interrupted_epoch_only(small_demo, tmp_path)
     checked, sources = prepare(compose_config([*demo_overrides(small_demo), "trainer.max_steps=3", "eval=none",
                                                "data.train.resampled=false"]))  # epochs: a finite stream
     trainer = Trainer(checked, sources, tmp_path)
-    trainer.skip = {0: [1000, 0, 0]}  # as restored: 1000 of the 1200 image-text samples taken
+    trainer.stream.replay = {0: [1000, 0, 0]}  # as restored: 1000 of the 1200 image-text samples taken
     loader = trainer._loader()
     resumed_epoch = sum(1 for b in loader if b["num_rows"])
     loader.dataset.set_epoch(1)

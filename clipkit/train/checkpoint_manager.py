@@ -1,0 +1,218 @@
+"""The checkpoint manager: when to save, what to keep, where to resume from.
+
+The trainer names its stateful parts once (torchtitan's pattern); a save asks each for its state
+and a resume hands each its state back. There are three kinds of parts:
+
+- the model and its optimizer: tensors, sharded under FSDP. In the ``full`` layout rank 0 writes
+  them whole (``model.safetensors``, the optimizer by parameter name in ``train_state.pt``); in the
+  ``sharded`` layout (FSDP runs) every process writes its shards (see :mod:`clipkit.train.sharded`);
+- shared parts (progress, scheduler, grad scaler): the same in every process; rank 0's is kept;
+- per-process parts (RNG, data position): one entry per process, each handed the entries of all
+  the saved processes, so that it can tell a resume on another number of processes.
+
+With ``asynchronous``, what a save writes is copied in memory first and written by a background
+thread while training goes on; the next save (or the end of the run) waits for it. The folder is
+published (named by ``latest``) only once every process's files are on disk.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Protocol
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+from torch import nn
+
+from clipkit import distributed as dist_utils
+from clipkit.errors import CheckpointError
+from clipkit.train import checkpoint as ckpt
+from clipkit.train.parallel import full_state, load_full_model_state, load_full_optimizer_state
+from clipkit.train.sharded import read_shards, write_shards
+
+log = logging.getLogger(__name__)
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> Dict[str, Any]: ...
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None: ...
+
+
+class PerProcessStateful(Protocol):
+    def state_dict(self) -> Dict[str, Any]: ...
+
+    def load_process_states(self, states: List[Dict[str, Any]], rank: int, world_size: int) -> None:
+        """``states``: this part's state in each process of the saved run, by rank."""
+
+
+@dataclass
+class CheckpointPolicy:
+    every_n_steps: int
+    keep_last_k: int
+    resume: Optional[str]  # auto | a checkpoint or run folder | None
+    layout: str = "full"  # full | sharded
+    asynchronous: bool = False
+
+
+class CheckpointManager:
+    def __init__(self, root: Path, policy: CheckpointPolicy, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 shared: Dict[str, Stateful], per_process: Dict[str, PerProcessStateful], config_yaml: str,
+                 env: dist_utils.DistEnv) -> None:
+        self.root = root
+        self.policy = policy
+        self.model = model
+        self.optimizer = optimizer
+        self.shared = shared
+        self.per_process = per_process
+        self.config_yaml = config_yaml
+        self.env = env
+        self.last_saved: Optional[int] = None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="clipkit-ckpt") if policy.asynchronous else None
+        self._pending: Optional[Future] = None
+        # A background save's collectives need a group of their own: the training's run meanwhile.
+        self._group = dist.new_group(backend="gloo") \
+            if policy.asynchronous and policy.layout == "sharded" and env.joined else None
+
+    # ------------------------------------------------------------------------------ saving
+    def maybe_save(self, step: int, final: bool = False) -> None:
+        """Saves at every ``every_n_steps``-th step, and at the ``final`` one unless just saved."""
+        if step % self.policy.every_n_steps == 0 or (final and self.last_saved != step):
+            self.save(step)
+
+    def save(self, step: int) -> None:
+        """Collective."""
+        self.wait()
+        processes = dist_utils.gather_objects({name: part.state_dict() for name, part in self.per_process.items()})
+        state: Dict[str, Any] = {"format": 2, **{name: part.state_dict() for name, part in self.shared.items()},
+                                 "processes": processes}
+        if self.policy.layout == "sharded":
+            work = self._save_sharded(step, state)
+        else:
+            work = self._save_full(step, state)
+        if self._writer is not None:
+            self._pending = self._writer.submit(work)
+        else:
+            work()
+            dist_utils.barrier()
+        self.last_saved = step
+
+    def _save_full(self, step: int, state: Dict[str, Any]) -> Callable[[], None]:
+        weights, optimizer_state = full_state(self.model, self.optimizer)  # collective; whole on rank 0
+        if not self.env.is_main:
+            return lambda: None
+        if self._writer is not None and weights and next(iter(weights.values())).device.type == "cpu":
+            # On CPU these share memory with the live weights, which training goes on changing.
+            weights, optimizer_state = copy.deepcopy((weights, optimizer_state))
+        state["optimizer"] = optimizer_state
+        staging = self._staging(step)
+
+        def work() -> None:
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(staging / ckpt.MODEL_FILE))
+            self._write_host_files(staging, state)
+            self._publish(staging, step, "full")
+
+        return work
+
+    def _save_sharded(self, step: int, state: Dict[str, Any]) -> Callable[[], None]:
+        staging = self._staging(step) if self.env.is_main else ckpt.staging_dir(self.root, step)
+        dist_utils.barrier()  # the staging folder exists (and no stale one) before anyone writes
+        written = write_shards(self.model, self.optimizer, staging / ckpt.SHARDS_DIR, self._group,
+                               asynchronous=self._writer is not None)
+
+        def work() -> None:
+            if written is not None:
+                written.result()  # on rank 0: every process's shards and the metadata are on disk
+            if self.env.is_main:
+                self._write_host_files(staging, state)
+                self._publish(staging, step, "sharded")
+
+        return work
+
+    def _staging(self, step: int) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        ckpt.clear_staging(self.root)
+        staging = ckpt.staging_dir(self.root, step)
+        staging.mkdir()
+        return staging
+
+    def _write_host_files(self, staging: Path, state: Dict[str, Any]) -> None:
+        torch.save(state, staging / ckpt.STATE_FILE)
+        (staging / ckpt.CONFIG_FILE).write_text(self.config_yaml)
+
+    def _publish(self, staging: Path, step: int, layout: str) -> None:
+        folder = ckpt.publish(staging, step, layout, self.env.world_size, self.policy.keep_last_k)
+        log.info("saved checkpoint %s", folder)
+
+    def wait(self) -> None:
+        """Until the save in flight (if any) is published; raises what it raised."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        self.wait()
+        if self._writer is not None:
+            self._writer.shutdown()
+
+    # ------------------------------------------------------------------------------ resuming
+    def resume(self) -> Optional[Path]:
+        """Restores every part from the checkpoint ``policy.resume`` names (``auto``: the newest
+        intact one of this run, if any) and returns its folder. Collective."""
+        folder = self._resume_folder()
+        if folder is None:
+            return None
+        state = _upgrade(ckpt.load_train_state(folder))
+        try:
+            if ckpt.layout(folder) == "sharded":
+                read_shards(self.model, self.optimizer, folder / ckpt.SHARDS_DIR)
+            else:
+                ckpt.load_model_weights(self.model, folder, load_full_model_state)
+                load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise ckpt.fit_error(folder, exc) from exc
+        for name, part in self.shared.items():
+            part.load_state_dict(state[name])
+        for name, part in self.per_process.items():
+            part.load_process_states([p[name] for p in state["processes"]], self.env.rank, self.env.world_size)
+        self.last_saved = ckpt.checkpoint_step(folder)
+        return folder
+
+    def _resume_folder(self) -> Optional[Path]:
+        """Chosen and checked on rank 0 (reading every file for its checksum), shared with all."""
+        choice = self.policy.resume
+        if choice is None:
+            return None
+        found: Optional[str] = None
+        error: Optional[str] = None
+        if self.env.is_main:
+            try:
+                folder = ckpt.find_latest(self.root, checksums=True) if choice == "auto" \
+                    else ckpt.resolve_checkpoint(choice)
+                if folder is not None and choice != "auto":
+                    error = ckpt.problem(folder, checksums=True)
+                found = str(folder) if folder is not None else None
+            except CheckpointError as exc:
+                error = str(exc)
+        found, error = dist_utils.broadcast_object((found, error))
+        if error is not None:
+            raise CheckpointError(error)
+        return Path(found) if found is not None else None
+
+
+def _upgrade(state: Dict[str, Any]) -> Dict[str, Any]:
+    """A ``train_state.pt`` written before the checkpoint manager, in today's form."""
+    if state.get("format", 1) >= 2:
+        return state
+    data = state["data"]
+    processes = [{"rng": saved["rng"],
+                  "data": {"epoch": data["epoch"], "taken": saved["taken"], "workers": data["workers"],
+                           "skipped": data["skipped"] if rank == 0 else 0}}
+                 for rank, saved in enumerate(data["ranks"])]
+    return {"format": 2, "progress": {"step": state["step"], "samples_seen": state["samples_seen"]},
+            "scheduler": state["scheduler"], "scaler": state["scaler"], "optimizer": state["optimizer"],
+            "processes": processes}

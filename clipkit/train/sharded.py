@@ -1,0 +1,58 @@
+"""Sharded checkpoints through ``torch.distributed.checkpoint`` (DCP): every process writes the
+shards of the weights and optimizer state it holds, and reads back whatever shards its own
+layout needs, so a run resumes on another number of processes, and under DDP as under FSDP.
+
+The state is ``{"model": ..., "optimizer": ...}`` as ``get_state_dict`` gives it: the model's
+weights and the optimizer's state both keyed by parameter name (DTensors under FSDP, whole
+tensors otherwise).
+"""
+from __future__ import annotations
+
+import warnings
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+_MODEL = "model."
+
+
+def write_shards(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path,
+                 process_group: Optional[dist.ProcessGroup] = None, asynchronous: bool = False) -> Optional[Future]:
+    """Collective: every process writes its shards into ``folder``. ``asynchronous``: the state is
+    copied to host memory now and written by a background thread; the returned future is done
+    when every process's files and the metadata are on disk (``process_group`` must then be a
+    group of its own, on gloo, as the training's collectives run meanwhile)."""
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    if asynchronous:
+        return dcp.async_save(state, checkpoint_id=str(folder), process_group=process_group)
+    dcp.save(state, checkpoint_id=str(folder), process_group=process_group)
+    return None
+
+
+def read_shards(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Collective: each process loads the parts of the saved state that its shards cover."""
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=str(folder))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def read_consolidated_model(folder: Path) -> Dict[str, torch.Tensor]:
+    """The whole weights, on the CPU of this one process, from the shards of any number: what
+    evaluation, export and ``clipkit.load`` read. Needs no process group."""
+    reader = dcp.FileSystemReader(str(folder))
+    entries = reader.read_metadata().state_dict_metadata
+    state = {key: torch.empty(meta.size, dtype=meta.properties.dtype) for key, meta in entries.items()
+             if key.startswith(_MODEL) and isinstance(meta, TensorStorageMetadata)}
+    with warnings.catch_warnings():  # DCP warns that it loads in one process: that is the intent
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, storage_reader=reader, no_dist=True)
+    return {key[len(_MODEL):]: value for key, value in state.items()}
