@@ -196,6 +196,8 @@ class TrainerConfig:
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     accum_steps: int = 1
     grad_clip_norm: Optional[float] = 1.0
+    # updates with non-finite gradients are skipped; this many in a row stop the run
+    max_nonfinite_steps: int = 10
     log_every_n_steps: int = 10
     ckpt_every_n_steps: int = 500
     keep_last_k: int = 3

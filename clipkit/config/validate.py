@@ -123,7 +123,7 @@ def check_config(raw: DictConfig) -> CheckedConfig:
     if trainer.parallel == "fsdp" and trainer.precision == "fp16":
         raise ConfigError("trainer.precision", "fp16 loss scaling is not supported with trainer.parallel=fsdp; "
                           "use bf16 (FSDP gathers bf16 weights and reduces gradients in fp32)")
-    for key in ("accum_steps", "log_every_n_steps", "ckpt_every_n_steps", "keep_last_k"):
+    for key in ("accum_steps", "log_every_n_steps", "ckpt_every_n_steps", "keep_last_k", "max_nonfinite_steps"):
         _positive(f"trainer.{key}", getattr(trainer, key))
     _positive("trainer.grad_clip_norm", trainer.grad_clip_norm)
     if trainer.resume not in (None, "auto") and not Path(trainer.resume).expanduser().exists():

@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from safetensors.torch import load_file
@@ -158,13 +158,14 @@ def find_latest(ckpt_root: Path, checksums: bool = False) -> Optional[Path]:
     candidates = complete_checkpoints(ckpt_root)[::-1]
     pointer = ckpt_root / "latest"
     if pointer.is_file():
-        named = ckpt_root / pointer.read_text().strip()
-        if named in candidates:
+        name = pointer.read_bytes()[:100].decode("utf-8", "replace").strip()
+        named = ckpt_root / name
+        if STEP_DIR.match(name) and named in candidates:
             candidates.remove(named)
             candidates.insert(0, named)
         else:
-            log.warning("checkpoints/latest names %s, which is not a complete checkpoint; "
-                        "looking for the newest complete one", named.name)
+            log.warning("checkpoints/latest names %r, which is not a complete checkpoint; "
+                        "looking for the newest complete one", name)
     for folder in candidates:
         damage = problem(folder, checksums) if checksums else None
         if damage is None:
@@ -216,9 +217,28 @@ def read_model_state(folder: Path) -> Dict[str, torch.Tensor]:
         raise CheckpointError(f"unreadable checkpoint {folder / MODEL_FILE}: {exc}") from exc
 
 
-def fit_error(folder: Path, exc: Exception) -> CheckpointError:
+def fit_error(folder: Path, exc: BaseException) -> CheckpointError:
     first = str(exc).strip().splitlines()
     return CheckpointError(f"checkpoint {folder} does not fit the configured model: {' '.join(first[:2])[:300]}")
+
+
+def first_mismatch(saved: Dict[str, Sequence[int]], model: nn.Module) -> Optional[str]:
+    """The first difference between the saved weights' shapes and the model's, named: a key
+    missing on either side, or a tensor of another shape."""
+    expected = model.state_dict()
+    for key, value in expected.items():
+        if key not in saved:
+            return f"{key} is missing from the checkpoint"
+        if tuple(saved[key]) != tuple(value.shape):
+            return f"{key} has shape {tuple(saved[key])} in the checkpoint, {tuple(value.shape)} in the model"
+    extra = next((key for key in saved if key not in expected), None)
+    return f"{extra} is in the checkpoint but not in the model" if extra else None
+
+
+def check_fits(folder: Path, saved: Dict[str, Sequence[int]], model: nn.Module) -> None:
+    mismatch = first_mismatch(saved, model)
+    if mismatch:
+        raise CheckpointError(f"checkpoint {folder} does not fit the configured model: {mismatch}")
 
 
 def load_model_weights(model: nn.Module, folder: Path,
@@ -226,6 +246,7 @@ def load_model_weights(model: nn.Module, folder: Path,
     """The checkpoint's weights into ``model``, all keys matching; ``load`` puts a full state
     dict into the model (default: ``load_state_dict``; the trainer's also fills FSDP shards)."""
     state = read_model_state(folder)
+    check_fits(folder, {key: value.shape for key, value in state.items()}, model)
     try:
         if load is None:
             model.load_state_dict(state, strict=True)

@@ -17,7 +17,9 @@ published (named by ``latest``) only once every process's files are on disk.
 from __future__ import annotations
 
 import copy
+import errno
 import logging
+import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +29,13 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
 from clipkit import distributed as dist_utils
 from clipkit.errors import CheckpointError
 from clipkit.train import checkpoint as ckpt
 from clipkit.train.parallel import full_state, load_full_model_state, load_full_optimizer_state
-from clipkit.train.sharded import read_shards, write_shards
+from clipkit.train.sharded import read_shards, saved_model_shapes, write_shards
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,7 @@ class CheckpointManager:
             work = self._save_sharded(step, state)
         else:
             work = self._save_full(step, state)
+        work = self._cleaned_up_on_failure(work, step)
         if self._writer is not None:
             self._pending = self._writer.submit(work)
         else:
@@ -133,6 +137,26 @@ class CheckpointManager:
 
         return work
 
+    def _cleaned_up_on_failure(self, work: Callable[[], None], step: int) -> Callable[[], None]:
+        """``work``, which on failure removes its half-written folder (freeing the space a full disk
+        needs) and says in one line when the disk is full: torch.save reports that as an opaque
+        RuntimeError."""
+
+        def guarded() -> None:
+            try:
+                work()
+            except Exception as exc:
+                full = _disk_full(exc, self.root)
+                shutil.rmtree(ckpt.staging_dir(self.root, step), ignore_errors=True)
+                if not full:
+                    raise
+                last = ckpt.find_latest(self.root)
+                raise CheckpointError(
+                    f"no space left on the file system of {self.root} while saving step {step}; the last "
+                    f"complete checkpoint is {last.name if last else 'none'}") from exc
+
+        return guarded
+
     def _staging(self, step: int) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         ckpt.clear_staging(self.root)
@@ -169,11 +193,12 @@ class CheckpointManager:
         state = _upgrade(ckpt.load_train_state(folder))
         try:
             if ckpt.layout(folder) == "sharded":
+                ckpt.check_fits(folder, saved_model_shapes(folder / ckpt.SHARDS_DIR), self.model)
                 read_shards(self.model, self.optimizer, folder / ckpt.SHARDS_DIR)
             else:
                 ckpt.load_model_weights(self.model, folder, load_full_model_state)
                 load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
-        except (RuntimeError, KeyError, ValueError) as exc:
+        except (RuntimeError, KeyError, ValueError, CheckpointException) as exc:
             raise ckpt.fit_error(folder, exc) from exc
         for name, part in self.shared.items():
             part.load_state_dict(state[name])
@@ -202,6 +227,22 @@ class CheckpointManager:
         if error is not None:
             raise CheckpointError(error)
         return Path(found) if found is not None else None
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    chain: List[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < _NEARLY_FULL
+    except OSError:
+        return False
+
+
+_NEARLY_FULL = 16 << 20  # bytes free after a failed write that mean the disk filled up
 
 
 def _upgrade(state: Dict[str, Any]) -> Dict[str, Any]:

@@ -45,6 +45,13 @@ def read_shards(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
+def saved_model_shapes(folder: Path) -> Dict[str, torch.Size]:
+    """Each saved weight's whole shape, by name, from the metadata alone."""
+    entries = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
+    return {key[len(_MODEL):]: meta.size for key, meta in entries.items()
+            if key.startswith(_MODEL) and isinstance(meta, TensorStorageMetadata)}
+
+
 def read_consolidated_model(folder: Path) -> Dict[str, torch.Tensor]:
     """The whole weights, on the CPU of this one process, from the shards of any number: what
     evaluation, export and ``clipkit.load`` read. Needs no process group."""

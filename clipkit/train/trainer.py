@@ -27,6 +27,7 @@ from clipkit.train import checkpoint as ckpt
 from clipkit.train.checkpoint_manager import CheckpointManager, CheckpointPolicy
 from clipkit.train.compile import compile_towers
 from clipkit.train.metrics import MetricsLogger, ThroughputWindow, results_table
+from clipkit.train.nonfinite import NonfiniteGuard, gradient_norm
 from clipkit.train.optim import build_optimizer, build_scheduler
 from clipkit.train.parallel import gathered, wrap
 from clipkit.train.precision import autocast_factory, grad_scaler
@@ -63,6 +64,7 @@ class Trainer:
         self.autocast = autocast_factory(cfg.trainer.precision, self.device)
         self.scaler = grad_scaler(cfg.trainer.precision, self.device)
         self.optimizer = build_optimizer(self.core, cfg.optim)
+        self.nonfinite = NonfiniteGuard(self.optimizer, self.scaler, cfg.trainer.max_nonfinite_steps)
         self.global_batch = cfg.data.batch_size * cfg.trainer.accum_steps * env.world_size
         self.total_steps = self._total_steps()
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.sched)
@@ -138,6 +140,7 @@ class Trainer:
                     if metrics_log:
                         metrics_log.log(record)
                         metrics_log.progress(progress.step, record)
+                    self.nonfinite.stop_if_diverged(progress.step)
                 with window.pause():
                     if self.cfg.eval.every_n_steps and progress.step % self.cfg.eval.every_n_steps == 0 \
                             and progress.step < self.total_steps:
@@ -179,8 +182,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         losses = forward_backward(self.model, self.objective, inputs, present, self.autocast, self.scaler)
         self.scaler.unscale_(self.optimizer)
-        if self.cfg.trainer.grad_clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.core.parameters(), self.cfg.trainer.grad_clip_norm)
+        self.nonfinite.before_step(gradient_norm(self.core.parameters(), self.cfg.trainer.grad_clip_norm))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -199,7 +201,8 @@ class Trainer:
                   **{f"loss/{n}": v for n, v in zip(names, reduced)},
                   "lr": self.optimizer.param_groups[0]["lr"],
                   **self.core.scale_metrics(),
-                  "skipped_samples": int(skipped.item())}
+                  "skipped_samples": int(skipped.item()),
+                  "nonfinite_steps": self.nonfinite.read()}
         return {**record, **window.rates(self.global_batch)}
 
     # ------------------------------------------------------------------------------ outputs

@@ -52,6 +52,8 @@ def test_half_written_checkpoints_are_never_picked(tmp_path):
     assert ckpt.find_latest(tmp_path).name == "step_0000010"
     (tmp_path / "latest").write_text("step_0000030\n")  # a pointer to an incomplete folder
     assert ckpt.find_latest(tmp_path).name == "step_0000010"
+    (tmp_path / "latest").write_bytes(b"\xff\xfe\x00garbage")  # a pointer that is not text
+    assert ckpt.find_latest(tmp_path).name == "step_0000010"
     manager(tmp_path, model, optimizer).save(40)
     assert not ckpt.staging_dir(tmp_path, 20).exists()  # the next save clears what was left
 
@@ -94,8 +96,11 @@ def test_weights_mismatch_and_unreadable_files_are_clear_errors(tmp_path):
     other = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
     ckpt.load_model_weights(other, folder)
     assert torch.equal(other[0].weight, model[0].weight)
-    with pytest.raises(CheckpointError, match="does not fit the configured model"):
+    with pytest.raises(CheckpointError, match="does not fit the configured model: weight is missing"):
         ckpt.load_model_weights(nn.Linear(4, 2), folder)
+    wider = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 5))
+    with pytest.raises(CheckpointError, match=r"1.weight has shape \(2, 3\) in the checkpoint, \(5, 3\) in the model"):
+        ckpt.load_model_weights(wider, folder)
     (folder / ckpt.MODEL_FILE).write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="is damaged"):
         ckpt.resolve_checkpoint(str(folder))
