@@ -75,6 +75,8 @@ class CheckpointManager:
         self.config_yaml = config_yaml
         self.env = env
         self.last_saved: Optional[int] = None
+        if env.is_main and root.is_dir():
+            ckpt.clear_staging(root)  # what a run killed inside a save left
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="clipkit-ckpt") if policy.asynchronous else None
         self._pending: Optional[Future] = None
         # A background save's collectives need a group of their own: the training's run meanwhile.
