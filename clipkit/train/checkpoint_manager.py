@@ -95,6 +95,8 @@ class CheckpointManager:
         processes = dist_utils.gather_objects({name: part.state_dict() for name, part in self.per_process.items()})
         state: Dict[str, Any] = {"format": 2, **{name: part.state_dict() for name, part in self.shared.items()},
                                  "processes": processes}
+        if self._writer is not None:  # a state dict may share objects that training goes on changing
+            state = copy.deepcopy(state)
         if self.policy.layout == "sharded":
             work = self._save_sharded(step, state)
         else:
