@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Dict, List, Optional
 
 from clipkit.cli.errors import USER_ERRORS, fail
@@ -34,6 +35,8 @@ def _parse(argv: List[str]) -> Dict[str, object]:
             raise ConfigError(key, f"missing ({USAGE})")
     if args["format"] not in FORMATS:
         raise ConfigError("format", f"unknown format '{args['format']}'; use one of {', '.join(FORMATS)}")
+    if Path(str(args["out"])).expanduser().is_file():
+        raise ConfigError("out", f"{args['out']} is a file; name a folder (it is created if missing)")
     return args
 
 

@@ -70,6 +70,8 @@ def open_eval_set(name: str, cfg: EvalDatasetConfig) -> EvalSet:
             if not path.is_file():
                 raise ConfigError(f"{key}.root", f"zero-shot classification needs {path}")
             setattr(eval_set, attr, _lines(path))
+            if not getattr(eval_set, attr):
+                raise ConfigError(f"{key}.root", f"{path} is empty")
         bad = [t for t in eval_set.templates if "{c}" not in t]
         if bad:
             raise ConfigError(f"{key}.root", f"template without a {{c}} placeholder: {bad[0]!r}")

@@ -11,7 +11,7 @@ import torch
 
 from clipkit import distributed as dist_utils
 from clipkit.config.schema import EvalConfig
-from clipkit.errors import ConfigError
+from clipkit.errors import ConfigError, DataError
 from clipkit.eval.captioning import caption_scores
 from clipkit.eval.datasets import EvalSet, Loader, eval_loader, open_eval_set
 from clipkit.eval.geometry import geometry_metrics
@@ -96,6 +96,11 @@ class Evaluator:
             labels.extend(targets)
         embeddings = self._gather(torch.cat(items))
         all_labels = self._gather(torch.tensor(labels, dtype=torch.long, device=self.device))
+        _require_samples(eval_set, len(all_labels))
+        classes = len(eval_set.classnames or [])
+        if int(all_labels.min()) < 0 or int(all_labels.max()) >= classes:
+            raise DataError(f"eval set {eval_set.name}: its samples have labels {int(all_labels.min())}.."
+                            f"{int(all_labels.max())}, but its classnames.txt names {classes} classes")
         all_logits = embeddings @ classifier.float().cpu()
         # Geometry of each item against its class's text embedding (the zero-shot classifier).
         geometry = self._geometry(eval_set.name, embeddings, classifier.float().cpu().T[all_labels],
@@ -122,6 +127,7 @@ class Evaluator:
         item_counts = dist_utils.gather_objects(sum(len(x) for x in items))
         offset = sum(item_counts[: self.env.rank])
         all_items = self._gather(torch.cat(items))
+        _require_samples(eval_set, len(all_items))
         all_texts = self._gather(torch.cat(text_embeddings))
         mapping = self._gather(torch.tensor([offset + i for i in text_to_item], dtype=torch.long,
                                             device=self.device))
@@ -137,6 +143,7 @@ class Evaluator:
             items.append(self._encode(model, eval_set.modality, inputs))
             partners.append(self._encode(model, eval_set.against, partner_inputs))
         all_items, all_partners = self._gather(torch.cat(items)), self._gather(torch.cat(partners))
+        _require_samples(eval_set, len(all_items))
         metrics = retrieval_metrics(all_items, all_partners, torch.arange(len(all_items)),
                                     item_name=eval_set.modality, text_name=eval_set.against)
         geometry = self._geometry(eval_set.name, all_items, all_partners, eval_set.modality, eval_set.against)
@@ -157,6 +164,7 @@ class Evaluator:
                 tokens = generate(model, eval_set.modality, inputs.to(self.device), self.cfg.generation, generator)
             pairs.extend((decode_caption(self.tokenizer, t), refs) for t, refs in zip(tokens.cpu(), captions))
         everything = [p for rank_pairs in dist_utils.gather_objects(pairs) for p in rank_pairs]
+        _require_samples(eval_set, len(everything))
         scores = None
         if self.env.is_main:  # METEOR starts a JVM: score once, share the result
             scores = caption_scores({i: refs for i, (_, refs) in enumerate(everything)},
@@ -164,3 +172,9 @@ class Evaluator:
         scores = dist_utils.broadcast_object(scores)
         examples = [{"generated": caption, "references": refs} for caption, refs in everything[:EXAMPLES]]
         return {**scores, "num_samples": len(everything)}, examples
+
+
+def _require_samples(eval_set: EvalSet, count: int) -> None:
+    if count == 0:
+        raise DataError(f"eval set {eval_set.name}: not one readable sample in its {len(eval_set.shards)} "
+                        "shard(s) (see the warnings above for why each was skipped)")

@@ -1,0 +1,57 @@
+"""Broken eval sets and a wrong export target: one line naming the problem, exit status 2."""
+import shutil
+
+import pytest
+
+from clipkit.data.write import write_eval_set
+from tests.conftest import demo_overrides, run_cli
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, small_demo):
+    run_dir = tmp_path_factory.mktemp("run") / "run"
+    result = run_cli("clipkit-train", [*demo_overrides(small_demo), f"hydra.run.dir={run_dir}",
+                                       "trainer.max_steps=2", "eval=none"], run_dir.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir
+
+
+def one_line_error(result) -> str:
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr[-2000:]
+    return errors[0]
+
+
+def evaluate(trained, root, tmp_path):
+    return run_cli("clipkit-eval", [f"checkpoint={trained}", f"out={tmp_path / 'out'}",
+                                    f"eval.datasets.broken.root={root}"], tmp_path)
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_broken_eval_sets_are_one_line(trained, small_demo, tmp_path):
+    shapes = tmp_path / "shapes"
+    shutil.copytree(small_demo / "eval" / "shapes", shapes)
+    (shapes / "zeroshot_classification_templates.txt").write_text("\n")
+    assert "zeroshot_classification_templates.txt is empty" in one_line_error(evaluate(trained, shapes, tmp_path))
+
+    shutil.copy(small_demo / "eval" / "shapes" / "zeroshot_classification_templates.txt", shapes)
+    names = (shapes / "classnames.txt").read_text().splitlines()
+    (shapes / "classnames.txt").write_text("\n".join(names[:5]) + "\n")  # 24 labels, 5 names
+    assert "names 5 classes" in one_line_error(evaluate(trained, shapes, tmp_path))
+
+    corrupt = tmp_path / "corrupt"
+    write_eval_set(corrupt, ({"__key__": f"s{i}", "webp": b"not an image", "cls": 0} for i in range(4)),
+                   classnames=["circle"], templates=["a {c}."], dataset_type="zeroshot_classification")
+    assert "not one readable sample in its 1 shard" in one_line_error(evaluate(trained, corrupt, tmp_path))
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_export_into_a_file_is_one_line(trained, tmp_path):
+    target = tmp_path / "a_file"
+    target.write_text("keep me")
+    error = one_line_error(run_cli("clipkit-export", [f"checkpoint={trained}", "format=open_clip", f"out={target}"],
+                                   tmp_path))
+    assert "is a file" in error and target.read_text() == "keep me"
