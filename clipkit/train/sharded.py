@@ -45,20 +45,22 @@ def read_shards(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
+def _model_entries(reader: dcp.FileSystemReader) -> Dict[str, TensorStorageMetadata]:
+    """The saved weights' metadata (whole shape, dtype) by their key in the checkpoint."""
+    return {key: meta for key, meta in reader.read_metadata().state_dict_metadata.items()
+            if key.startswith(_MODEL) and isinstance(meta, TensorStorageMetadata)}
+
+
 def saved_model_shapes(folder: Path) -> Dict[str, torch.Size]:
     """Each saved weight's whole shape, by name, from the metadata alone."""
-    entries = dcp.FileSystemReader(str(folder)).read_metadata().state_dict_metadata
-    return {key[len(_MODEL):]: meta.size for key, meta in entries.items()
-            if key.startswith(_MODEL) and isinstance(meta, TensorStorageMetadata)}
+    return {key[len(_MODEL):]: meta.size for key, meta in _model_entries(dcp.FileSystemReader(str(folder))).items()}
 
 
 def read_consolidated_model(folder: Path) -> Dict[str, torch.Tensor]:
     """The whole weights, on the CPU of this one process, from the shards of any number: what
     evaluation, export and ``clipkit.load`` read. Needs no process group."""
     reader = dcp.FileSystemReader(str(folder))
-    entries = reader.read_metadata().state_dict_metadata
-    state = {key: torch.empty(meta.size, dtype=meta.properties.dtype) for key, meta in entries.items()
-             if key.startswith(_MODEL) and isinstance(meta, TensorStorageMetadata)}
+    state = {key: torch.empty(meta.size, dtype=meta.properties.dtype) for key, meta in _model_entries(reader).items()}
     with warnings.catch_warnings():  # DCP warns that it loads in one process: that is the intent
         warnings.simplefilter("ignore", UserWarning)
         dcp.load(state, storage_reader=reader, no_dist=True)
