@@ -172,6 +172,16 @@ def all_ranks_agree(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
+def all_ranks_max(value: int) -> int:
+    """The largest of the ranks' integers, on every rank (host tensors, as above)."""
+    if not _initialised():
+        return value
+    box = torch.tensor([value], dtype=torch.int64,
+                       device=torch.cuda.current_device() if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return int(box.item())
+
+
 def gather_rows(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Concatenate every rank's rows (counts may differ), on every rank; no gradient."""
     if not _initialised():

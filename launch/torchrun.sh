@@ -38,6 +38,8 @@ while [ $# -gt 0 ]; do
 done
 
 export CLIPKIT_RUN_ID=$run_id
-exec torchrun --nnodes="$nnodes" --node_rank="$node_rank" --nproc_per_node="$nproc" \
+# SIGUSR1 too is passed on to the training processes (which save and stop) instead of killing
+# torchrun; torchrun gives them 30 s to do so after any of these signals.
+exec torchrun --signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 --nnodes="$nnodes" --node_rank="$node_rank" --nproc_per_node="$nproc" \
   --rdzv_backend=c10d --rdzv_endpoint="$rdzv" --rdzv_id="$run_id" \
   -m clipkit.cli.train "${overrides[@]}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Optional
 
 import hydra
 from hydra._internal.utils import get_args_parser
@@ -17,6 +18,8 @@ from clipkit.cli.launch import run_main
 from clipkit.cli.prepare import precheck, prepare
 from clipkit.config.compose import CONF_DIR, HYDRA_VERSION_BASE, compose_config, register_schema
 from clipkit.errors import ConfigError
+from clipkit.lifetime import die_with_torchrun
+from clipkit.train.preemption import EXIT_PREEMPTED, Preempted, requeue_if_asked
 
 PROGRAM = "clipkit-train"
 log = logging.getLogger("clipkit")
@@ -64,6 +67,7 @@ def _train(raw: DictConfig) -> None:
     from clipkit.train.trainer import Trainer
 
     env = None
+    preempted: Optional[Preempted] = None
     try:
         env = distributed.init_distributed(raw.trainer.device, raw.trainer.dist_backend)
         if not env.is_main:
@@ -77,12 +81,20 @@ def _train(raw: DictConfig) -> None:
         Trainer(checked, sources, run_dir, env).fit()
     except USER_ERRORS as exc:
         fail(PROGRAM, exc)
+    except Preempted as stop:
+        preempted = stop
+        if env.is_main:
+            log.warning("%s", stop)
+            requeue_if_asked(stop.signum)
     finally:
         if env is not None:
             distributed.shutdown(env)
+    if preempted is not None:
+        sys.exit(EXIT_PREEMPTED)
 
 
 def main() -> None:
+    die_with_torchrun()
     register_schema()
     try:
         _precheck_argv(sys.argv[1:])

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from clipkit.data.decode import CorruptSample, SampleDecoder
 from clipkit.data.shards import ShardSource
 from clipkit.errors import DataError
+from clipkit.lifetime import data_worker_init
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ def make_loader(stream: TrainStream, workers: int, pin_memory: bool = False) -> 
     # the process's, whose stream (dropout, SpecAugment) a resumed run must continue unmoved.
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
-                      generator=torch.Generator().manual_seed(stream.seed))
+                      worker_init_fn=data_worker_init, generator=torch.Generator().manual_seed(stream.seed))
 
 
 def batches(loader: DataLoader, state: StreamState,

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clipkit.config.schema import EvalDatasetConfig
 from clipkit.errors import ConfigError
+from clipkit.lifetime import data_worker_init
 
 log = logging.getLogger(__name__)
 
@@ -133,4 +134,5 @@ def eval_loader(eval_set: EvalSet, loaders: Dict[str, Loader], batch_size: int, 
     shards = eval_set.shards[rank::world_size]
     # A generator of its own, so that evaluating never moves the training process's random stream.
     return DataLoader(_EvalStream(shards, eval_set, loaders), batch_size=batch_size,
-                      num_workers=min(workers, len(shards)), collate_fn=_collate, generator=torch.Generator())
+                      num_workers=min(workers, len(shards)), collate_fn=_collate,
+                      worker_init_fn=data_worker_init, generator=torch.Generator())

@@ -5,7 +5,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, NoReturn, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -30,6 +30,7 @@ from clipkit.train.metrics import MetricsLogger, ThroughputWindow, results_table
 from clipkit.train.nonfinite import NonfiniteGuard, gradient_norm
 from clipkit.train.optim import build_optimizer, build_scheduler
 from clipkit.train.parallel import gathered, wrap
+from clipkit.train.preemption import Preempted, PreemptionWatch
 from clipkit.train.precision import autocast_factory, grad_scaler
 from clipkit.train.state import ProcessRNG, TrainProgress, seed_everything
 from clipkit.train.step import forward_backward
@@ -127,34 +128,53 @@ class Trainer:
         data = batches(self._loader(), self.stream,
                        lambda have: dist_utils.all_ranks_agree(have, self.device))
         results: Dict[str, Dict[str, float]] = {}
-        window = ThroughputWindow()
-        progress = self.progress
         try:
             self.model.train()
-            while progress.step < self.total_steps:
-                losses = self._train_step(data, window)
-                progress.step += 1
-                if progress.step % self.cfg.trainer.log_every_n_steps == 0 or progress.step == self.total_steps:
-                    record = self._record(losses, window)  # every rank: the values are reduced
-                    window = ThroughputWindow()
-                    if metrics_log:
-                        metrics_log.log(record)
-                        metrics_log.progress(progress.step, record)
-                    self.nonfinite.stop_if_diverged(progress.step)
-                with window.pause():
-                    if self.cfg.eval.every_n_steps and progress.step % self.cfg.eval.every_n_steps == 0 \
-                            and progress.step < self.total_steps:
-                        self._evaluate(metrics_log)
-                    self.checkpoints.maybe_save(progress.step)
-            self.checkpoints.maybe_save(progress.step, final=True)
+            with PreemptionWatch() as preemption:
+                self._train_steps(data, metrics_log, preemption)
+                self.checkpoints.maybe_save(self.progress.step, final=True)
             results = self._evaluate(metrics_log)
         finally:
+            data.close()  # shuts the data workers down
             self.checkpoints.close()  # a save still being written in the background is finished
             if metrics_log:
                 metrics_log.close()
         if self.env.is_main:
             self._write_report(results)
         return results
+
+    def _train_steps(self, data: Iterator[dict], metrics_log: Optional[MetricsLogger],
+                     preemption: PreemptionWatch) -> None:
+        """Steps up to the last, each followed by what falls due after it: a log record, an
+        evaluation, a checkpoint, or a stop with a checkpoint when the run is preempted."""
+        window = ThroughputWindow()
+        progress = self.progress
+        while progress.step < self.total_steps:
+            losses = self._train_step(data, window)
+            progress.step += 1
+            if progress.step % self.cfg.trainer.log_every_n_steps == 0 or progress.step == self.total_steps:
+                record = self._record(losses, window)  # every rank: the values are reduced
+                window = ThroughputWindow()
+                if metrics_log:
+                    metrics_log.log(record)
+                    metrics_log.progress(progress.step, record)
+                self.nonfinite.stop_if_diverged(progress.step)
+            signum = preemption.agreed()
+            with window.pause():
+                if signum:
+                    self._stop(signum)
+                if self.cfg.eval.every_n_steps and progress.step % self.cfg.eval.every_n_steps == 0 \
+                        and progress.step < self.total_steps:
+                    self._evaluate(metrics_log)
+                self.checkpoints.maybe_save(progress.step)
+
+    def _stop(self, signum: int) -> NoReturn:
+        """Preempted: every process saves the step reached (unless just saved), then stops."""
+        step = self.progress.step
+        if self.checkpoints.last_saved != step:
+            self.checkpoints.save(step)
+        self.checkpoints.wait()
+        raise Preempted(signum, step, self.checkpoints.root / ckpt.step_dir_name(step))
 
     def _inputs(self, batch: dict) -> Dict[str, torch.Tensor]:
         """Every modality of the model; one that no row of the batch carries comes as zeros."""

@@ -151,6 +151,10 @@ PartitionName=debug Nodes={node_list} Default=YES MaxTime=INFINITE State=UP
                                text=True, check=True).stdout
         return dict(field.split("=", 1) for field in shown.split() if "=" in field)
 
+    def job_state(self, job_id: str) -> str:
+        return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], env=self.env, capture_output=True,
+                              text=True).stdout.strip()
+
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(self.root.glob("*.log")) +
                          sorted(self.root.glob("*.out")))

@@ -2,8 +2,10 @@
 srun without torchrun."""
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Tuple
 
@@ -61,6 +63,37 @@ def test_sbatch_script_trains_on_two_nodes_and_a_resubmission_resumes(tmp_path, 
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_0000006"
     assert [r["step"] for r in trained_steps(run_dir)] == [1, 2, 3, 4, 5, 6]
     assert f"resumed from {run_dir / 'checkpoints' / 'step_0000004'} at step 4" in output
+
+
+@pytest.mark.faults
+def test_sigusr1_saves_requeues_and_the_requeued_job_resumes(tmp_path, small_demo, slurm):
+    """What ``--signal=USR1@120`` does before a time limit, sent at once with scancel."""
+    args = [*demo_overrides(small_demo), "eval=none", "trainer.log_every_n_steps=1", "trainer.max_steps=300",
+            "trainer.ckpt_every_n_steps=1000"]
+    submitted = subprocess.run(["sbatch", "--parsable", f"--chdir={tmp_path}", f"--output={tmp_path}/job-%j.out",
+                                str(SBATCH_SCRIPT), *args], env={**slurm.env, "NPROC_PER_NODE": "2"},
+                               capture_output=True, text=True, check=True)
+    job_id = submitted.stdout.strip().split(";")[0]
+    run_dir = tmp_path / "runs" / "demo" / f"slurm-{job_id}"
+    deadline = time.time() + 120
+    while not ((run_dir / "metrics.jsonl").is_file() and len(trained_steps(run_dir)) >= 3):
+        assert time.time() < deadline, "the job did not start training"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", job_id], env=slurm.env, check=True)
+    # Requeued, it is held for SLURM's 2 minutes before it may start again: release it now.
+    while slurm.job_state(job_id) != "PENDING":
+        assert time.time() < deadline + 60, f"not requeued: {slurm.job_state(job_id)}"
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm.env, check=True)
+    job = slurm.wait_for_job(job_id, timeout=300)
+    output = (tmp_path / f"job-{job_id}.out").read_text()  # both runs: the script appends
+    assert (job["JobState"], job["Restarts"]) == ("COMPLETED", "1"), output[-3000:]
+    stopped = re.search(r"stopped by SIGUSR1 after step (\d+); saved", output)
+    assert stopped, output[-3000:]
+    reached = int(stopped.group(1))
+    assert f"requeued SLURM job {job_id}" in output
+    assert f"resumed from {run_dir / 'checkpoints' / f'step_{reached:07d}'} at step {reached}" in output
+    assert [r["step"] for r in trained_steps(run_dir)] == list(range(1, 301))
 
 
 def test_srun_without_torchrun_takes_ranks_from_slurm(tmp_path, small_demo, slurm):
