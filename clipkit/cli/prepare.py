@@ -12,7 +12,7 @@ from clipkit.data.demo import write_demo
 from clipkit.data.pipeline import check_reader_slots
 from clipkit.distributed import launched, launched_world_size
 from clipkit.errors import ConfigError
-from clipkit.data.shards import ShardSource, resolve_sources
+from clipkit.data.shards import ShardSource, check_sources_feed_pairs, resolve_sources
 from clipkit.eval.datasets import open_eval_set
 
 log = logging.getLogger("clipkit")
@@ -24,16 +24,19 @@ def demo_pending(checked: CheckedConfig) -> bool:
 
 
 def check_inputs(checked: CheckedConfig) -> List[ShardSource]:
-    """Shards and eval sets exist and are well formed, there are enough shards for every
-    process (as the launcher's environment says) and data worker, and FSDP has processes to
-    shard over."""
-    if checked.cfg.trainer.parallel == "fsdp" and not launched():
+    """Shards and eval sets exist and are well formed, each source's samples feed some pair of the
+    model, there are enough shards for every process (as the launcher's environment says) and
+    data worker, and FSDP has processes to shard over."""
+    cfg = checked.cfg
+    if cfg.trainer.parallel == "fsdp" and not launched():
         raise ConfigError("trainer.parallel", "fsdp needs a process group: start with torchrun or srun "
                           "(torchrun --nproc_per_node=1 for one process)")
-    sources = resolve_sources(checked.cfg.data.train.shards)
-    if not checked.cfg.data.train.resampled:
-        check_reader_slots(sources, launched_world_size(), checked.cfg.data.workers)
-    for name, dataset in checked.cfg.eval.datasets.items():
+    sources = resolve_sources(cfg.data.train.shards)
+    keys = {"image": cfg.data.keys.image, "text": cfg.data.keys.text, "audio": cfg.data.keys.audio}
+    check_sources_feed_pairs(sources, keys, cfg.model.pairs)
+    if not cfg.data.train.resampled:
+        check_reader_slots(sources, launched_world_size(), cfg.data.workers)
+    for name, dataset in cfg.eval.datasets.items():
         open_eval_set(name, dataset)
     return sources
 

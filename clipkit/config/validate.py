@@ -67,6 +67,26 @@ def _positive(key: str, value: Optional[float], allow_zero: bool = False) -> Non
         raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+# Counts that may be 0; every other whole number of a tower (a size, a count) must be > 0.
+_TOWER_COUNTS_FROM_ZERO = {"unlocked_groups", "unlocked_layers", "freq_mask", "time_mask", "num_masks"}
+_TOWER_POSITIVE_REALS = {"clip_seconds", "mlp_ratio"}
+_TOWER_REALS_FROM_ZERO = {"f_min", "drop", "drop_path", "patch_dropout"}
+
+
+def _check_tower_numbers(key: str, tower: TowerConfig) -> None:
+    """Sizes and counts of a tower: a negative image_size is named here, not found by the data."""
+    for name, value in vars(tower).items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            _positive(f"{key}.{name}", value, allow_zero=name in _TOWER_COUNTS_FROM_ZERO)
+        elif isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            for i, item in enumerate(value):
+                _positive(f"{key}.{name}[{i}]", item)
+        elif name in _TOWER_POSITIVE_REALS or name in _TOWER_REALS_FROM_ZERO:
+            _positive(f"{key}.{name}", value, allow_zero=name in _TOWER_REALS_FROM_ZERO)
+
+
 @dataclass
 class CheckedConfig:
     """The config as typed objects, towers included."""
@@ -84,6 +104,8 @@ def check_config(raw: DictConfig) -> CheckedConfig:
     towers = {str(modality): _tower_config(str(modality), node) for modality, node in raw.model.towers.items()}
     if not towers:
         raise ConfigError("model.towers", "no towers configured")
+    for modality, tower in towers.items():
+        _check_tower_numbers(f"model.towers.{modality}", tower)
     _positive("model.embed_dim", cfg.model.embed_dim)
     for i, pair in enumerate(cfg.model.pairs):
         first, second = split_pair(pair)

@@ -10,7 +10,8 @@ Batches carry the bookkeeping with them:
 
 - ``position``: (worker, raw samples taken per source) when the batch was made. The trainer keeps
   the latest one per worker; resuming skips that many raw samples (read, never decoded).
-- ``num_skipped``: corrupt samples and unreadable shard members skipped since the previous batch.
+- ``num_skipped``: samples lost since the previous batch: corrupt ones, and those missing from
+  unreadable or cut shards (as far as ``sizes.json`` tells); ``num_unreadable_shards``: such shards.
 - ``num_rows``: the batch size; 0 in the record that closes a worker's stream with its last skips.
 
 One DataLoader serves every pass: its workers persist, and each pass reads the epoch number from
@@ -25,14 +26,14 @@ import hashlib
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clipkit.data.decode import CorruptSample, SampleDecoder
-from clipkit.data.shards import ShardSource
+from clipkit.data.shards import ShardSource, shard_sizes
 from clipkit.errors import DataError
 from clipkit.lifetime import data_worker_init
 
@@ -44,7 +45,7 @@ MODALITIES = ("image", "text", "audio")
 @dataclass
 class StreamState:
     """Where this process's stream is: the epoch, the raw samples taken per source by each
-    DataLoader worker, and the corrupt samples skipped so far. After a resume, ``replay`` is what
+    DataLoader worker, and the samples and shards lost so far. After a resume, ``replay`` is what
     each worker had taken of the resumed epoch, for the loader to skip once."""
 
     workers: int = 0
@@ -52,23 +53,26 @@ class StreamState:
     epoch: int = 0
     taken: Dict[int, List[int]] = field(default_factory=dict)
     skipped: int = 0
+    unreadable_shards: int = 0
     replay: Dict[int, List[int]] = field(default_factory=dict)
 
     def consume(self, record: dict) -> None:
         worker, counts = record["position"]
         self.taken[int(worker)] = list(counts)
         self.skipped += record["num_skipped"]
+        self.unreadable_shards += record["num_unreadable_shards"]
 
     def state_dict(self) -> Dict[str, object]:
         return {"epoch": self.epoch, "taken": {str(k): v for k, v in self.taken.items()},
-                "skipped": self.skipped, "workers": self.workers}
+                "skipped": self.skipped, "unreadable_shards": self.unreadable_shards, "workers": self.workers}
 
     def load_process_states(self, states: List[dict], rank: int, world_size: int) -> None:
-        """Rank 0 carries the run's count of skipped samples. The resumed epoch is replayed
+        """Rank 0 carries the run's counts of skipped samples and unreadable shards. The resumed epoch is replayed
         exactly when the processes and workers are as saved, else restarted from its beginning;
         an endless stream continues with fresh draws."""
         self.epoch = int(states[0]["epoch"])
         self.skipped = sum(int(s["skipped"]) for s in states) if rank == 0 else 0
+        self.unreadable_shards = sum(int(s.get("unreadable_shards", 0)) for s in states) if rank == 0 else 0
         if self.endless:
             self.epoch += 1
         elif len(states) == world_size and int(states[0]["workers"]) == self.workers:
@@ -79,16 +83,70 @@ class StreamState:
                         self.epoch)
 
 
-class _SkipCounter:
-    """Worker-local count of skipped samples; webdataset calls it as an exception handler."""
+class _DataLosses:
+    """What a worker's stream lost, counted in samples: corrupt samples, and the samples missing
+    from shards that failed to read or ended early (a cut file), as far as ``sizes.json`` says
+    how many a shard holds; such shards are also counted, and named in a warning. ``muted`` while
+    a resumed run replays what the interrupted one had read (and counted) already."""
 
-    def __init__(self) -> None:
-        self.count = 0
+    def __init__(self, sizes: Dict[str, int]) -> None:
+        self.sizes = sizes
+        self.samples = 0
+        self.shards = 0
+        self.muted = False
 
-    def __call__(self, exc: Exception) -> bool:
-        self.count += 1
-        log.warning("skipping unreadable data: %s", exc)
-        return True  # keep going
+    def corrupt(self, exc: Exception) -> None:
+        if not self.muted:
+            self.samples += 1
+            log.warning("skipping a corrupt sample: %s", exc)
+
+    def shard_read(self, url: str, samples_read: int, error: Optional[str]) -> None:
+        expected = self.sizes.get(url)
+        lost = max(0, expected - samples_read) if expected is not None else 0
+        if self.muted or (error is None and not lost):
+            return
+        self.shards += 1
+        self.samples += lost
+        read = f"read {samples_read} of its {expected} samples" if expected is not None else \
+            f"read {samples_read} samples (no sizes.json entry: how many were lost is unknown)"
+        log.warning("unreadable shard %s: %s%s", url, read, f" ({error})" if error else "")
+
+
+@dataclass
+class _OpenedShard:
+    url: str
+    read: int = 0
+    error: Optional[str] = None
+
+
+def _read_shards(urls: Iterator[str], losses: _DataLosses) -> Iterator[dict]:
+    """The raw samples of the shards ``urls`` names, one after the other, telling ``losses`` what
+    each gave. webdataset opens a shard once the previous one is exhausted, but hands out the
+    previous one's last sample only after that (when a new key starts): a shard is judged when
+    a sample of a later one arrives, or at the end."""
+    opened: List[_OpenedShard] = []
+
+    def urls_opened() -> Iterator[dict]:
+        for url in urls:
+            opened.append(_OpenedShard(url))
+            yield {"url": url}
+
+    def damaged(exc: Exception) -> bool:  # webdataset's handler: errors concern the newest shard
+        opened[-1].error = opened[-1].error or str(exc)
+        return True  # go on with the next shard
+
+    for sample in wds.tarfile_to_samples(handler=damaged)(urls_opened()):
+        url = sample.get("__url__")
+        shard = next((s for s in reversed(opened) if s.url == url), None)
+        if shard is not None:
+            shard.read += 1
+        if shard is opened[-1]:
+            for done in opened[:-1]:
+                losses.shard_read(done.url, done.read, done.error)
+            del opened[:-1]
+        yield sample
+    for done in opened:
+        losses.shard_read(done.url, done.read, done.error)
 
 
 def seeded_rng(*parts: object) -> random.Random:
@@ -127,6 +185,12 @@ def pick_source(weights: Sequence[float], exhausted: Set[int], rng: random.Rando
     return next(i for i in sorted(range(len(weights)), key=lambda j: -keys[j]) if i not in exhausted)
 
 
+def _position(worker: int, taken: List[int], losses: _DataLosses, reported: Tuple[int, int]) -> dict:
+    """A record's bookkeeping: where the worker is, and what it lost since its previous record."""
+    return {"position": (worker, list(taken)), "num_skipped": losses.samples - reported[0],
+            "num_unreadable_shards": losses.shards - reported[1]}
+
+
 def _slot_urls(urls: Sequence[str], epoch: int, seed: int, slot: int, slots: int) -> List[str]:
     order = list(urls)
     seeded_rng(seed, epoch, "shards").shuffle(order)
@@ -157,6 +221,7 @@ class TrainStream(IterableDataset):
         self.world_size = world_size
         self.skip = skip or {}
         self.skip_epoch = epoch
+        self.sizes = shard_sizes([url for source in self.sources for url in source.urls])
 
     @property
     def epoch(self) -> int:
@@ -166,14 +231,14 @@ class TrainStream(IterableDataset):
         """The pass that the next ``iter()`` (here or in a persistent worker) reads."""
         self._epoch.fill_(epoch)
 
-    def _raw_source(self, index: int, epoch: int, slot: int, slots: int, counter: _SkipCounter) -> Iterator[dict]:
+    def _raw_source(self, index: int, epoch: int, slot: int, slots: int, losses: _DataLosses) -> Iterator[dict]:
         source = self.sources[index]
         rng = seeded_rng(self.seed, epoch, slot, index)
         if self.resampled:  # sample shards with replacement, forever
             urls: Iterator = (source.urls[rng.randrange(len(source.urls))] for _ in iter(int, 1))
         else:
             urls = iter(_slot_urls(source.urls, epoch, self.seed, slot, slots))
-        raw = wds.tarfile_to_samples(handler=counter)({"url": u} for u in urls)
+        raw = _read_shards(urls, losses)
         if self.shuffle_buffer > 1:
             raw = wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)(raw)
         return raw
@@ -183,20 +248,22 @@ class TrainStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         slot, slots = self.rank * workers + worker, self.world_size * workers
         epoch = self.epoch
-        counter = _SkipCounter()
-        streams = [self._raw_source(i, epoch, slot, slots, counter) for i in range(len(self.sources))]
+        losses = _DataLosses(self.sizes)
+        streams = [self._raw_source(i, epoch, slot, slots, losses) for i in range(len(self.sources))]
         taken = [0] * len(streams)
         # Replaying a resumed epoch: drop what this worker already delivered, before decoding.
         skip = self.skip.get(worker, []) if epoch == self.skip_epoch else []
+        losses.muted = True
         for i, n in enumerate(skip[: len(streams)]):
             for _ in range(n):
                 if next(streams[i], None) is None:
                     break
                 taken[i] += 1
+        losses.muted = False
         weights = [source.weight for source in self.sources]
         exhausted: Set[int] = set()
         samples: List[Dict[str, torch.Tensor]] = []
-        reported = 0
+        reported = (0, 0)
         while len(exhausted) < len(streams) and (self.pass_samples is None or sum(taken) < self.pass_samples):
             position = sum(taken)  # raw samples this slot took before this one, in this pass
             i = 0 if len(streams) == 1 else \
@@ -210,21 +277,20 @@ class TrainStream(IterableDataset):
                 with seeded_draws(position_seed(self.seed, epoch, slot, "augment", position)):
                     samples.append(self.decoder(raw))
             except CorruptSample as exc:
-                counter(exc)
+                losses.corrupt(exc)
                 continue
             if len(samples) == self.batch_size:
-                yield self._collate(samples, worker, taken, counter.count - reported)
-                reported = counter.count
+                yield {**self._collate(samples), **_position(worker, taken, losses, reported)}
+                reported = (losses.samples, losses.shards)
                 samples = []
         # A partial last batch is dropped, as every rank must see full batches of the same size.
-        # Skips counted since the last batch still travel, in a record with no rows.
-        if counter.count > reported:
-            yield {"position": (worker, list(taken)), "num_skipped": counter.count - reported, "num_rows": 0}
+        # Losses counted since the last batch still travel, in a record with no rows.
+        if (losses.samples, losses.shards) != reported:
+            yield {**_position(worker, taken, losses, reported), "num_rows": 0}
 
     @staticmethod
-    def _collate(samples: List[Dict[str, torch.Tensor]], worker: int, taken: List[int],
-                 skipped: int) -> dict:
-        batch: dict = {"position": (worker, list(taken)), "num_skipped": skipped, "num_rows": len(samples)}
+    def _collate(samples: List[Dict[str, torch.Tensor]]) -> dict:
+        batch: dict = {"num_rows": len(samples)}
         for modality in MODALITIES:
             rows = [s.get(modality) for s in samples]
             present = [r is not None for r in rows]

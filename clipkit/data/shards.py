@@ -5,7 +5,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import braceexpand
 
@@ -23,7 +23,10 @@ def _expand(pattern: str, key: str) -> List[str]:
         raise ConfigError(key, "empty shard pattern")
     urls: List[str] = []
     for part in pattern.split("::"):  # webdataset's separator for several patterns in one string
-        urls.extend(os.path.expanduser(u) for u in braceexpand.braceexpand(part.strip()))
+        try:
+            urls.extend(os.path.expanduser(u) for u in braceexpand.braceexpand(part.strip()))
+        except braceexpand.UnbalancedBracesError:
+            raise ConfigError(key, f"unbalanced braces in the shard pattern {part.strip()!r}") from None
     return urls
 
 
@@ -68,18 +71,57 @@ def resolve_sources(spec: Any, key: str = "data.train.shards") -> List[ShardSour
     return sources
 
 
+def shard_sizes(urls: Sequence[str]) -> Dict[str, int]:
+    """Samples per shard, from the ``sizes.json`` files beside them (open_clip's convention), for
+    the local shards that one lists."""
+    sizes: Dict[str, int] = {}
+    listings: Dict[Path, Optional[dict]] = {}
+    for url in urls:
+        if not _is_local(url):
+            continue
+        path = Path(url.removeprefix("file://"))
+        listing_file = path.parent / "sizes.json"
+        if listing_file not in listings:
+            listings[listing_file] = json.loads(listing_file.read_text()) if listing_file.is_file() else None
+        listing = listings[listing_file]
+        if listing is not None and path.name in listing:
+            sizes[url] = int(listing[path.name])
+    return sizes
+
+
 def count_samples(sources: Sequence[ShardSource]) -> Optional[int]:
     """Total samples from ``sizes.json`` files beside the shards, or None where one is missing."""
-    total = 0
-    cache: dict = {}
-    for source in sources:
-        for url in source.urls:
-            path = Path(url.removeprefix("file://"))
-            sizes_file = path.parent / "sizes.json"
-            if sizes_file not in cache:
-                cache[sizes_file] = json.loads(sizes_file.read_text()) if sizes_file.is_file() else None
-            sizes = cache[sizes_file]
-            if sizes is None or path.name not in sizes:
-                return None
-            total += int(sizes[path.name])
-    return total
+    urls = [url for source in sources for url in source.urls]
+    sizes = shard_sizes(urls)
+    return sum(sizes[url] for url in urls) if all(url in sizes for url in urls) else None
+
+
+def first_samples_members(url: str, count: int = 8) -> List[List[str]]:
+    """The member extensions of the first ``count`` samples of a shard, as the training stream
+    groups and names them (unreadable parts are left to the stream, which counts them)."""
+    import webdataset as wds  # the reader is only needed here
+
+    samples = wds.tarfile_to_samples(handler=wds.ignore_and_continue)([{"url": url}])
+    return [sorted(k for k in sample if not k.startswith("__")) for _, sample in zip(range(count), samples)]
+
+
+def check_sources_feed_pairs(sources: Sequence[ShardSource], keys: Dict[str, Sequence[str]],
+                             pairs: Sequence[str], key: str = "data.train.shards") -> None:
+    """Every local source's first samples carry both modalities of some pair of the model (the
+    members ``keys`` names for each modality); else the source trains on nothing, as when
+    ``data.keys.image=[jpg]`` meets shards of ``png``."""
+    for i, source in enumerate(sources):
+        if not source.urls or not _is_local(source.urls[0]):
+            continue
+        url = source.urls[0].removeprefix("file://")
+        members = first_samples_members(url)
+        if not members:
+            continue  # an empty or unreadable first shard: the stream reports it
+        carried = [{m for m, exts in keys.items() if any(e in sample for e in exts)} for sample in members]
+        if any(set(pair.split("_")) <= modalities for pair in pairs for modalities in carried):
+            continue
+        seen = sorted({ext for sample in members for ext in sample})
+        wanted = "; ".join(f"data.keys.{m}={list(keys[m])}" for m in sorted({m for p in pairs for m in p.split("_")}))
+        raise ConfigError(key if len(sources) == 1 else f"{key}[{i}]",
+                          f"the first {len(members)} samples of {url} have members {seen}, which give no pair "
+                          f"of model.pairs={list(pairs)} both its modalities ({wanted})")

@@ -43,21 +43,26 @@ def write_eval_set(
     dataset_type: Optional[str] = None,
 ) -> None:
     """An eval set as ``clip_benchmark_export_wds`` writes it: ROOT/split/{0..N-1}.tar + nshards.txt,
-    ROOT/classnames.txt, ROOT/zeroshot_classification_templates.txt, ROOT/dataset_type.txt."""
+    ROOT/classnames.txt, ROOT/zeroshot_classification_templates.txt, ROOT/dataset_type.txt; and
+    ROOT/split/sizes.json (samples per shard, which CLIP_benchmark ignores), by which evaluation
+    tells when it read fewer samples than the set holds."""
     split_dir = root / split
     split_dir.mkdir(parents=True, exist_ok=True)
-    nshards = 0
+    sizes: Dict[str, int] = {}
     writer: Optional[wds.TarWriter] = None
     for index, sample in enumerate(samples):
         if index % per_shard == 0:
             if writer is not None:
                 writer.close()
-            writer = wds.TarWriter(str(split_dir / f"{nshards}.tar"))
-            nshards += 1
+            name = f"{len(sizes)}.tar"
+            writer = wds.TarWriter(str(split_dir / name))
+            sizes[name] = 0
         writer.write(sample)
+        sizes[name] += 1
     if writer is not None:
         writer.close()
-    (split_dir / "nshards.txt").write_text(f"{nshards}\n")
+    (split_dir / "nshards.txt").write_text(f"{len(sizes)}\n")
+    (split_dir / "sizes.json").write_text(json.dumps(sizes))
     if classnames is not None:
         (root / "classnames.txt").write_text("\n".join(classnames) + "\n")
     if templates is not None:

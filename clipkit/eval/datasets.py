@@ -17,6 +17,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clipkit.config.schema import EvalDatasetConfig
+from clipkit.data.shards import shard_sizes
 from clipkit.errors import ConfigError
 from clipkit.lifetime import data_worker_init
 
@@ -35,6 +36,7 @@ class EvalSet:
     against: str = "text"
     classnames: Optional[List[str]] = None
     templates: Optional[List[str]] = None
+    expected_samples: Optional[int] = None  # from sizes.json beside the shards, if it lists them all
 
 
 def _lines(path: Path) -> List[str]:
@@ -63,7 +65,9 @@ def open_eval_set(name: str, cfg: EvalDatasetConfig) -> EvalSet:
     missing = [s for s in shards if not Path(s).is_file()]
     if missing:
         raise ConfigError(f"{key}.root", f"shard not found: {missing[0]}")
-    eval_set = EvalSet(name, cfg.task, cfg.modality, shards, cfg.against)
+    sizes = shard_sizes(shards)
+    expected = sum(sizes.values()) if len(sizes) == len(shards) else None
+    eval_set = EvalSet(name, cfg.task, cfg.modality, shards, cfg.against, expected_samples=expected)
     if cfg.task == "zeroshot_classification":
         for attr, file in (("classnames", "classnames.txt"),
                            ("templates", "zeroshot_classification_templates.txt")):
@@ -103,7 +107,11 @@ class _EvalStream(IterableDataset):
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, Target]]:
         info = get_worker_info()
         shards = self.shards[info.id::info.num_workers] if info else self.shards
-        for sample in wds.tarfile_to_samples(handler=wds.warn_and_continue)({"url": u} for u in shards):
+        def unreadable(exc: Exception) -> bool:
+            log.warning("eval set %s: skipping unreadable shard data: %s", self.eval_set.name, exc)
+            return True
+
+        for sample in wds.tarfile_to_samples(handler=unreadable)({"url": u} for u in shards):
             try:
                 item = self.loaders[self.eval_set.modality](_member(sample, self.eval_set.modality))
                 if self.eval_set.task == "zeroshot_classification":

@@ -127,7 +127,8 @@ def comparison_table(results: Dict[str, Dict[str, Metrics]]) -> List[str]:
     rows = ["| set | metric | " + " | ".join(runs) + " |", "|---|---|" + "---|" * len(runs)]
     for name, metrics in results[runs[0]].items():
         for key in metrics:
-            if key == "num_samples" or not all(key in results[run].get(name, {}) for run in runs):
+            counts = key in ("num_samples", "missing_samples")
+            if counts or not all(key in results[run].get(name, {}) for run in runs):
                 continue
             rows.append(f"| {name} | {key} | " + " | ".join(f"{results[run][name][key]:.4f}" for run in runs) + " |")
     return rows

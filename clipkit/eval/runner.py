@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 Metrics = Dict[str, float]
 EXAMPLES = 8  # generated captions kept in eval/<set>.json beside the scores
+COUNTS = ("num_samples", "missing_samples")  # in a set's results beside its metrics
 
 
 class Evaluator:
@@ -63,9 +64,10 @@ class Evaluator:
                     metrics, examples = self._captioning(model, eval_set)
                 else:
                     metrics = self._retrieval(model, eval_set)
+                _note_missing_samples(eval_set, metrics)
                 results[eval_set.name] = metrics
                 log.info("eval %s (%.1fs): %s", eval_set.name, time.time() - start,
-                         ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "num_samples"))
+                         ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in COUNTS))
                 if out_dir is not None:
                     out_dir.mkdir(parents=True, exist_ok=True)
                     record = {"dataset": eval_set.name, "task": eval_set.task, "step": step, "metrics": metrics,
@@ -172,6 +174,17 @@ class Evaluator:
         scores = dist_utils.broadcast_object(scores)
         examples = [{"generated": caption, "references": refs} for caption, refs in everything[:EXAMPLES]]
         return {**scores, "num_samples": len(everything)}, examples
+
+
+def _note_missing_samples(eval_set: EvalSet, metrics: Metrics) -> None:
+    """A set that gave fewer samples than its sizes.json lists (corrupt samples, damaged shards)
+    says so in its results: the metrics are over what was read."""
+    missing = (eval_set.expected_samples or 0) - int(metrics["num_samples"])
+    if missing > 0:
+        metrics["missing_samples"] = missing
+        log.warning("eval set %s: %d of its %d samples could not be read (see the warnings above); its "
+                    "metrics are over the other %d", eval_set.name, missing, eval_set.expected_samples,
+                    metrics["num_samples"])
 
 
 def _require_samples(eval_set: EvalSet, count: int) -> None:

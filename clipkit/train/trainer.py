@@ -215,13 +215,14 @@ class Trainer:
         # Per-process loss values differ (local rows); report their mean, the global-batch loss.
         names = sorted(losses)
         reduced = dist_utils.all_reduce_mean(torch.stack([losses[n].float() for n in names])).tolist()
-        skipped = dist_utils.all_reduce_sum(torch.tensor([self.stream.skipped], device=self.device))
+        skipped, unreadable = dist_utils.all_reduce_sum(
+            torch.tensor([self.stream.skipped, self.stream.unreadable_shards], device=self.device)).tolist()
         record = {"step": self.progress.step, "samples_seen": self.progress.samples_seen,
                   "epoch": self.stream.epoch,
                   **{f"loss/{n}": v for n, v in zip(names, reduced)},
                   "lr": self.optimizer.param_groups[0]["lr"],
                   **self.core.scale_metrics(),
-                  "skipped_samples": int(skipped.item()),
+                  "skipped_samples": int(skipped), "unreadable_shards": int(unreadable),
                   "nonfinite_steps": self.nonfinite.read()}
         return {**record, **window.rates(self.global_batch)}
 

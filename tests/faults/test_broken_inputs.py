@@ -1,4 +1,6 @@
-"""Broken eval sets and a wrong export target: one line naming the problem, exit status 2."""
+"""Broken eval sets, sample keys that match nothing and a wrong export target: one line naming
+the problem, exit status 2."""
+import json
 import shutil
 
 import pytest
@@ -55,3 +57,33 @@ def test_export_into_a_file_is_one_line(trained, tmp_path):
     error = one_line_error(run_cli("clipkit-export", [f"checkpoint={trained}", "format=open_clip", f"out={target}"],
                                    tmp_path))
     assert "is a file" in error and target.read_text() == "keep me"
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_sample_keys_that_match_nothing_stop_before_training(small_demo, tmp_path):
+    """data.keys.image=[jpg] on shards of png: the image source would train on nothing."""
+    result = run_cli("clipkit-train", [*demo_overrides(small_demo), f"hydra.run.dir={tmp_path / 'run'}",
+                                       "trainer.max_steps=2", "eval=none", "data.keys.image=[jpg]"], tmp_path)
+    error = one_line_error(result)
+    assert "data.train.shards[0]" in error and "image_text" in error, error
+    assert "['png', 'txt']" in error and "data.keys.image=['jpg']" in error, error
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_an_eval_set_read_short_says_so_in_its_result(trained, small_demo, tmp_path):
+    shapes = tmp_path / "shapes"
+    shutil.copytree(small_demo / "eval" / "shapes", shapes)
+    expected = sum(json.loads((shapes / "test" / "sizes.json").read_text()).values())
+    shard = shapes / "test" / "0.tar"
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 2)
+    result = evaluate(trained, shapes, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "out" / "broken.json").read_text())["metrics"]
+    assert 0 < metrics["missing_samples"] < expected
+    assert metrics["num_samples"] + metrics["missing_samples"] == expected
+    assert f"eval set broken: {metrics['missing_samples']} of its {expected} samples could not be read" in \
+        result.stdout + result.stderr

@@ -52,6 +52,9 @@ def test_tower_fields_are_typed_by_their_registry_entry():
     assert error_line(["model.towers.image.width=wide"]).startswith("model.towers.image.width:")
     assert error_line(["model.towers.image.widht=3"]) == (
         "model.towers.image.widht: Key 'widht' not in 'ViTConfig' (did you mean 'width'?)")
+    assert error_line(["model.towers.image.image_size=-32"]) == "model.towers.image.image_size: must be > 0, got -32"
+    assert error_line(["model.towers.audio.channels=[8,0]"]).startswith("model.towers.audio.channels[1]: must be > 0")
+    check_config(compose_config(["model.towers.audio.num_masks=0"]))  # counts may be 0
 
 
 def test_every_tower_field_can_be_overridden_and_presets_switch_towers():
@@ -71,6 +74,8 @@ def test_missing_and_empty_shards_are_clear_errors(tmp_path):
         resolve_sources(str(tmp_path / "x-{000000..000001}.tar"))
     with pytest.raises(ConfigError, match="empty shard pattern"):
         resolve_sources("")
+    with pytest.raises(ConfigError, match=r"data.train.shards: unbalanced braces in the shard pattern '.*x-\{0..3.tar'"):
+        resolve_sources(str(tmp_path / "x-{0..3.tar"))
 
 
 def test_weighted_sources(tmp_path):

@@ -1,5 +1,6 @@
 import io
 import json
+import tarfile
 
 import pytest
 import torch
@@ -57,6 +58,24 @@ def test_batches_have_every_modality_and_skip_corrupt_samples(shards):
     assert first["image"].shape == (4, 3, 16, 16) and first["text"].shape == (4, 8)
     assert first["has_image"].all() and first["has_text"].all()
     assert sum(r["num_skipped"] for r in records) == 2  # wherever they fell, both are counted
+
+
+def test_lost_samples_are_counted_as_samples_and_cut_shards_named(shards, caplog):
+    """A shard cut inside a tar header ends silently (Python's tarfile stops there), one cut inside
+    a member's data raises: both are named, and every sample either arrives or is counted."""
+    members = tarfile.open(shards / "shard-000001.tar").getmembers()
+    with open(shards / "shard-000001.tar", "r+b") as f:
+        f.truncate(members[8].offset + 100)  # inside the header of sample 14's first member
+    members = tarfile.open(shards / "shard-000002.tar").getmembers()
+    with open(shards / "shard-000002.tar", "r+b") as f:
+        f.truncate(members[12].offset_data + 50)  # inside the data of sample 26's first member
+    records = list(stream(shards, batch_size=1))
+    skipped = sum(r["num_skipped"] for r in records)
+    assert sum(r["num_rows"] for r in records) + skipped == 40
+    assert skipped == 1 + 6 + 4  # sample 5 corrupt; 14-19 (17 among them) and 26-29 cut off
+    assert sum(r["num_unreadable_shards"] for r in records) == 2
+    named = [r.getMessage() for r in caplog.records if "unreadable shard" in r.getMessage()]
+    assert len(named) == 2 and "shard-000001.tar: read 4 of its 10 samples" in named[0]
 
 
 def test_json_captions_are_read(shards):
