@@ -54,17 +54,26 @@ class StreamState:
     taken: Dict[int, List[int]] = field(default_factory=dict)
     skipped: int = 0
     unreadable_shards: int = 0
+    last_worker: int = -1  # the worker of the last record taken in this pass
     replay: Dict[int, List[int]] = field(default_factory=dict)
+    replay_first_worker: int = 0
 
     def consume(self, record: dict) -> None:
         worker, counts = record["position"]
         self.taken[int(worker)] = list(counts)
+        self.last_worker = int(worker)
         self.skipped += record["num_skipped"]
         self.unreadable_shards += record["num_unreadable_shards"]
 
     def state_dict(self) -> Dict[str, object]:
         return {"epoch": self.epoch, "taken": {str(k): v for k, v in self.taken.items()},
-                "skipped": self.skipped, "unreadable_shards": self.unreadable_shards, "workers": self.workers}
+                "last_worker": self.last_worker, "skipped": self.skipped,
+                "unreadable_shards": self.unreadable_shards, "workers": self.workers}
+
+    def next_pass(self) -> None:
+        self.epoch += 1
+        self.taken = {}
+        self.last_worker = -1
 
     def load_process_states(self, states: List[dict], rank: int, world_size: int) -> None:
         """Rank 0 carries the run's counts of skipped samples and unreadable shards. The resumed epoch is replayed
@@ -77,6 +86,10 @@ class StreamState:
             self.epoch += 1
         elif len(states) == world_size and int(states[0]["workers"]) == self.workers:
             self.replay = {int(k): list(v) for k, v in states[rank]["taken"].items()}
+            # The DataLoader takes its workers' records in turn, always from worker 0 first: the
+            # replay starts the turn at the worker after the one that made the last record taken.
+            if self.workers:
+                self.replay_first_worker = (int(states[rank].get("last_worker", -1)) + 1) % self.workers
         elif rank == 0:
             log.warning("processes x data.workers changed (%d x %d -> %d x %d): restarting epoch %d "
                         "from its beginning", len(states), states[0]["workers"], world_size, self.workers,
@@ -199,14 +212,16 @@ def _slot_urls(urls: Sequence[str], epoch: int, seed: int, slot: int, slots: int
 
 class TrainStream(IterableDataset):
     """``skip`` (per worker, raw samples per source) is what a resumed run already consumed of pass
-    ``epoch``, the pass it starts in; later passes are read whole. A resampled stream (shards drawn
+    ``epoch``, the pass it starts in; later passes are read whole. In that pass the DataLoader's
+    worker ``i`` plays worker ``(i + first_worker) % workers``, so that the loader's turn (from its
+    worker 0) goes on where the interrupted run's was. A resampled stream (shards drawn
     with replacement) is endless unless ``pass_samples`` cuts each slot's pass at that many raw
     samples, as open_clip's epochs of a resampled stream are: then a resume replays at most one
     pass."""
 
     def __init__(self, sources: Sequence[ShardSource], decoder: SampleDecoder, batch_size: int,
                  resampled: bool, shuffle_buffer: int, seed: int, epoch: int, rank: int,
-                 world_size: int, skip: Optional[Dict[int, List[int]]] = None,
+                 world_size: int, skip: Optional[Dict[int, List[int]]] = None, first_worker: int = 0,
                  pass_samples: Optional[int] = None) -> None:
         super().__init__()
         self.sources = list(sources)
@@ -221,6 +236,7 @@ class TrainStream(IterableDataset):
         self.world_size = world_size
         self.skip = skip or {}
         self.skip_epoch = epoch
+        self.first_worker = first_worker
         self.sizes = shard_sizes([url for source in self.sources for url in source.urls])
 
     @property
@@ -245,9 +261,11 @@ class TrainStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        slot, slots = self.rank * workers + worker, self.world_size * workers
         epoch = self.epoch
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if epoch == self.skip_epoch:
+            worker = (worker + self.first_worker) % workers
+        slot, slots = self.rank * workers + worker, self.world_size * workers
         losses = _DataLosses(self.sizes)
         streams = [self._raw_source(i, epoch, slot, slots, losses) for i in range(len(self.sources))]
         taken = [0] * len(streams)
@@ -353,5 +371,4 @@ def batches(loader: DataLoader, state: StreamState,
         if produced == 0:
             raise DataError("data.train.shards: a full pass over the shards produced no complete "
                             "batch (too few samples for data.batch_size, or every sample corrupt)")
-        state.epoch += 1
-        state.taken = {}
+        state.next_pass()

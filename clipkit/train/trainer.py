@@ -113,7 +113,8 @@ class Trainer:
         stream = TrainStream(
             self.sources, self.decoder, self.cfg.data.batch_size, self.cfg.data.train.resampled,
             self.cfg.data.train.shuffle_buffer, self.cfg.seed, self.stream.epoch, self.env.rank,
-            self.env.world_size, skip=self.stream.replay, pass_samples=self.pass_samples)
+            self.env.world_size, skip=self.stream.replay, first_worker=self.stream.replay_first_worker,
+            pass_samples=self.pass_samples)
         return make_loader(stream, self.cfg.data.workers, pin_memory=self.device.type == "cuda")
 
     # ------------------------------------------------------------------------------ loop

@@ -13,7 +13,7 @@ from typing import List
 import pytest
 
 from clipkit.train.preemption import EXIT_PREEMPTED
-from tests.conftest import demo_overrides, run_cli
+from tests.conftest import demo_overrides, descendants, run_cli
 
 LAUNCH_TORCHRUN = Path(__file__).resolve().parents[2] / "launch" / "torchrun.sh"
 
@@ -48,17 +48,6 @@ def wait_for_steps(process: subprocess.Popen, run_dir: Path, steps: int, timeout
         assert process.poll() is None, "training ended before it was signalled"
         assert time.time() < deadline, "training did not start"
         time.sleep(0.1)
-
-
-def descendants(pid: int) -> List[int]:
-    """Every process below ``pid`` (torchrun starts its ranks in sessions of their own)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(child) for child in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found + [grandchild for child in found for grandchild in descendants(child)]
 
 
 def alive(pid: int) -> bool:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from clipkit.train import checkpoint as ckpt
-from tests.conftest import demo_overrides, run_cli, run_command, torchrun
+from tests.conftest import demo_overrides, descendants, run_cli, run_command, torchrun
 from tests.integration.dist_harness import PER_RANK, reference
 from tests.integration.test_export import OPEN_CLIP_ZERO_SHOT, first_images
 
@@ -75,23 +75,6 @@ def test_compiled_towers_under_fsdp_match_eager(tmp_path):
         assert abs(got["loss"].item() - expected_loss.item()) <= 1e-5
         assert got["grads"].keys() == expected.keys()
         assert max((got["grads"][n] - expected[n]).abs().max().item() for n in expected) <= 1e-4
-
-
-def descendants(pid: int):
-    """Every process below ``pid`` (torchrun starts each worker in a session of its own)."""
-    children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def read_steps(run_dir: Path):
