@@ -73,6 +73,7 @@ def killed_run(processes: int, args: List[str], run_dir: Path, moment: str, cwd:
     (1, "demo_image_text", 2, False, "save"),
     (1, "demo_image_text", 0, True, "random"),
     (2, "demo", 2, False, "random"),
+    (2, "demo", 0, True, "save"),
 ], ids=lambda v: str(v))
 def test_a_killed_run_resumes_bit_identical(tmp_path, small_demo, processes, experiment, workers, resampled, moment):
     overrides = demo_overrides(small_demo)
