@@ -77,7 +77,11 @@ def requeue_if_asked(signum: int) -> None:
     job = os.environ.get("SLURM_JOB_ID")
     if signum != signal.SIGUSR1 or job is None:
         return
-    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("could not requeue SLURM job %s (scontrol: %s); submit it again to resume", job, exc)
+        return
     if result.returncode == 0:
         log.info("requeued SLURM job %s: it resumes from this checkpoint when it starts again", job)
     else:
