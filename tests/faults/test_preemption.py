@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 import pytest
 
@@ -100,11 +100,16 @@ def test_a_signal_saves_the_step_reached_and_the_next_run_resumes_there(tmp_path
         assert logged_steps(run_dir) == list(range(1, reached + 3))
 
 
-def test_under_torchrun_every_rank_stops_at_the_same_step_when_one_is_signalled(tmp_path, small_demo):
+def start_torchrun(tmp_path: Path, demo: Path) -> Tuple[subprocess.Popen, Path, List[int]]:
+    """``launch/torchrun.sh`` with 2 processes, once it has logged 3 steps; the processes below it."""
     run_dir = tmp_path / "run"
-    process = start(["bash", str(LAUNCH_TORCHRUN), "--nproc", "2", *train_args(small_demo, run_dir, 2000)], tmp_path)
+    process = start(["bash", str(LAUNCH_TORCHRUN), "--nproc", "2", *train_args(demo, run_dir, 2000)], tmp_path)
     wait_for_steps(process, run_dir, 3)
-    started = descendants(process.pid)
+    return process, run_dir, descendants(process.pid)
+
+
+def test_under_torchrun_every_rank_stops_at_the_same_step_when_one_is_signalled(tmp_path, small_demo):
+    process, run_dir, started = start_torchrun(tmp_path, small_demo)
     ranks = [pid for pid in started if Path(f"/proc/{pid}/stat").read_text().split()[3] == str(process.pid)]
     assert len(ranks) == 2  # launch/torchrun.sh execs torchrun, whose children are the ranks
     os.kill(ranks[1], signal.SIGTERM)  # one rank only: the other learns of it and stops at the same step
@@ -119,10 +124,7 @@ def test_under_torchrun_every_rank_stops_at_the_same_step_when_one_is_signalled(
 
 
 def test_torchrun_passes_sigusr1_on(tmp_path, small_demo):
-    run_dir = tmp_path / "run"
-    process = start(["bash", str(LAUNCH_TORCHRUN), "--nproc", "2", *train_args(small_demo, run_dir, 2000)], tmp_path)
-    wait_for_steps(process, run_dir, 3)
-    started = descendants(process.pid)
+    process, run_dir, started = start_torchrun(tmp_path, small_demo)
     os.kill(process.pid, signal.SIGUSR1)  # torchrun alone (by default SIGUSR1 would kill it)
     output = finish(process, tmp_path)
     reached = logged_steps(run_dir)[-1]
@@ -132,10 +134,7 @@ def test_torchrun_passes_sigusr1_on(tmp_path, small_demo):
 
 
 def test_ranks_and_their_data_workers_die_with_a_killed_torchrun(tmp_path, small_demo):
-    run_dir = tmp_path / "run"
-    process = start(["bash", str(LAUNCH_TORCHRUN), "--nproc", "2", *train_args(small_demo, run_dir, 2000)], tmp_path)
-    wait_for_steps(process, run_dir, 3)
-    started = descendants(process.pid)
+    process, run_dir, started = start_torchrun(tmp_path, small_demo)
     assert len(started) >= 4  # 2 ranks, their data workers
     process.kill()  # SIGKILL: torchrun can pass nothing on
     process.wait(timeout=30)
