@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from clipkit.config.validate import CheckedConfig, check_config
 from clipkit.data.demo import write_demo
-from clipkit.data.pipeline import check_reader_slots
+from clipkit.data.pipeline import MODALITIES, check_reader_slots
 from clipkit.distributed import launched, launched_world_size
 from clipkit.errors import ConfigError
 from clipkit.data.shards import ShardSource, check_sources_feed_pairs, resolve_sources
@@ -32,7 +32,7 @@ def check_inputs(checked: CheckedConfig) -> List[ShardSource]:
         raise ConfigError("trainer.parallel", "fsdp needs a process group: start with torchrun or srun "
                           "(torchrun --nproc_per_node=1 for one process)")
     sources = resolve_sources(cfg.data.train.shards)
-    keys = {"image": cfg.data.keys.image, "text": cfg.data.keys.text, "audio": cfg.data.keys.audio}
+    keys = {modality: getattr(cfg.data.keys, modality) for modality in MODALITIES}
     check_sources_feed_pairs(sources, keys, cfg.model.pairs)
     if not cfg.data.train.resampled:
         check_reader_slots(sources, launched_world_size(), cfg.data.workers)

@@ -76,9 +76,9 @@ class StreamState:
         self.last_worker = -1
 
     def load_process_states(self, states: List[dict], rank: int, world_size: int) -> None:
-        """Rank 0 carries the run's counts of skipped samples and unreadable shards. The resumed epoch is replayed
-        exactly when the processes and workers are as saved, else restarted from its beginning;
-        an endless stream continues with fresh draws."""
+        """Rank 0 carries the run's counts of skipped samples and unreadable shards. The resumed
+        epoch is replayed exactly when the processes and workers are as saved, else restarted from
+        its beginning; an endless stream continues with fresh draws."""
         self.epoch = int(states[0]["epoch"])
         self.skipped = sum(int(s["skipped"]) for s in states) if rank == 0 else 0
         self.unreadable_shards = sum(int(s.get("unreadable_shards", 0)) for s in states) if rank == 0 else 0

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import braceexpand
+import webdataset as wds
 
 from clipkit.errors import ConfigError
 
@@ -99,8 +100,6 @@ def count_samples(sources: Sequence[ShardSource]) -> Optional[int]:
 def first_samples_members(url: str, count: int = 8) -> List[List[str]]:
     """The member extensions of the first ``count`` samples of a shard, as the training stream
     groups and names them (unreadable parts are left to the stream, which counts them)."""
-    import webdataset as wds  # the reader is only needed here
-
     samples = wds.tarfile_to_samples(handler=wds.ignore_and_continue)([{"url": url}])
     return [sorted(k for k in sample if not k.startswith("__")) for _, sample in zip(range(count), samples)]
 

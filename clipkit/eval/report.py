@@ -21,6 +21,8 @@ PROJECTION_POINTS = 400
 CURVE_PANELS = (("loss terms", "loss/"), ("learning rate", "lr"), ("logit scales", "logit_scale/"),
                 ("sigmoid scales and biases", "sigmoid_"), ("samples per second", "samples_per_second"))
 
+COUNTS = ("num_samples", "missing_samples")  # in a set's results beside its metrics
+
 
 def _metric_table(name: str, metrics: Metrics) -> List[str]:
     rows = [f"### {name}", "", "| metric | value |", "|---|---|"]
@@ -127,8 +129,7 @@ def comparison_table(results: Dict[str, Dict[str, Metrics]]) -> List[str]:
     rows = ["| set | metric | " + " | ".join(runs) + " |", "|---|---|" + "---|" * len(runs)]
     for name, metrics in results[runs[0]].items():
         for key in metrics:
-            counts = key in ("num_samples", "missing_samples")
-            if counts or not all(key in results[run].get(name, {}) for run in runs):
+            if key in COUNTS or not all(key in results[run].get(name, {}) for run in runs):
                 continue
             rows.append(f"| {name} | {key} | " + " | ".join(f"{results[run][name][key]:.4f}" for run in runs) + " |")
     return rows

@@ -15,6 +15,7 @@ from clipkit.errors import ConfigError, DataError
 from clipkit.eval.captioning import caption_scores
 from clipkit.eval.datasets import EvalSet, Loader, eval_loader, open_eval_set
 from clipkit.eval.geometry import geometry_metrics
+from clipkit.eval.report import COUNTS
 from clipkit.eval.retrieval import retrieval_metrics
 from clipkit.eval.zeroshot import classification_metrics, zero_shot_classifier
 from clipkit.models.generate import decode_caption, generate
@@ -24,7 +25,6 @@ log = logging.getLogger(__name__)
 
 Metrics = Dict[str, float]
 EXAMPLES = 8  # generated captions kept in eval/<set>.json beside the scores
-COUNTS = ("num_samples", "missing_samples")  # in a set's results beside its metrics
 
 
 class Evaluator:
