@@ -48,7 +48,9 @@ def open_clip_config(checked: CheckedConfig, model: MultiModalModel) -> dict:
         model_cfg["vision_cfg"]["output_tokens"] = model_cfg["text_cfg"]["output_tokens"] = True
         model_cfg["multimodal_cfg"] = {"context_length": text.context_length, "vocab_size": text.vocab_size,
                                        "width": text.width, "heads": head.heads, "layers": head.layers}
-    if "image_text" not in model.logit_scales and "image_text" in model.sigmoid_biases:
+    if "image_text" in model.logit_scales:  # so that a model trained from this config starts as clipkit's
+        model_cfg["init_logit_scale"] = checked.cfg.model.init_logit_scale
+    elif "image_text" in model.sigmoid_biases:
         model_cfg["init_logit_bias"] = float(model.sigmoid_biases["image_text"])
     transform = checked.cfg.data.image
     preprocess_cfg = {"size": image.image_size, "mean": list(transform.mean), "std": list(transform.std),
