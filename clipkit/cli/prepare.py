@@ -9,7 +9,8 @@ from omegaconf import DictConfig
 
 from clipkit.config.validate import CheckedConfig, check_config
 from clipkit.data.demo import write_demo
-from clipkit.data.pipeline import MODALITIES, check_reader_slots
+from clipkit.data.decode import MODALITIES
+from clipkit.data.pipeline import check_reader_slots
 from clipkit.distributed import launched, launched_world_size
 from clipkit.errors import ConfigError
 from clipkit.data.shards import ShardSource, check_sources_feed_pairs, resolve_sources

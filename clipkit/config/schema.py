@@ -58,7 +58,8 @@ class TrainDataConfig:
 class ImageTransformConfig:
     mean: List[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
     std: List[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
-    interpolation: str = "bicubic"  # bicubic | bilinear | nearest
+    # bicubic | bilinear | nearest: the eval resize (training crops are bicubic, as open_clip's)
+    interpolation: str = "bicubic"
     resize_mode: str = "shortest"  # shortest | longest | squash (eval resize, as open_clip)
     # RandomResizedCrop scale range for training; eval uses resize + center crop.
     train_crop_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])

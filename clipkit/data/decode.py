@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
 from PIL import Image
 
 from clipkit.config.schema import SampleKeysConfig
+
+
+MODALITIES = ("image", "text", "audio")
 
 
 class CorruptSample(Exception):
@@ -49,30 +52,31 @@ class ImageLoader:
 
 
 class SampleDecoder:
-    """Decodes the modalities a model uses; absent ones are simply not in the output."""
+    """Decodes the modalities a model uses; absent ones are simply not in the output. Captions stay
+    strings until :meth:`collate` tokenises a batch's in one call."""
 
-    def __init__(self, keys: SampleKeysConfig, image_transform: Optional[Callable] = None,
+    def __init__(self, keys: SampleKeysConfig, image_loader: Optional[Callable[[bytes], torch.Tensor]] = None,
                  tokenizer: Optional[Callable] = None, audio_loader: Optional[Callable] = None) -> None:
         self.keys = keys
-        self.image_transform = image_transform
+        self.image_loader = image_loader
         self.tokenizer = tokenizer
         self.audio_loader = audio_loader
 
-    def __call__(self, sample: Dict[str, object]) -> Dict[str, torch.Tensor]:
-        out: Dict[str, torch.Tensor] = {}
+    def __call__(self, sample: Dict[str, object]) -> Dict[str, Union[torch.Tensor, str]]:
+        out: Dict[str, Union[torch.Tensor, str]] = {}
         key = sample.get("__key__", "?")
         try:
-            if self.image_transform is not None:
+            if self.image_loader is not None:
                 ext = _first_member(sample, self.keys.image)
                 if ext is not None:
-                    out["image"] = self.image_transform(decode_image(sample[ext]))
+                    out["image"] = self.image_loader(sample[ext])
             if self.tokenizer is not None:
                 ext = _first_member(sample, self.keys.text)
                 if ext is not None:
                     caption = decode_caption(ext, sample[ext], self.keys.caption_field)
                     if not caption:
                         raise ValueError("empty caption")
-                    out["text"] = self.tokenizer([caption])[0]
+                    out["text"] = caption
             if self.audio_loader is not None:
                 ext = _first_member(sample, self.keys.audio)
                 if ext is not None:
@@ -83,3 +87,22 @@ class SampleDecoder:
             raise CorruptSample(f"sample {key} in {sample.get('__url__', '?')} has none of the "
                                 f"configured members ({', '.join(k for k in sample if not k.startswith('__'))})")
         return out
+
+    def collate(self, samples: List[Dict[str, Union[torch.Tensor, str]]]) -> dict:
+        """Decoded samples -> a batch: per modality the stacked rows (zeros where a row lacks it)
+        and the row mask ``has_<modality>``."""
+        batch: dict = {"num_rows": len(samples)}
+        for modality in MODALITIES:
+            rows = [s.get(modality) for s in samples]
+            present = [r is not None for r in rows]
+            batch[f"has_{modality}"] = torch.tensor(present)
+            if not any(present):
+                continue
+            if modality == "text":
+                tokens = self.tokenizer([r for r in rows if r is not None])
+                batch["text"] = torch.zeros((len(rows), tokens.shape[1]), dtype=tokens.dtype)
+                batch["text"][torch.tensor(present)] = tokens
+            else:
+                template = next(r for r in rows if r is not None)
+                batch[modality] = torch.stack([r if r is not None else torch.zeros_like(template) for r in rows])
+        return batch

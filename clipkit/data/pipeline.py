@@ -39,9 +39,6 @@ from clipkit.lifetime import data_worker_init
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("image", "text", "audio")
-
-
 @dataclass
 class StreamState:
     """Where this process's stream is: the epoch, the raw samples taken per source by each
@@ -280,7 +277,7 @@ class TrainStream(IterableDataset):
         losses.muted = False
         weights = [source.weight for source in self.sources]
         exhausted: Set[int] = set()
-        samples: List[Dict[str, torch.Tensor]] = []
+        samples: List[dict] = []
         reported = (0, 0)
         while len(exhausted) < len(streams) and (self.pass_samples is None or sum(taken) < self.pass_samples):
             position = sum(taken)  # raw samples this slot took before this one, in this pass
@@ -298,26 +295,13 @@ class TrainStream(IterableDataset):
                 losses.corrupt(exc)
                 continue
             if len(samples) == self.batch_size:
-                yield {**self._collate(samples), **_position(worker, taken, losses, reported)}
+                yield {**self.decoder.collate(samples), **_position(worker, taken, losses, reported)}
                 reported = (losses.samples, losses.shards)
                 samples = []
         # A partial last batch is dropped, as every rank must see full batches of the same size.
         # Losses counted since the last batch still travel, in a record with no rows.
         if (losses.samples, losses.shards) != reported:
             yield {**_position(worker, taken, losses, reported), "num_rows": 0}
-
-    @staticmethod
-    def _collate(samples: List[Dict[str, torch.Tensor]]) -> dict:
-        batch: dict = {"num_rows": len(samples)}
-        for modality in MODALITIES:
-            rows = [s.get(modality) for s in samples]
-            present = [r is not None for r in rows]
-            batch[f"has_{modality}"] = torch.tensor(present)
-            if not any(present):
-                continue
-            template = next(r for r in rows if r is not None)
-            batch[modality] = torch.stack([r if r is not None else torch.zeros_like(template) for r in rows])
-        return batch
 
 
 def check_reader_slots(sources: Sequence[ShardSource], world_size: int, workers: int) -> None:

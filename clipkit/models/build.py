@@ -9,7 +9,8 @@ import torch
 from clipkit.config.validate import CheckedConfig
 from clipkit.data.audio import AudioLoader
 from clipkit.data.decode import ImageLoader
-from clipkit.data.transforms import build_image_transform
+from clipkit.data.image_crop import ImageNormalizer
+from clipkit.data.transforms import build_image_transform, build_train_image_loader
 from clipkit.config.schema import LossConfig, ModelConfig
 from clipkit.models.multimodal import MultiModalModel, PairParameters, build_model
 from clipkit.models.towers.text import build_tokenizer
@@ -21,12 +22,14 @@ class ModelBundle:
 
     model: MultiModalModel
     tokenizer: Optional[Callable]
-    train_image_transform: Optional[Callable]
+    train_image_loader: Optional[Callable[[bytes], torch.Tensor]]  # uint8 crops, normalised on device
     eval_image_transform: Optional[Callable]
     train_audio_loader: Optional[Callable]
     eval_audio_loader: Optional[Callable]
     input_shapes: Dict[str, Tuple[int, ...]]  # one sample's input, per modality
     input_dtypes: Dict[str, torch.dtype]
+    # per modality, what turns a training batch's rows into model inputs on the training device
+    on_device: Dict[str, Callable[[torch.Tensor], torch.Tensor]]
 
     def eval_loaders(self) -> Dict[str, Callable[[bytes], torch.Tensor]]:
         """Per modality the model encodes (text aside): a sample member's bytes -> eval input."""
@@ -61,7 +64,7 @@ def build_bundle(checked: CheckedConfig, device: torch.device) -> ModelBundle:
     return ModelBundle(
         model=model,
         tokenizer=build_tokenizer(text) if text is not None else None,
-        train_image_transform=build_image_transform(cfg.data.image, image.image_size, True) if image else None,
+        train_image_loader=build_train_image_loader(cfg.data.image, image.image_size) if image else None,
         eval_image_transform=build_image_transform(cfg.data.image, image.image_size, False) if image else None,
         train_audio_loader=AudioLoader(audio.sample_rate, audio.clip_samples, train=True) if audio else None,
         eval_audio_loader=AudioLoader(audio.sample_rate, audio.clip_samples, train=False) if audio else None,
@@ -69,4 +72,5 @@ def build_bundle(checked: CheckedConfig, device: torch.device) -> ModelBundle:
                       **({"text": (text.context_length,)} if text else {}),
                       **({"audio": (audio.clip_samples,)} if audio else {})},
         input_dtypes={"image": torch.float32, "text": torch.long, "audio": torch.float32},
+        on_device={"image": ImageNormalizer(cfg.data.image.mean, cfg.data.image.std)} if image else {},
     )

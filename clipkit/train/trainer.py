@@ -71,7 +71,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.sched)
         self.evaluator = Evaluator(cfg.eval, self.bundle.eval_loaders(), self.bundle.tokenizer,
                                    self.device, self.autocast, env)
-        self.decoder = SampleDecoder(cfg.data.keys, self.bundle.train_image_transform, self.bundle.tokenizer,
+        self.decoder = SampleDecoder(cfg.data.keys, self.bundle.train_image_loader, self.bundle.tokenizer,
                                      self.bundle.train_audio_loader)
         self.pass_samples = self._pass_samples()
         self.stream = StreamState(workers=cfg.data.workers,
@@ -180,8 +180,9 @@ class Trainer:
     def _inputs(self, batch: dict) -> Dict[str, torch.Tensor]:
         """Every modality of the model; one that no row of the batch carries comes as zeros."""
         rows = batch["num_rows"]
-        return {m: to_device_async(batch[m] if m in batch else self.bundle.empty_inputs(m, rows), self.device)
-                for m in self.core.modalities}
+        inputs = {m: to_device_async(batch[m] if m in batch else self.bundle.empty_inputs(m, rows), self.device)
+                  for m in self.core.modalities}
+        return {m: self.bundle.on_device[m](x) if m in self.bundle.on_device else x for m, x in inputs.items()}
 
     def _present(self, batch: dict) -> Dict[str, torch.Tensor]:
         """The row masks, left on the host (see forward_backward); with a caption head also the

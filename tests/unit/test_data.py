@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 
 from clipkit.config.schema import ImageTransformConfig, SampleKeysConfig
-from clipkit.data.decode import SampleDecoder
+from clipkit.data.decode import ImageLoader, SampleDecoder
 from clipkit.data.pipeline import StreamState, TrainStream, batches, make_loader, seeded_draws
 from clipkit.data.shards import count_samples, resolve_sources
-from clipkit.data.transforms import build_image_transform
+from clipkit.data.transforms import build_image_transform, build_train_image_loader
 from clipkit.data.write import write_shards
 from clipkit.errors import DataError
 from clipkit.models.towers.text import TextTransformerConfig, build_tokenizer
@@ -33,8 +33,7 @@ def make_samples(n, corrupt=()):
 
 
 def decoder(context_length=8):
-    return SampleDecoder(SampleKeysConfig(),
-                         build_image_transform(ImageTransformConfig(), 16, train=False),
+    return SampleDecoder(SampleKeysConfig(), ImageLoader(build_image_transform(ImageTransformConfig(), 16, train=False)),
                          build_tokenizer(TextTransformerConfig(context_length=context_length)))
 
 
@@ -160,7 +159,7 @@ def test_a_resumed_stream_is_bit_identical_with_workers_augmentation_and_mixing(
         write_shards(samples, tmp_path, name, per_shard)
     sources = resolve_sources([{"shards": str(tmp_path / "a-{000000..000003}.tar"), "weight": 2},
                                {"shards": str(tmp_path / "b-{000000..000001}.tar"), "weight": 1}])
-    train_decoder = SampleDecoder(SampleKeysConfig(), build_image_transform(ImageTransformConfig(), 16, train=True),
+    train_decoder = SampleDecoder(SampleKeysConfig(), build_train_image_loader(ImageTransformConfig(), 16),
                                   build_tokenizer(TextTransformerConfig(context_length=8)))
 
     def run(skip=None):
