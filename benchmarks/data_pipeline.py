@@ -1,5 +1,6 @@
 """Training-loader throughput: clipkit's against open_clip_train's, per second and per CPU-second.
 
+    pip install -e ".[bench]"                            # once: scikit-image, for its photographs
     python benchmarks/parity_open_clip.py --setup        # once: .parity-venv with open_clip_train
     python benchmarks/data_pipeline.py [--workers 0 1 2] [--batches 30] [--repeats 3] [--shards PATTERN]
 

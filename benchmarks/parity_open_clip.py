@@ -18,7 +18,9 @@ into the same layout) and scored by CLIP_benchmark in that environment, in fp32 
 trained (``--no_amp``: by default CLIP_benchmark runs under bf16 autocast, on CPU too); clipkit's is
 also scored by ``clipkit-eval`` (the two must agree). Printed per side: acc1 mean, spread (max - min) and values,
 wall and CPU seconds of the training command. ``--clipkit KEY=VALUE`` adds overrides to clipkit's
-side only, for ablations.
+side only, for ablations. Both models start from the same initial logit scale (model=tiny's ln 7,
+written into open_clip's model config as clipkit-export writes it); ``--open-clip-own-init`` gives
+open_clip_train its own (ln 1/0.07), as a user running it unchanged gets.
 """
 from __future__ import annotations
 
@@ -210,6 +212,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="passes over the training set (default: 15 digits, 1 demo)")
     parser.add_argument("--sides", nargs="+", choices=["clipkit", "open_clip"], default=["clipkit", "open_clip"])
     parser.add_argument("--clipkit", nargs="*", default=[], help="extra overrides for clipkit's side")
+    parser.add_argument("--open-clip-own-init", action="store_true",
+                        help="open_clip's initial logit scale (ln 1/0.07) instead of the model's (model=tiny: ln 7)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "parity")
     args = parser.parse_args()
     if args.setup:
@@ -219,6 +223,8 @@ def main() -> None:
     shards, samples, eval_root, image_size, patch = data_set(args.set, args.out)
     overrides = clipkit_overrides(shards, samples, image_size, patch, epochs)
     config = open_clip_model_config(overrides)
+    if args.open_clip_own_init:
+        config["model_cfg"].pop("init_logit_scale", None)
     configs = Path(subprocess.run([str(VENV / "bin" / "python"), "-c", "import open_clip, os; "
                                    "print(os.path.dirname(open_clip.__file__))"], capture_output=True, text=True,
                                   check=True).stdout.strip()) / "model_configs"
@@ -227,7 +233,8 @@ def main() -> None:
     results: Dict[str, Dict[str, List[float]]] = {side: {"acc1": [], "wall": [], "cpu": []} for side in args.sides}
     for seed in args.seeds:
         for side in args.sides:
-            work = args.out / args.set / (f"clipkit_{tag}" if side == "clipkit" else "open_clip") / f"seed{seed}"
+            own = "open_clip_own_init" if args.open_clip_own_init else "open_clip"
+            work = args.out / args.set / (f"clipkit_{tag}" if side == "clipkit" else own) / f"seed{seed}"
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             if side == "clipkit":
@@ -241,7 +248,8 @@ def main() -> None:
             print(line, flush=True)
             for key, value in (("acc1", acc1), ("wall", wall), ("cpu", cpu)):
                 results[side][key].append(value)
-    print(f"\n{args.set}, {epochs} epoch(s), seeds {args.seeds}, clipkit overrides: {args.clipkit or 'none'}")
+    print(f"\n{args.set}, {epochs} epoch(s), seeds {args.seeds}, clipkit overrides: {args.clipkit or 'none'}, "
+          f"open_clip's initial logit scale: {'its own' if args.open_clip_own_init else 'as clipkit'}")
     for side, r in results.items():
         print(f"{side:<10} acc1 {summary(r['acc1'])}; wall {statistics.mean(r['wall']):.0f} s, "
               f"CPU {statistics.mean(r['cpu']):.0f} s")
