@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from typing import Callable
 
-from open_clip.transform import AugmentationCfg, image_transform
+from open_clip.transform import image_transform
 
 from clipkit.config.schema import ImageTransformConfig
 from clipkit.data.image_crop import TrainImageDecoder
 
 
-def build_image_transform(cfg: ImageTransformConfig, image_size: int, train: bool) -> Callable:
-    """Train: random resized crop; eval: resize + center crop. Both end in mean/std normalisation."""
-    return image_transform(
-        image_size, is_train=train, mean=tuple(cfg.mean), std=tuple(cfg.std),
-        resize_mode=cfg.resize_mode, interpolation=cfg.interpolation,
-        aug_cfg=AugmentationCfg(scale=tuple(cfg.train_crop_scale)),
-    )
+def build_eval_image_transform(cfg: ImageTransformConfig, image_size: int) -> Callable:
+    """PIL image -> float tensor: resize, centre crop, mean/std normalisation (open_clip's)."""
+    return image_transform(image_size, is_train=False, mean=tuple(cfg.mean), std=tuple(cfg.std),
+                           resize_mode=cfg.resize_mode, interpolation=cfg.interpolation)
 
 
 def build_train_image_loader(cfg: ImageTransformConfig, image_size: int) -> TrainImageDecoder:

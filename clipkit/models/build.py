@@ -10,7 +10,7 @@ from clipkit.config.validate import CheckedConfig
 from clipkit.data.audio import AudioLoader
 from clipkit.data.decode import ImageLoader
 from clipkit.data.image_crop import ImageNormalizer
-from clipkit.data.transforms import build_image_transform, build_train_image_loader
+from clipkit.data.transforms import build_eval_image_transform, build_train_image_loader
 from clipkit.config.schema import LossConfig, ModelConfig
 from clipkit.models.multimodal import MultiModalModel, PairParameters, build_model
 from clipkit.models.towers.text import build_tokenizer
@@ -65,7 +65,7 @@ def build_bundle(checked: CheckedConfig, device: torch.device) -> ModelBundle:
         model=model,
         tokenizer=build_tokenizer(text) if text is not None else None,
         train_image_loader=build_train_image_loader(cfg.data.image, image.image_size) if image else None,
-        eval_image_transform=build_image_transform(cfg.data.image, image.image_size, False) if image else None,
+        eval_image_transform=build_eval_image_transform(cfg.data.image, image.image_size) if image else None,
         train_audio_loader=AudioLoader(audio.sample_rate, audio.clip_samples, train=True) if audio else None,
         eval_audio_loader=AudioLoader(audio.sample_rate, audio.clip_samples, train=False) if audio else None,
         input_shapes={**({"image": (3, image.image_size, image.image_size)} if image else {}),

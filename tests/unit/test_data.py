@@ -10,7 +10,7 @@ from clipkit.config.schema import ImageTransformConfig, SampleKeysConfig
 from clipkit.data.decode import ImageLoader, SampleDecoder
 from clipkit.data.pipeline import StreamState, TrainStream, batches, make_loader, seeded_draws
 from clipkit.data.shards import count_samples, resolve_sources
-from clipkit.data.transforms import build_image_transform, build_train_image_loader
+from clipkit.data.transforms import build_eval_image_transform, build_train_image_loader
 from clipkit.data.write import write_shards
 from clipkit.errors import DataError
 from clipkit.models.towers.text import TextTransformerConfig, build_tokenizer
@@ -33,7 +33,7 @@ def make_samples(n, corrupt=()):
 
 
 def decoder(context_length=8):
-    return SampleDecoder(SampleKeysConfig(), ImageLoader(build_image_transform(ImageTransformConfig(), 16, train=False)),
+    return SampleDecoder(SampleKeysConfig(), ImageLoader(build_eval_image_transform(ImageTransformConfig(), 16)),
                          build_tokenizer(TextTransformerConfig(context_length=context_length)))
 
 
