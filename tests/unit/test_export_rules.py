@@ -76,3 +76,28 @@ def test_a_timm_image_tower_exports_with_the_same_embeddings(tmp_path):
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert (loaded.encode_image(images, normalize=True) - model.encode("image", images)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("interpolation,resize_mode", [("bicubic", "shortest"), ("bilinear", "longest"),
+                                                       ("bicubic", "squash")])
+def test_eval_preprocessing_is_what_open_clip_builds_from_the_export_bit_for_bit(interpolation, resize_mode):
+    """clipkit-eval's image input equals what open_clip (and so CLIP_benchmark) makes of the same
+    image from the exported preprocess_cfg, so an exported model scores the same there."""
+    import io
+
+    import numpy as np
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    from PIL import Image
+
+    from clipkit.export.open_clip import open_clip_config
+
+    checked, built = bundle(["experiment=demo_image_text", *TINY_MODEL, "eval=none",
+                             f"data.image.interpolation={interpolation}", f"data.image.resize_mode={resize_mode}"])
+    theirs = image_transform_v2(PreprocessCfg(**open_clip_config(checked, built.model)["preprocess_cfg"]),
+                                is_train=False)
+    rng = np.random.default_rng(0)
+    for width, height in ((57, 40), (33, 90)):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+        ours = built.eval_loaders()["image"](buffer.getvalue())
+        assert torch.equal(ours, theirs(Image.open(io.BytesIO(buffer.getvalue()))))
