@@ -18,9 +18,10 @@ into the same layout) and scored by CLIP_benchmark in that environment, in fp32 
 trained (``--no_amp``: by default CLIP_benchmark runs under bf16 autocast, on CPU too); clipkit's is
 also scored by ``clipkit-eval`` (the two must agree). Printed per side: acc1 mean, spread (max - min) and values,
 wall and CPU seconds of the training command. ``--clipkit KEY=VALUE`` adds overrides to clipkit's
-side only, for ablations. Both models start from the same initial logit scale (model=tiny's ln 7,
-written into open_clip's model config as clipkit-export writes it); ``--open-clip-own-init`` gives
-open_clip_train its own (ln 1/0.07), as a user running it unchanged gets.
+side, for ablations; those of the model (``model.*``: towers, embedding, initial logit scale) also
+shape open_clip's model config (as clipkit-export writes it), so both sides train the same model,
+unless ``--open-clip-own-init`` keeps open_clip_train's own initial logit scale (ln 1/0.07). The
+digits runs of the README set ``--clipkit model.init_logit_scale=1.9459`` (ln 7).
 """
 from __future__ import annotations
 
@@ -213,7 +214,7 @@ def main() -> None:
     parser.add_argument("--sides", nargs="+", choices=["clipkit", "open_clip"], default=["clipkit", "open_clip"])
     parser.add_argument("--clipkit", nargs="*", default=[], help="extra overrides for clipkit's side")
     parser.add_argument("--open-clip-own-init", action="store_true",
-                        help="open_clip's initial logit scale (ln 1/0.07) instead of the model's (model=tiny: ln 7)")
+                        help="open_clip's initial logit scale (ln 1/0.07) whatever model.init_logit_scale says")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "parity")
     args = parser.parse_args()
     if args.setup:
@@ -222,7 +223,7 @@ def main() -> None:
     epochs = args.epochs or (15 if args.set == "digits" else 1)
     shards, samples, eval_root, image_size, patch = data_set(args.set, args.out)
     overrides = clipkit_overrides(shards, samples, image_size, patch, epochs)
-    config = open_clip_model_config(overrides)
+    config = open_clip_model_config([*overrides, *args.clipkit])  # model overrides shape both sides' model
     if args.open_clip_own_init:
         config["model_cfg"].pop("init_logit_scale", None)
     configs = Path(subprocess.run([str(VENV / "bin" / "python"), "-c", "import open_clip, os; "
