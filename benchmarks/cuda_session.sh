@@ -7,6 +7,7 @@
 #   step      benchmarks/train_step_vs_open_clip.py, eager, ViT-B/16 @256 and ViT-B/32 @512, bf16
 #   compiled_b16, compiled_b32  the same model with --compile
 #   pipeline  benchmarks/train_pipeline.py on JPEG shards, all CPU cores as data workers
+#   pipeline_gpu_decode  the same with data.decode_device=cuda (nvJPEG), and with 2 workers only
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -24,7 +25,7 @@ step() {  # model batch extra-args...
 for phase in "$@"; do
     echo "=== $phase $(date +%T)"
     case $phase in
-        tests) timeout 340 python3 -m pytest -m cuda -v --durations=0 -p no:cacheprovider tests/gpu tests/unit/test_compile.py \
+        tests) timeout 340 python3 -m pytest -m cuda -v --durations=0 -p no:cacheprovider tests/gpu tests/unit/test_compile.py tests/unit/test_device_decode.py \
                    2>&1 | tee "$OUT/tests.log" | tail -25 ;;
         compile_tests) timeout 270 python3 -m pytest -m cuda -v --durations=0 -p no:cacheprovider tests/unit/test_compile.py \
                    2>&1 | tee "$OUT/compile_tests.log" | tail -8 ;;
@@ -35,6 +36,12 @@ for phase in "$@"; do
                       set -- $model_batch
                       timeout 280 python3 benchmarks/train_pipeline.py --model "$1" --batch "$2" \
                           --shards /tmp/photos --steps 80 2>&1 | tee -a "$OUT/pipeline.log" | tail -4
+                  done ;;
+        pipeline_gpu_decode) for workers in 16 2; do
+                      for decode in cpu cuda; do
+                          timeout 200 python3 benchmarks/train_pipeline.py --model vit_b32 --batch 512 --workers $workers \
+                              --decode-device $decode --shards /tmp/photos --steps 80 2>&1 | tee -a "$OUT/pipeline.log" | tail -2
+                      done
                   done ;;
     esac
 done

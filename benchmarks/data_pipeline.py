@@ -3,6 +3,7 @@
     pip install -e ".[bench]"                            # once: scikit-image, for its photographs
     python benchmarks/parity_open_clip.py --setup        # once: .parity-venv with open_clip_train
     python benchmarks/data_pipeline.py [--workers 0 1 2] [--batches 30] [--repeats 3] [--shards PATTERN]
+                                       [--decode-device cuda]   # with a GPU: clipkit's nvJPEG path
 
 The shards: unless ``--shards`` names others, webdataset shards of real photographs, written once
 into ``--out``: scikit-image's sample photographs (astronaut, coffee, chelsea, rocket, Hubble deep
@@ -115,11 +116,12 @@ def rate(batches, count: int, rows: Callable[[object], int]) -> Dict[str, float]
     return {"samples_per_s": samples / wall, "samples_per_cpu_s": samples / cpu}
 
 
-def clipkit_parts():
+def clipkit_parts(decode_device: str = "cpu"):
     import torch
 
     from clipkit.config.schema import ImageTransformConfig, SampleKeysConfig
     from clipkit.data.decode import SampleDecoder
+    from clipkit.data.device_decode import DeviceImages
     from clipkit.data.image_crop import ImageNormalizer
     from clipkit.data.transforms import build_train_image_loader
     from clipkit.models.towers.text import TextTransformerConfig, build_tokenizer
@@ -127,23 +129,29 @@ def clipkit_parts():
     torch.set_num_threads(1)  # the normalisation stands in for the device's: one core, as the rest
     image = ImageTransformConfig(mean=list(MEAN), std=list(STD), train_crop_scale=list(SCALE))
     tokenizer = build_tokenizer(TextTransformerConfig(context_length=CONTEXT))
-    return SampleDecoder(SampleKeysConfig(), build_train_image_loader(image, SIZE), tokenizer), \
-        ImageNormalizer(MEAN, STD)
+    return SampleDecoder(SampleKeysConfig(), build_train_image_loader(image, SIZE, decode_device), tokenizer), \
+        DeviceImages(SIZE, ImageNormalizer(MEAN, STD), torch.device(decode_device))
 
 
-def measure_clipkit(shards: str, workers: int, count: int) -> Dict[str, float]:
+def measure_clipkit(shards: str, workers: int, count: int, decode_device: str = "cpu") -> Dict[str, float]:
+    """With ``decode_device=cuda`` the GPU decodes (data.decode_device=cuda) and each batch waits
+    for it, as a training step that uses the batch would."""
+    import torch
+
     from clipkit.data.pipeline import TrainStream, make_loader
     from clipkit.data.shards import resolve_sources
 
-    decoder, normalize = clipkit_parts()
+    decoder, to_device = clipkit_parts(decode_device)
     stream = TrainStream(resolve_sources(shards), decoder, BATCH, resampled=True, shuffle_buffer=1000, seed=0,
                          epoch=0, rank=0, world_size=1)
 
     def rows(batch) -> int:
-        normalize(batch["image"])
+        to_device(batch["image"], batch["has_image"])
+        if decode_device == "cuda":
+            torch.cuda.synchronize()
         return batch["num_rows"]
 
-    return rate(iter(make_loader(stream, workers)), count, rows)
+    return rate(iter(make_loader(stream, workers, pin_memory=decode_device == "cuda")), count, rows)
 
 
 def open_clip_parts():
@@ -195,7 +203,7 @@ def breakdown(side: str, shards: str, samples: int) -> Dict[str, float]:
     captions = [r["txt"].decode() for r in raw]
     torch.manual_seed(0)
     if side == "clipkit":
-        decoder, normalize = clipkit_parts()
+        decoder, to_device = clipkit_parts()
         loader = decoder.image_loader
         decoded: list = []
         ms["decode"] = per_sample_ms(lambda: decoded.extend(loader.decode(data) for data in images), samples)
@@ -204,8 +212,8 @@ def breakdown(side: str, shards: str, samples: int) -> Dict[str, float]:
         rows = [{"image": crop, "text": caption} for crop, caption in zip(crops, captions)]
         ms["tokenise+collate"] = per_sample_ms(
             lambda: [decoder.collate(rows[i:i + BATCH]) for i in range(0, samples, BATCH)], samples)
-        batch = torch.stack(crops[:BATCH])
-        ms["augment"] += per_sample_ms(lambda: [normalize(batch) for _ in range(samples // BATCH)], samples)
+        batch, present = torch.stack(crops[:BATCH]), torch.ones(BATCH, dtype=torch.bool)
+        ms["augment"] += per_sample_ms(lambda: [to_device(batch, present) for _ in range(samples // BATCH)], samples)
     else:
         from PIL import Image
         from webdataset.filters import default_collation_fn
@@ -253,6 +261,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--breakdown-samples", type=int, default=512)
+    parser.add_argument("--decode-device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: clipkit decodes on the GPU (data.decode_device=cuda); open_clip as ever")
     parser.add_argument("--side", choices=["clipkit", "open_clip"], help=argparse.SUPPRESS)
     parser.add_argument("--measure-workers", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -260,19 +270,21 @@ def main() -> None:
         if args.measure_workers is None:
             print(json.dumps(breakdown(args.side, args.shards, args.breakdown_samples)))
         else:
-            measure = measure_clipkit if args.side == "clipkit" else measure_open_clip
-            print(json.dumps(measure(args.shards, args.measure_workers, args.batches)))
+            print(json.dumps(measure_clipkit(args.shards, args.measure_workers, args.batches, args.decode_device)
+                             if args.side == "clipkit" else
+                             measure_open_clip(args.shards, args.measure_workers, args.batches)))
         return
     if not PARITY_PYTHON.is_file():
         sys.exit(f"no {PARITY_PYTHON}: run `python benchmarks/parity_open_clip.py --setup` first")
     shards = args.shards or write_photo_shards(args.out, args.images)
-    print(f"shards {shards}; batch {BATCH}, {SIZE} px, {args.batches} batches per measurement\n", flush=True)
+    print(f"shards {shards}; batch {BATCH}, {SIZE} px, {args.batches} batches per measurement; clipkit decodes "
+          f"on the {args.decode_device}\n", flush=True)
     figures: Dict[tuple, List[dict]] = {}
     for repeat in range(args.repeats):
         for workers in args.workers:
             for side in (("clipkit", "open_clip") if repeat % 2 == 0 else ("open_clip", "clipkit")):
                 figure = run_side(side, "--shards", shards, "--measure-workers", str(workers),
-                                  "--batches", str(args.batches))
+                                  "--batches", str(args.batches), "--decode-device", args.decode_device)
                 figures.setdefault((workers, side), []).append(figure)
                 print(f"repeat {repeat} workers {workers} {side:<9}: {figure['samples_per_s']:.1f} samples/s, "
                       f"{figure['samples_per_cpu_s']:.1f} per CPU-second", flush=True)

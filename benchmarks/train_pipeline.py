@@ -1,7 +1,7 @@
 """Whole-pipeline throughput: does the data loader or the accelerator set the pace of clipkit-train?
 
     python benchmarks/train_pipeline.py --model vit_b32 --batch 512 --precision bf16 [--compile]
-        [--workers N] [--steps 60] [--shards DIR] [--images 4096]
+        [--workers N] [--steps 60] [--shards DIR] [--images 4096] [--decode-device cuda]
 
 Writes (once) webdataset shards of photo-like JPEGs, 400-640 px a side, quality 90, with captions
 (smooth colour fields, texture noise and shapes: as costly to decode as photographs of that size,
@@ -74,7 +74,7 @@ def shard_pattern(out: Path) -> str:
 def overrides(args: argparse.Namespace) -> List[str]:
     return ["experiment=demo_image_text", f"model={args.model}", "data=webdataset", "eval=none",
             f"data.train.shards='{shard_pattern(args.shards)}'", "data.train.resampled=true",
-            f"data.batch_size={args.batch}", f"data.workers={args.workers}"]
+            f"data.batch_size={args.batch}", f"data.workers={args.workers}", f"data.decode_device={args.decode_device}"]
 
 
 def loader_alone(args: argparse.Namespace, batches: int) -> float:
@@ -126,6 +126,9 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--decode-device", default="cpu", choices=["cpu", "cuda"],
+                        help="where JPEGs are decoded (data.decode_device); with cuda the loader alone only reads "
+                             "headers and draws crops")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--loader-batches", type=int, default=20)
     parser.add_argument("--shards", type=Path, default=Path("runs/bench_photos"))
@@ -138,6 +141,7 @@ def main() -> None:
     print(f"loader alone, {args.workers} workers: {loader:.0f} samples/s", flush=True)
     train = train_run(args)
     print(f"clipkit-train {args.model} batch {args.batch} {args.precision} compile={args.compile}, "
+          f"decode on {args.decode_device}, "
           f"{args.workers} workers: {train['samples_per_second']:.0f} samples/s "
           f"(windows {train['all_windows']}), waiting for data {100 * train['data_wait_share']:.0f}% of the time")
 

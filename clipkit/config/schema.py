@@ -81,6 +81,9 @@ class DataConfig:
     batch_size: int = 64  # per process
     workers: int = 2
     image: ImageTransformConfig = field(default_factory=ImageTransformConfig)
+    # Where training JPEGs are decoded: cpu (in the data workers) | cuda (on the training GPU, with
+    # nvJPEG: for hosts short of CPU cores; see clipkit.data.device_decode)
+    decode_device: str = "cpu"
     keys: SampleKeysConfig = field(default_factory=SampleKeysConfig)
     # When set, the built-in demo data set is generated here first if it is absent.
     demo_root: Optional[str] = None

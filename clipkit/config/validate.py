@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -128,6 +129,7 @@ def check_config(raw: DictConfig) -> CheckedConfig:
     _positive("data.train.shuffle_buffer", data.train.shuffle_buffer, allow_zero=True)
     if len(data.image.mean) != 3 or len(data.image.std) != 3:
         raise ConfigError("data.image.mean", "mean and std need 3 values (RGB)")
+    _check_decode_device(data.decode_device, cfg.trainer.device)
 
     trainer = cfg.trainer
     if (trainer.max_steps is None) == (trainer.epochs is None):
@@ -175,6 +177,15 @@ def check_config(raw: DictConfig) -> CheckedConfig:
             raise ConfigError(f"eval.datasets.{name}.task", f"captioning {dataset.modality} needs "
                               f"'{dataset.modality}' in model.caption.sources {cfg.model.caption.sources}")
     return CheckedConfig(cfg, towers)
+
+
+def _check_decode_device(decode_device: str, training_device: str) -> None:
+    if decode_device not in ("cpu", "cuda"):
+        raise ConfigError("data.decode_device", f"'{decode_device}' is not one of cpu, cuda")
+    if decode_device == "cuda" and (training_device == "cpu" or not torch.cuda.is_available()):
+        where = "trainer.device=cpu" if training_device == "cpu" else "no CUDA device is available"
+        raise ConfigError("data.decode_device", f"cuda decodes JPEGs on the training GPU, but {where}; "
+                          "use data.decode_device=cpu")
 
 
 def _check_generation(generation: GenerationConfig) -> None:

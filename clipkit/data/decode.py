@@ -89,19 +89,23 @@ class SampleDecoder:
         return out
 
     def collate(self, samples: List[Dict[str, Union[torch.Tensor, str]]]) -> dict:
-        """Decoded samples -> a batch: per modality the stacked rows (zeros where a row lacks it)
-        and the row mask ``has_<modality>``."""
+        """Decoded samples -> a batch: per modality the stacked rows (zeros where a row lacks it;
+        a loader with a ``collate`` of its own makes its modality's) and the row mask
+        ``has_<modality>``."""
         batch: dict = {"num_rows": len(samples)}
+        loaders = {"image": self.image_loader, "audio": self.audio_loader}
         for modality in MODALITIES:
             rows = [s.get(modality) for s in samples]
-            present = [r is not None for r in rows]
-            batch[f"has_{modality}"] = torch.tensor(present)
-            if not any(present):
+            present = torch.tensor([r is not None for r in rows])
+            batch[f"has_{modality}"] = present
+            if not present.any():
                 continue
             if modality == "text":
                 tokens = self.tokenizer([r for r in rows if r is not None])
                 batch["text"] = torch.zeros((len(rows), tokens.shape[1]), dtype=tokens.dtype)
-                batch["text"][torch.tensor(present)] = tokens
+                batch["text"][present] = tokens
+            elif hasattr(loaders[modality], "collate"):
+                batch[modality] = loaders[modality].collate(rows)
             else:
                 template = next(r for r in rows if r is not None)
                 batch[modality] = torch.stack([r if r is not None else torch.zeros_like(template) for r in rows])

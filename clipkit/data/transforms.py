@@ -7,6 +7,7 @@ from typing import Callable
 from open_clip.transform import image_transform
 
 from clipkit.config.schema import ImageTransformConfig
+from clipkit.data.device_decode import DeferredImageDecoder
 from clipkit.data.image_crop import TrainImageDecoder
 
 
@@ -16,7 +17,11 @@ def build_eval_image_transform(cfg: ImageTransformConfig, image_size: int) -> Ca
                            resize_mode=cfg.resize_mode, interpolation=cfg.interpolation)
 
 
-def build_train_image_loader(cfg: ImageTransformConfig, image_size: int) -> TrainImageDecoder:
-    """Image bytes -> a training crop in uint8 (see clipkit.data.image_crop); as in open_clip, the
-    crop is resized bicubic whatever ``cfg.interpolation`` (which is the eval resize's)."""
-    return TrainImageDecoder(image_size, cfg.train_crop_scale)
+def build_train_image_loader(cfg: ImageTransformConfig, image_size: int, decode_device: str = "cpu",
+                             ) -> TrainImageDecoder:
+    """Image bytes -> a training crop in uint8 (see clipkit.data.image_crop), or with
+    ``decode_device=cuda`` the JPEG and its crop box, for the device to decode (clipkit.data.
+    device_decode). As in open_clip, the crop is resized bicubic whatever ``cfg.interpolation``
+    (which is the eval resize's)."""
+    loader = DeferredImageDecoder if decode_device == "cuda" else TrainImageDecoder
+    return loader(image_size, cfg.train_crop_scale)

@@ -9,6 +9,7 @@ import torch
 from clipkit.config.validate import CheckedConfig
 from clipkit.data.audio import AudioLoader
 from clipkit.data.decode import ImageLoader
+from clipkit.data.device_decode import DeviceImages
 from clipkit.data.image_crop import ImageNormalizer
 from clipkit.data.transforms import build_eval_image_transform, build_train_image_loader
 from clipkit.config.schema import LossConfig, ModelConfig
@@ -28,8 +29,9 @@ class ModelBundle:
     eval_audio_loader: Optional[Callable]
     input_shapes: Dict[str, Tuple[int, ...]]  # one sample's input, per modality
     input_dtypes: Dict[str, torch.dtype]
-    # per modality, what turns a training batch's rows into model inputs on the training device
-    on_device: Dict[str, Callable[[torch.Tensor], torch.Tensor]]
+    # per modality, what turns a training batch's rows into model inputs on the training device; it
+    # clears the rows it cannot decode in the host mask it gets (has_<modality>) and says how many
+    on_device: Dict[str, Callable[[object, torch.Tensor], Tuple[torch.Tensor, int]]]
 
     def eval_loaders(self) -> Dict[str, Callable[[bytes], torch.Tensor]]:
         """Per modality the model encodes (text aside): a sample member's bytes -> eval input."""
@@ -64,7 +66,8 @@ def build_bundle(checked: CheckedConfig, device: torch.device) -> ModelBundle:
     return ModelBundle(
         model=model,
         tokenizer=build_tokenizer(text) if text is not None else None,
-        train_image_loader=build_train_image_loader(cfg.data.image, image.image_size) if image else None,
+        train_image_loader=build_train_image_loader(cfg.data.image, image.image_size, cfg.data.decode_device)
+        if image else None,
         eval_image_transform=build_eval_image_transform(cfg.data.image, image.image_size) if image else None,
         train_audio_loader=AudioLoader(audio.sample_rate, audio.clip_samples, train=True) if audio else None,
         eval_audio_loader=AudioLoader(audio.sample_rate, audio.clip_samples, train=False) if audio else None,
@@ -72,5 +75,6 @@ def build_bundle(checked: CheckedConfig, device: torch.device) -> ModelBundle:
                       **({"text": (text.context_length,)} if text else {}),
                       **({"audio": (audio.clip_samples,)} if audio else {})},
         input_dtypes={"image": torch.float32, "text": torch.long, "audio": torch.float32},
-        on_device={"image": ImageNormalizer(cfg.data.image.mean, cfg.data.image.std)} if image else {},
+        on_device={"image": DeviceImages(image.image_size, ImageNormalizer(cfg.data.image.mean, cfg.data.image.std),
+                                         device)} if image else {},
     )

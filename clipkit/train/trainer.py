@@ -178,11 +178,17 @@ class Trainer:
         raise Preempted(signum, step, self.checkpoints.root / ckpt.step_dir_name(step))
 
     def _inputs(self, batch: dict) -> Dict[str, torch.Tensor]:
-        """Every modality of the model; one that no row of the batch carries comes as zeros."""
-        rows = batch["num_rows"]
-        inputs = {m: to_device_async(batch[m] if m in batch else self.bundle.empty_inputs(m, rows), self.device)
-                  for m in self.core.modalities}
-        return {m: self.bundle.on_device[m](x) if m in self.bundle.on_device else x for m, x in inputs.items()}
+        """Every modality of the model; one that no row of the batch carries comes as zeros. Rows
+        that the device cannot decode leave the batch's masks and count as skipped samples."""
+        inputs = {}
+        for m in self.core.modalities:
+            rows = batch[m] if m in batch else self.bundle.empty_inputs(m, batch["num_rows"])
+            if m in self.bundle.on_device:
+                inputs[m], dropped = self.bundle.on_device[m](rows, batch[f"has_{m}"])
+                self.stream.skipped += dropped
+            else:
+                inputs[m] = to_device_async(rows, self.device)
+        return inputs
 
     def _present(self, batch: dict) -> Dict[str, torch.Tensor]:
         """The row masks, left on the host (see forward_backward); with a caption head also the
