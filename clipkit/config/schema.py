@@ -106,6 +106,11 @@ class ContrastiveLossConfig(PairTermConfig):
     # Across processes: each scores its own rows against all gathered columns (B x N logits).
     # false: every process scores the full N x N matrix; same gradients, more memory.
     local_loss: bool = True
+    # Temperature warm-up: for the first scale_warmup_steps the loss uses the learned logit scale
+    # times a factor rising linearly from scale_warmup_start to 1 (0 steps: off). A lower scale
+    # early keeps short runs off the initial loss plateau (see clipkit.objectives.objective).
+    scale_warmup_steps: int = 0
+    scale_warmup_start: float = 0.5
 
 
 @dataclass

@@ -210,6 +210,10 @@ def _check_caption_head(head: CaptionHeadConfig, towers: Dict[str, Any]) -> None
 
 
 def _check_loss(loss: LossConfig, pairs: List[str], caption_sources: List[str]) -> None:
+    _positive("loss.contrastive.scale_warmup_steps", loss.contrastive.scale_warmup_steps, allow_zero=True)
+    if not 0 < loss.contrastive.scale_warmup_start <= 1:
+        raise ConfigError("loss.contrastive.scale_warmup_start",
+                          f"must lie in (0, 1], got {loss.contrastive.scale_warmup_start}")
     for term in PAIR_TERMS:
         term_cfg = getattr(loss, term)
         _positive(f"loss.{term}.weight", term_cfg.weight, allow_zero=True)

@@ -25,6 +25,17 @@ class Objective:
     def __init__(self, cfg: LossConfig, comm: Collectives = LOCAL) -> None:
         self.cfg = cfg
         self.comm = comm
+        self.scale_factor = 1.0  # of the contrastive logit scales: see at_step
+
+    def at_step(self, step: int) -> None:
+        """Temperature warm-up (loss.contrastive.scale_warmup_steps): the contrastive terms use
+        the learned logit scale times a factor rising linearly to 1. The learned scale barely moves
+        in a short run (Adam moves its log by at most the learning rate per step), so its initial
+        value sets the temperature of the whole run. On the parity digits set, CLIP's 1/0.07
+        from the first step left 4 of 10 seeds on the initial plateau (loss ln N) at step 100;
+        half of it rising to all of it over 150 steps left none (benchmarks/plateau_screen.py)."""
+        steps, start = self.cfg.contrastive.scale_warmup_steps, self.cfg.contrastive.scale_warmup_start
+        self.scale_factor = min(1.0, start + (1.0 - start) * step / steps) if steps else 1.0
 
     def __call__(self, model: MultiModalModel, outputs: Tensors, present: Tensors,
                  scale_grad: bool = True) -> Tensors:
@@ -64,7 +75,10 @@ class Objective:
             return value if scale_grad else value.detach()
 
         if name == "contrastive":
-            return clip_loss(a, b, learnable(model.logit_scale(pair)), comm.gather, cfg.contrastive.local_loss, valid)
+            scale = learnable(model.logit_scale(pair))
+            if self.scale_factor != 1.0:
+                scale = scale * self.scale_factor
+            return clip_loss(a, b, scale, comm.gather, cfg.contrastive.local_loss, valid)
         if name == "sigmoid":
             return sigmoid_loss(a, b, learnable(model.sigmoid_scale(pair)), learnable(model.sigmoid_bias(pair)),
                                 comm, valid)

@@ -208,6 +208,7 @@ class Trainer:
         inputs = [self._inputs(b) for b in micro]
         present = [self._present(b) for b in micro]
         self.optimizer.zero_grad(set_to_none=True)
+        self.objective.at_step(self.progress.step)
         losses = forward_backward(self.model, self.objective, inputs, present, self.autocast, self.scaler)
         self.scaler.unscale_(self.optimizer)
         self.nonfinite.before_step(gradient_norm(self.core.parameters(), self.cfg.trainer.grad_clip_norm))

@@ -95,6 +95,8 @@ def test_weighted_sources(tmp_path):
     (["loss=siglip", "loss.sigmoid.weight=0"], "loss"),  # nothing left to train
     (["+loss.sigmoid.pair_weights.image_speech=1"], "loss.sigmoid.pair_weights.image_speech"),
     (["loss=clip_unif_align", "loss.uniformity.t=0"], "loss.uniformity.t"),
+    (["loss.contrastive.scale_warmup_start=0"], "loss.contrastive.scale_warmup_start"),
+    (["loss.contrastive.scale_warmup_steps=-5"], "loss.contrastive.scale_warmup_steps"),
     (["eval.generation.strategy=nucleus"], "eval.generation.strategy"),
     (["+eval.datasets.caps.root=/x", "+eval.datasets.caps.task=captioning"], "eval.datasets.caps.task"),
     (["experiment=demo_image_text", "+loss.anchors.image_audio=image"], "loss.anchors.image_audio"),

@@ -108,6 +108,26 @@ def test_zero_weights_switch_terms_and_their_parameters_off():
                           "cross_uniformity/image_text", "total"}
 
 
+def test_temperature_warm_up_scales_the_learned_logit_scale_until_its_last_step():
+    inputs, present = batch()
+    loss = LossConfig(contrastive=ContrastiveLossConfig(scale_warmup_steps=100, scale_warmup_start=0.5))
+    model = tiny_model(loss)
+    outputs = model(inputs, present)
+    objective = Objective(loss)
+    learned = model.logit_scale("image_text")
+    for step, factor in ((0, 0.5), (50, 0.75), (100, 1.0), (5000, 1.0)):
+        objective.at_step(step)
+        expected = clip_loss(outputs["image"], outputs["text"], factor * learned)
+        assert objective(model, outputs, present)["contrastive/image_text"].item() == \
+            pytest.approx(expected.item(), rel=1e-6)
+    objective.at_step(40)
+    objective(model, outputs, present)["total"].backward()
+    assert model.logit_scales["image_text"].grad is not None  # the learned scale still learns
+    off = Objective(LossConfig())
+    off.at_step(0)
+    assert off.scale_factor == 1.0
+
+
 def test_an_anchored_side_gets_no_gradient_from_its_pair():
     inputs, present = batch()
     grads = {}
