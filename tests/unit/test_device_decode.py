@@ -10,7 +10,7 @@ import torch
 from clipkit.config.compose import compose_config
 from clipkit.config.validate import check_config
 from clipkit.data.decode import SampleDecoder
-from clipkit.data.device_decode import DeferredImageDecoder, DeviceImages, EncodedImages, EncodedJpeg
+from clipkit.data.device_decode import DeferredImageDecoder, DeviceImages, EncodedJpeg
 from clipkit.data.image_crop import ImageNormalizer, TrainImageDecoder
 from clipkit.config.schema import SampleKeysConfig
 from clipkit.errors import ConfigError
