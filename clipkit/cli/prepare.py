@@ -15,6 +15,7 @@ from clipkit.distributed import launched, launched_world_size
 from clipkit.errors import ConfigError
 from clipkit.data.shards import ShardSource, check_sources_feed_pairs, resolve_sources
 from clipkit.eval.datasets import open_eval_set
+from clipkit.models.open_clip_init import weights_file
 
 log = logging.getLogger("clipkit")
 
@@ -27,7 +28,7 @@ def demo_pending(checked: CheckedConfig) -> bool:
 def check_inputs(checked: CheckedConfig) -> List[ShardSource]:
     """Shards and eval sets exist and are well formed, each source's samples feed some pair of the
     model, there are enough shards for every process (as the launcher's environment says) and
-    data worker, and FSDP has processes to shard over."""
+    data worker, FSDP has processes to shard over, and the weights to start from exist."""
     cfg = checked.cfg
     if cfg.trainer.parallel == "fsdp" and not launched():
         raise ConfigError("trainer.parallel", "fsdp needs a process group: start with torchrun or srun "
@@ -39,6 +40,8 @@ def check_inputs(checked: CheckedConfig) -> List[ShardSource]:
         check_reader_slots(sources, launched_world_size(), cfg.data.workers)
     for name, dataset in cfg.eval.datasets.items():
         open_eval_set(name, dataset)
+    if cfg.model.init.open_clip is not None:
+        weights_file(cfg.model.init.open_clip)
     return sources
 
 

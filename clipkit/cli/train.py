@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from clipkit.cli.errors import USER_ERRORS, fail
 from clipkit.cli.launch import run_main
 from clipkit.cli.prepare import precheck, prepare
-from clipkit.config.compose import CONF_DIR, HYDRA_VERSION_BASE, compose_config, register_schema
+from clipkit.config.compose import CONF_DIR, HYDRA_VERSION_BASE, arch_shorthand, compose_config, register_schema
 from clipkit.errors import ConfigError
 from clipkit.lifetime import die_with_torchrun
 from clipkit.train.preemption import EXIT_PREEMPTED, Preempted, requeue_if_asked
@@ -97,6 +97,7 @@ def main() -> None:
     die_with_torchrun()
     register_schema()
     try:
+        sys.argv[1:] = arch_shorthand(sys.argv[1:])  # before Hydra reads them
         _precheck_argv(sys.argv[1:])
     except USER_ERRORS as exc:
         fail(PROGRAM, exc)

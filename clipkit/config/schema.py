@@ -30,7 +30,20 @@ class CaptionHeadConfig:
 
 
 @dataclass
+class ModelInitConfig:
+    """Weights a new run starts from (a resumed run takes its checkpoint's instead)."""
+
+    # An open_clip model on disk: a local-dir folder (as clipkit-export writes it), a training
+    # checkpoint (epoch_N.pt), or an open_clip_pytorch_model.bin / open_clip_model.safetensors file.
+    # Its image and text towers, projections and logit scale (SigLIP: and bias) load exactly.
+    open_clip: Optional[str] = None
+
+
+@dataclass
 class ModelConfig:
+    # open_clip's architecture the towers were filled from (model=open_clip model.arch=NAME);
+    # informational once composed: the towers below are what is built.
+    arch: Optional[str] = None
     embed_dim: int = 512
     # name -> tower config; each needs a `name:` naming a registry entry (see clipkit.registry).
     towers: Dict[str, Any] = field(default_factory=dict)
@@ -39,6 +52,7 @@ class ModelConfig:
     init_logit_scale: float = 2.6592600369262695  # log(1 / 0.07), as CLIP
     max_logit_scale: float = 100.0
     caption: CaptionHeadConfig = field(default_factory=CaptionHeadConfig)
+    init: ModelInitConfig = field(default_factory=ModelInitConfig)
 
 
 # ------------------------------------------------------------------------------------------ data

@@ -43,6 +43,8 @@ def open_clip_config(checked: CheckedConfig, model: MultiModalModel) -> dict:
     image, text = checked.towers["image"], checked.towers["text"]
     model_cfg = {"embed_dim": checked.cfg.model.embed_dim, "vision_cfg": _set_fields(image.open_clip_cfg()),
                  "text_cfg": _set_fields(text.open_clip_cfg()), "custom_text": True}
+    if _quick_gelu(checked) == {True}:
+        model_cfg["quick_gelu"] = True
     if model.caption is not None:  # open_clip builds a CoCa when multimodal_cfg is present
         head = checked.cfg.model.caption
         model_cfg["vision_cfg"]["output_tokens"] = model_cfg["text_cfg"]["output_tokens"] = True
@@ -75,12 +77,21 @@ def open_clip_state_dict(model: MultiModalModel) -> Dict[str, torch.Tensor]:
     return {key: value.detach().cpu().contiguous().clone() for key, value in state.items()}
 
 
+def _quick_gelu(checked: CheckedConfig) -> set:
+    """The activations of the towers that have the choice (a ViT's and the text tower's)."""
+    return {tower.quick_gelu for tower in (checked.towers["image"], checked.towers["text"])
+            if hasattr(tower, "quick_gelu")}
+
+
 def check_exportable(checked: CheckedConfig, model: MultiModalModel) -> None:
     towers = set(checked.towers)
     if not {"image", "text"} <= towers or "image_text" not in model.pairs:
         raise ExportError(f"format=open_clip needs an image and a text tower trained as the pair image_text "
                           f"(this model: towers {', '.join(sorted(towers))}, pairs {', '.join(model.pairs)}); "
                           "use format=onnx, which exports every tower")
+    if len(_quick_gelu(checked)) > 1:
+        raise ExportError("format=open_clip: open_clip has one quick_gelu switch for both towers, but "
+                          "model.towers.image.quick_gelu and model.towers.text.quick_gelu differ; use format=onnx")
     if model.caption is not None:
         head = checked.cfg.model.caption
         if "image" not in head.sources or not model.towers["image"].tokens_pooled or head.mlp_ratio != 4.0:

@@ -21,6 +21,7 @@ from clipkit.eval.report import write_report
 from clipkit.eval.runner import Evaluator
 from clipkit.models.build import ModelBundle, build_bundle
 from clipkit.models.multimodal import to_device_async
+from clipkit.models.open_clip_init import load_open_clip_init
 from clipkit.objectives.collectives import LOCAL, process_group
 from clipkit.objectives.objective import Objective
 from clipkit.train import checkpoint as ckpt
@@ -53,6 +54,8 @@ class Trainer:
         # rank 0's), then moves to a random stream of its own.
         seed_everything(cfg.seed)
         self.bundle: ModelBundle = build_bundle(checked, self.device)
+        if cfg.model.init.open_clip is not None:  # a resumed run then loads its checkpoint over it
+            load_open_clip_init(self.bundle.model, cfg.model.init.open_clip)
         if env.rank:
             seed_everything(cfg.seed + env.rank)
         self.core = self.bundle.model  # the MultiModalModel itself, also under DDP (sharded in place by FSDP)

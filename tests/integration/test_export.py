@@ -163,6 +163,80 @@ def test_eval_of_several_checkpoints_writes_reports_and_one_comparison(trained, 
         assert "(shapes_projection.png)" in report and (out / label / "shapes_projection.png").is_file()
 
 
+@pytest.mark.slow
+def test_a_run_started_from_the_open_clip_export_has_its_embeddings(trained, small_demo):
+    """clipkit checkpoint -> clipkit-export format=open_clip -> clipkit-train model.init.open_clip=
+    with the image and text towers locked (binding a new audio tower to a fixed space): the new
+    run's image and text embeddings are the exported model's."""
+    import clipkit
+
+    out = trained / "open_clip_init"
+    result = run_cli("clipkit-export", [f"checkpoint={trained / 'run'}", "format=open_clip", f"out={out}"], trained)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = trained / "from_open_clip"
+    result = run_cli("clipkit-train", [*demo_overrides(small_demo), f"hydra.run.dir={run}", "trainer.max_steps=2",
+                                       "eval=none", "seed=5", f"model.init.open_clip={out}",
+                                       "model.towers.image.lock=true", "model.towers.text.lock=true"], trained)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "initialised the image and text towers from the open_clip model" in result.stdout
+    source, started = clipkit.load(str(trained / "run")), clipkit.load(str(run))
+    images = torch.randn(4, 3, 32, 32)
+    texts = ["a red circle", "a blue square left of a green star"]
+    assert (started.encode_image(images) - source.encode_image(images)).abs().max() <= 1e-6
+    assert (started.encode_text(texts) - source.encode_text(texts)).abs().max() <= 1e-6
+    audio = zip(started.model.towers["audio"].parameters(), source.model.towers["audio"].parameters())
+    assert not all(torch.equal(new, old) for new, old in audio)  # a tower of its own
+    missing = run_cli("clipkit-train", [*demo_overrides(small_demo), f"hydra.run.dir={trained / 'no_init'}",
+                                        "trainer.max_steps=2", f"model.init.open_clip={trained / 'absent'}"], trained)
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
+        f"clipkit-train: error: model.init.open_clip: no such file or folder: {trained / 'absent'}"]
+    assert not (trained / "no_init").exists()
+
+
+# Run in a fresh interpreter: open_clip's image and text embeddings of fixed inputs.
+OPEN_CLIP_EMBEDDINGS = textwrap.dedent("""
+    import json, sys
+    import open_clip, torch
+    model = open_clip.create_model("local-dir:" + sys.argv[1]).eval()
+    size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, size, size)
+    tokens = open_clip.get_tokenizer("local-dir:" + sys.argv[1])(["a red circle", "a blue square"])
+    with torch.no_grad():
+        print(json.dumps({"image": model.encode_image(images, normalize=True).tolist(),
+                          "text": model.encode_text(tokens, normalize=True).tolist()}))
+""")
+
+
+@pytest.mark.slow
+def test_a_zoo_architecture_trains_and_exports_to_open_clip(tmp_path, small_demo):
+    """model.arch=RN50 (open_clip's OpenAI ResNet, shrunk): trains, and open_clip loads the export."""
+    import clipkit
+
+    run = tmp_path / "run"
+    shrunk = ["model.embed_dim=32", "model.towers.image.width=8", "model.towers.image.layers=[1,1,1,1]",
+              "model.towers.image.head_width=8", "model.towers.image.image_size=64", "model.towers.text.width=32",
+              "model.towers.text.heads=2", "model.towers.text.layers=1", "model.towers.text.context_length=16"]
+    result = run_cli("clipkit-train", ["experiment=demo_image_text", f"data.demo_root={small_demo}",
+                                       "data.train.num_samples=1200", "data.batch_size=16", "data.workers=1",
+                                       "trainer.max_steps=2", "eval=none", f"hydra.run.dir={run}",
+                                       "model.arch=RN50", *shrunk], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "open_clip"
+    result = run_cli("clipkit-export", [f"checkpoint={run}", "format=open_clip", f"out={out}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fresh = subprocess.run([sys.executable, "-c", OPEN_CLIP_EMBEDDINGS, str(out)], capture_output=True, text=True,
+                           timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    theirs = json.loads(fresh.stdout.strip().splitlines()[-1])
+    ours = clipkit.load(str(run))
+    assert ours.model.towers["image"].config.name == "resnet"
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 64, 64)
+    assert (ours.encode_image(images) - torch.tensor(theirs["image"])).abs().max() <= 1e-5
+    assert (ours.encode_text(["a red circle", "a blue square"]) - torch.tensor(theirs["text"])).abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize("args, key", [
     (["checkpoint=/nowhere", "format=onnx", "out=x"], "checkpoint not found"),
     (["checkpoint=/nowhere", "format=tflite", "out=x"], "format:"),

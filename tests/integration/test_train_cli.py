@@ -32,6 +32,8 @@ def read_metrics(run_dir: Path):
     ('data.train.shards="/nowhere/shard-{0..3}.tar"', "data.train.shards"),
     ("data.train.shards=/nowhere/shard-{0..3}.tar", "data.train.shards"),  # unquoted braces
     ("trainer.parallel=fsdp", "trainer.parallel"),  # without torchrun or srun
+    ("model.arch=ViT-B-16-SigLIP", "model.arch"),  # an open_clip architecture clipkit cannot build
+    ("model.init.open_clip=/nowhere/open_clip_model.safetensors", "model.init.open_clip"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, small_demo, override, key):
     result = run_cli("clipkit-train", [f"data.demo_root={small_demo}", override], tmp_path, timeout=120)

@@ -1,12 +1,13 @@
 """Image towers: open_clip's VisionTransformer at any size, and any timm backbone."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Optional
+from dataclasses import dataclass, field
+from typing import ClassVar, List, Optional
 
 from omegaconf import MISSING
 from open_clip.model import CLIPVisionCfg, _build_vision_tower
 
+from clipkit.errors import ConfigError
 from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, load_weights
 
 
@@ -37,6 +38,9 @@ class ViTConfig(ImageTowerConfig):
     attentional_pool: bool = False
     attn_pooler_queries: int = 256
     attn_pooler_heads: int = 8
+    # OpenAI's CLIP activation (x * sigmoid(1.702 x)) instead of GELU, as open_clip's `quick_gelu`
+    # models (the OpenAI weights were trained with it)
+    quick_gelu: bool = False
 
     def open_clip_cfg(self) -> CLIPVisionCfg:
         return CLIPVisionCfg(
@@ -70,6 +74,20 @@ class TimmConfig(ImageTowerConfig):
         )
 
 
+@dataclass
+class ResNetConfig(ImageTowerConfig):
+    """OpenAI's CLIP ResNet (open_clip's ModifiedResNet: attention pooling, anti-aliased strides)."""
+
+    name: str = "resnet"
+    layers: List[int] = field(default_factory=lambda: [3, 4, 6, 3])  # blocks per stage (RN50)
+    width: int = 64  # of the stem; the stages are 1, 2, 4 and 8 times as wide (x4 channels)
+    head_width: int = 64  # the attention pool's heads: width * 32 / head_width
+
+    def open_clip_cfg(self) -> CLIPVisionCfg:
+        return CLIPVisionCfg(layers=tuple(self.layers), width=self.width, head_width=self.head_width,
+                             image_size=self.image_size)
+
+
 def _finish_image_tower(encoder, cfg: ImageTowerConfig, token_width: Optional[int],
                         tokens_pooled: bool = False) -> Tower:
     if cfg.weights:
@@ -82,7 +100,7 @@ def _finish_image_tower(encoder, cfg: ImageTowerConfig, token_width: Optional[in
 
 @TOWERS.register("vit", ViTConfig)
 def build_vit(cfg: ViTConfig, embed_dim: int) -> Tower:
-    encoder = _build_vision_tower(embed_dim, cfg.open_clip_cfg())
+    encoder = _build_vision_tower(embed_dim, cfg.open_clip_cfg(), quick_gelu=cfg.quick_gelu)
     if cfg.attentional_pool:
         return _finish_image_tower(encoder, cfg, embed_dim, tokens_pooled=True)
     return _finish_image_tower(encoder, cfg, cfg.width)
@@ -94,3 +112,10 @@ def build_timm(cfg: TimmConfig, embed_dim: int) -> Tower:
     if cfg.trunk_weights:
         load_weights(encoder.trunk, cfg.trunk_weights)
     return _finish_image_tower(encoder, cfg, None)  # open_clip's timm wrapper gives no tokens
+
+
+@TOWERS.register("resnet", ResNetConfig)
+def build_resnet(cfg: ResNetConfig, embed_dim: int) -> Tower:
+    if cfg.grad_checkpointing:
+        raise ConfigError("model.towers.image.grad_checkpointing", "open_clip's ResNet has no gradient checkpointing")
+    return _finish_image_tower(_build_vision_tower(embed_dim, cfg.open_clip_cfg()), cfg, None)

@@ -24,6 +24,8 @@ class TextTransformerConfig(TowerConfig):
     ls_init_value: Optional[float] = None
     pool_type: str = "argmax"  # argmax (end-of-text token, as CLIP) | first | last
     proj_bias: bool = False
+    no_causal_mask: bool = False  # every token attends to every other (MobileCLIP's text towers)
+    quick_gelu: bool = False  # OpenAI's CLIP activation instead of GELU (open_clip's `quick_gelu`)
     unlocked_layers: int = 0  # with `lock`, the last N layers stay trainable
     freeze_layer_norm: bool = True
 
@@ -32,12 +34,13 @@ class TextTransformerConfig(TowerConfig):
             context_length=self.context_length, vocab_size=self.vocab_size, width=self.width,
             heads=self.heads, layers=self.layers, mlp_ratio=self.mlp_ratio,
             ls_init_value=self.ls_init_value, pool_type=self.pool_type, proj_bias=self.proj_bias,
+            no_causal_mask=self.no_causal_mask,
         )
 
 
 @TOWERS.register("transformer", TextTransformerConfig)
 def build_text_transformer(cfg: TextTransformerConfig, embed_dim: int) -> Tower:
-    encoder = _build_text_tower(embed_dim, cfg.open_clip_cfg())
+    encoder = _build_text_tower(embed_dim, cfg.open_clip_cfg(), quick_gelu=cfg.quick_gelu)
     if cfg.weights:
         load_weights(encoder, cfg.weights)
     if cfg.lock:

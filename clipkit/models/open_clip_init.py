@@ -1,0 +1,110 @@
+"""Starting a model from an open_clip model on disk (``model.init.open_clip=PATH``).
+
+What users have: an open_clip ``local-dir`` folder (as ``clipkit-export`` writes it), an
+open_clip_train checkpoint (``epoch_N.pt``: the weights under ``state_dict``, with DDP's
+``module.`` prefixes), or a hub download's ``open_clip_pytorch_model.bin`` /
+``open_clip_model.safetensors``. clipkit's image and text towers are open_clip's own modules, so the
+weights load by renaming keys (``visual.*`` -> the image tower, ``text.*`` -> the text tower, the
+scalars -> the image_text pair's), and nothing is left to chance: every tensor of the two towers must
+come from the file with its exact shape, and every tensor of the file must land somewhere.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict
+
+import torch
+from open_clip.model import convert_to_custom_text_state_dict
+
+from clipkit.errors import CheckpointError
+from clipkit.models.multimodal import MultiModalModel
+from clipkit.models.towers.base import read_state_dict
+
+log = logging.getLogger(__name__)
+
+KEY = "model.init.open_clip"
+FOLDER_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# Prefixes wrappers add to every key: DDP's, and torch.compile's.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Parts of an open_clip model the run may not have: left out with a warning, not an error.
+OPTIONAL_PARTS = {"text_decoder.": "CoCa caption decoder", "logit_bias": "SigLIP bias"}
+
+
+def weights_file(path: str) -> Path:
+    """The weights file ``path`` names, itself or inside a local-dir folder."""
+    given = Path(path).expanduser()
+    if given.is_dir():
+        for name in FOLDER_FILES:
+            if (given / name).is_file():
+                return given / name
+        raise CheckpointError(f"{KEY}: {given} holds none of {', '.join(FOLDER_FILES)}")
+    if not given.is_file():
+        raise CheckpointError(f"{KEY}: no such file or folder: {given}")
+    return given
+
+
+def read_open_clip_state(path: str) -> Dict[str, torch.Tensor]:
+    """The file's open_clip state dict in CustomTextCLIP's layout (text tower under ``text.``)."""
+    state = read_state_dict(str(weights_file(path)))
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{KEY}: {path} holds no state dict")
+    for prefix in WRAPPER_PREFIXES:
+        if all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix):]: value for key, value in state.items()}
+    return convert_to_custom_text_state_dict(state)
+
+
+def _targets(model: MultiModalModel, state: Dict[str, torch.Tensor]) -> Dict[str, str]:
+    """File key -> model key."""
+    targets: Dict[str, str] = {}
+    for prefix, modality in (("visual.", "image"), ("text.", "text")):
+        for key in model.towers[modality].encoder.state_dict():
+            targets[prefix + key] = f"towers.{modality}.encoder.{key}"
+    if model.caption is not None:
+        for key in model.caption.decoder.state_dict():
+            targets[f"text_decoder.{key}"] = f"caption.decoder.{key}"
+    sigmoid = "logit_bias" in state and "image_text" in model.sigmoid_biases
+    if sigmoid or ("image_text" in model.sigmoid_scales and "image_text" not in model.logit_scales):
+        targets["logit_scale"] = "sigmoid_scales.image_text"
+    elif "image_text" in model.logit_scales:
+        targets["logit_scale"] = "logit_scales.image_text"
+    if sigmoid:
+        targets["logit_bias"] = "sigmoid_biases.image_text"
+    return targets
+
+
+def load_open_clip_init(model: MultiModalModel, path: str) -> None:
+    """Copies the open_clip model at ``path`` into ``model``'s image and text towers (and caption
+    decoder, logit scale, SigLIP bias, where it has them); towers of other modalities keep their
+    own initialisation. Raises CheckpointError naming the first key that is missing, unexpected
+    or of another shape."""
+    if not {"image", "text"} <= set(model.towers):
+        raise CheckpointError(f"{KEY}: an open_clip model fills an image and a text tower; this model has "
+                              f"{', '.join(model.towers)}")
+    state = read_open_clip_state(path)
+    targets = _targets(model, state)
+    own = model.state_dict()
+    missing = [key for key in targets if key not in state and not key.startswith("logit_")]
+    if missing:
+        raise CheckpointError(f"{KEY}: {path} lacks {missing[0]} (and {len(missing) - 1} more tensors of this "
+                              "model): it is another architecture")
+    loaded: Dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key in targets:
+            target = own[targets[key]]
+            value = value.reshape(target.shape) if value.numel() == target.numel() == 1 else value
+            if value.shape != target.shape:
+                raise CheckpointError(f"{KEY}: {path}: {key} has shape {list(value.shape)}, this model's "
+                                      f"{list(target.shape)}")
+            loaded[targets[key]] = value
+        elif any(key.startswith(part) for part in OPTIONAL_PARTS):
+            continue
+        else:
+            raise CheckpointError(f"{KEY}: {path} has {key}, which this model has no place for")
+    left_out = sorted({name for part, name in OPTIONAL_PARTS.items()
+                       if any(key.startswith(part) and key not in targets for key in state)})
+    if left_out:
+        log.warning("%s: this model has no %s; left out of %s", KEY, " or ".join(left_out), path)
+    model.load_state_dict(loaded, strict=False)
+    log.info("initialised the image and text towers from the open_clip model %s (%d tensors)", path, len(loaded))
