@@ -1,6 +1,7 @@
 """A saved checkpoint back as a model: its own config (with optional overrides) and its weights."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence, Tuple
 
@@ -13,6 +14,8 @@ from clipkit.config.validate import CheckedConfig, check_config, omegaconf_probl
 from clipkit.errors import CheckpointError
 from clipkit.models.build import ModelBundle, build_bundle
 from clipkit.train import checkpoint as ckpt
+
+log = logging.getLogger(__name__)
 
 
 def load_config(folder: Path, overrides: Sequence[str] = ()) -> CheckedConfig:
@@ -35,5 +38,7 @@ def load_checkpoint(path: str, device: torch.device, overrides: Sequence[str] = 
     checked = load_config(folder, overrides)
     bundle = build_bundle(checked, device)
     ckpt.load_model_weights(bundle.model, folder)
+    if ckpt.has_ema(folder):
+        log.info("%s: using the moving average of the weights (trainer.ema)", folder)
     bundle.model.eval()
     return folder, checked, bundle

@@ -208,6 +208,14 @@ class FSDPConfig:
 
 
 @dataclass
+class EMAConfig:
+    """An exponential moving average of the weights, evaluated and exported in their place."""
+
+    decay: float = 0.0  # per step, e.g. 0.999; 0: off
+    warmup: bool = False  # decay min(decay, 1 - step ** -2/3): short runs are not held at the start
+
+
+@dataclass
 class TrainerConfig:
     max_steps: Optional[int] = None
     epochs: Optional[int] = None
@@ -217,6 +225,7 @@ class TrainerConfig:
     compile: bool = False  # torch.compile each tower (inductor; GPU kernels on CUDA, C++ on CPU)
     parallel: str = "ddp"  # ddp (a full copy per process) | fsdp (FSDP2: weights and optimizer sharded)
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
     accum_steps: int = 1
     grad_clip_norm: Optional[float] = 1.0
     # updates with non-finite gradients are skipped; this many in a row stop the run

@@ -147,6 +147,11 @@ def check_config(raw: DictConfig) -> CheckedConfig:
     if trainer.parallel == "fsdp" and trainer.precision == "fp16":
         raise ConfigError("trainer.precision", "fp16 loss scaling is not supported with trainer.parallel=fsdp; "
                           "use bf16 (FSDP gathers bf16 weights and reduces gradients in fp32)")
+    if not 0.0 <= trainer.ema.decay < 1.0:
+        raise ConfigError("trainer.ema.decay", f"must lie in [0, 1) (0: off), got {trainer.ema.decay}")
+    if trainer.ema.decay > 0 and trainer.parallel == "fsdp":
+        raise ConfigError("trainer.ema.decay", "the moving average is not sharded yet: use trainer.parallel=ddp, "
+                          "or no trainer.ema")
     for key in ("accum_steps", "log_every_n_steps", "ckpt_every_n_steps", "keep_last_k", "max_nonfinite_steps"):
         _positive(f"trainer.{key}", getattr(trainer, key))
     _positive("trainer.grad_clip_norm", trainer.grad_clip_norm)

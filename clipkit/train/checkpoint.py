@@ -5,7 +5,8 @@ scaler, per-process RNG and data position) and a ``manifest.json`` (every other 
 and SHA-256, the layout, the number of processes, the step). The weights and optimizer state are
 either
 
-- ``full``: ``model.safetensors`` (the whole weights), the optimizer inside ``train_state.pt``; or
+- ``full``: ``model.safetensors`` (the whole weights), the optimizer inside ``train_state.pt``, and
+  with ``trainer.ema`` the weights' moving average in ``ema.safetensors``; or
 - ``sharded``: ``shards/``, written by every process through ``torch.distributed.checkpoint``
   (FSDP runs); any number of processes can read it back, and one process consolidates it on CPU.
 
@@ -34,6 +35,7 @@ from clipkit.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"  # the weights' moving average (trainer.ema), full layout
 STATE_FILE = "train_state.pt"
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "manifest.json"
@@ -202,8 +204,18 @@ def checkpoint_step(folder: Path) -> int:
     return int(manifest["step"]) if "step" in manifest else int(load_train_state(folder).get("step", 0))
 
 
-def read_model_state(folder: Path) -> Dict[str, torch.Tensor]:
-    """The whole weights by name, on CPU, whatever the layout (sharded ones are consolidated)."""
+def has_ema(folder: Path) -> bool:
+    return (folder / EMA_FILE).is_file()
+
+
+def read_model_state(folder: Path, ema: bool = True) -> Dict[str, torch.Tensor]:
+    """The whole weights by name, on CPU, whatever the layout (sharded ones are consolidated):
+    their moving average where the checkpoint has one and ``ema``, else the raw weights."""
+    if ema and has_ema(folder):
+        try:
+            return load_file(str(folder / EMA_FILE))
+        except Exception as exc:  # safetensors raises several types for damaged files
+            raise CheckpointError(f"unreadable checkpoint {folder / EMA_FILE}: {exc}") from exc
     if layout(folder) == "sharded":
         from clipkit.train.sharded import read_consolidated_model
 
@@ -242,10 +254,12 @@ def check_fits(folder: Path, saved: Dict[str, Sequence[int]], model: nn.Module) 
 
 
 def load_model_weights(model: nn.Module, folder: Path,
-                       load: Optional[Callable[[nn.Module, Dict[str, torch.Tensor]], Any]] = None) -> None:
+                       load: Optional[Callable[[nn.Module, Dict[str, torch.Tensor]], Any]] = None,
+                       ema: bool = True) -> None:
     """The checkpoint's weights into ``model``, all keys matching; ``load`` puts a full state
-    dict into the model (default: ``load_state_dict``; the trainer's also fills FSDP shards)."""
-    state = read_model_state(folder)
+    dict into the model (default: ``load_state_dict``; the trainer's also fills FSDP shards).
+    ``ema``: their moving average where the checkpoint has one (what a trained model is)."""
+    state = read_model_state(folder, ema)
     check_fits(folder, {key: value.shape for key, value in state.items()}, model)
     try:
         if load is None:

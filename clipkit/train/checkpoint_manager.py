@@ -35,6 +35,7 @@ from clipkit import distributed as dist_utils
 from clipkit.errors import CheckpointError
 from clipkit.train import checkpoint as ckpt
 from clipkit.train.parallel import full_state, load_full_model_state, load_full_optimizer_state
+from clipkit.train.ema import WeightAverage
 from clipkit.train.sharded import read_shards, saved_model_shapes, write_shards
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,9 @@ class CheckpointPolicy:
 class CheckpointManager:
     def __init__(self, root: Path, policy: CheckpointPolicy, model: nn.Module, optimizer: torch.optim.Optimizer,
                  shared: Dict[str, Stateful], per_process: Dict[str, PerProcessStateful], config_yaml: str,
-                 env: dist_utils.DistEnv) -> None:
+                 env: dist_utils.DistEnv, ema: Optional[WeightAverage] = None) -> None:
         self.root = root
+        self.ema = ema
         self.policy = policy
         self.model = model
         self.optimizer = optimizer
@@ -117,10 +119,14 @@ class CheckpointManager:
             # On CPU these share memory with the live weights, which training goes on changing.
             weights, optimizer_state = copy.deepcopy((weights, optimizer_state))
         state["optimizer"] = optimizer_state
+        # A host copy taken now: training goes on updating the average.
+        average = {k: v.detach().to("cpu", copy=True) for k, v in self.ema.state_dict().items()} if self.ema else None
         staging = self._staging(step)
 
         def work() -> None:
             save_file({k: v.contiguous() for k, v in weights.items()}, str(staging / ckpt.MODEL_FILE))
+            if average is not None:
+                save_file({k: v.contiguous() for k, v in average.items()}, str(staging / ckpt.EMA_FILE))
             self._write_host_files(staging, state)
             self._publish(staging, step, "full")
 
@@ -200,8 +206,10 @@ class CheckpointManager:
                 ckpt.check_fits(folder, saved_model_shapes(folder / ckpt.SHARDS_DIR), self.model)
                 read_shards(self.model, self.optimizer, folder / ckpt.SHARDS_DIR)
             else:
-                ckpt.load_model_weights(self.model, folder, load_full_model_state)
+                ckpt.load_model_weights(self.model, folder, load_full_model_state, ema=False)
                 load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
+            if self.ema is not None:
+                self._resume_average(folder)
         except (RuntimeError, KeyError, ValueError, CheckpointException) as exc:
             raise ckpt.fit_error(folder, exc) from exc
         for name, part in self.shared.items():
@@ -210,6 +218,13 @@ class CheckpointManager:
             part.load_process_states([p[name] for p in state["processes"]], self.env.rank, self.env.world_size)
         self.last_saved = ckpt.checkpoint_step(folder)
         return folder
+
+    def _resume_average(self, folder: Path) -> None:
+        if ckpt.has_ema(folder):
+            self.ema.load_state_dict(ckpt.read_model_state(folder, ema=True))
+        else:  # trainer.ema switched on for a run that had none: the average starts here
+            log.info("%s has no moving average of the weights; it starts from this checkpoint's", folder)
+            self.ema.load_state_dict(ckpt.read_model_state(folder, ema=False))
 
     def _resume_folder(self) -> Optional[Path]:
         """Chosen and checked on rank 0 (reading every file for its checksum), shared with all."""

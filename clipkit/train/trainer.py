@@ -27,6 +27,7 @@ from clipkit.objectives.objective import Objective
 from clipkit.train import checkpoint as ckpt
 from clipkit.train.checkpoint_manager import CheckpointManager, CheckpointPolicy
 from clipkit.train.compile import compile_towers
+from clipkit.train.ema import WeightAverage
 from clipkit.train.metrics import MetricsLogger, ThroughputWindow, results_table
 from clipkit.train.nonfinite import NonfiniteGuard, gradient_norm
 from clipkit.train.optim import build_optimizer, build_scheduler
@@ -59,6 +60,7 @@ class Trainer:
         if env.rank:
             seed_everything(cfg.seed + env.rank)
         self.core = self.bundle.model  # the MultiModalModel itself, also under DDP (sharded in place by FSDP)
+        self.ema = WeightAverage(self.core, cfg.trainer.ema) if cfg.trainer.ema.decay > 0 else None
         if cfg.trainer.compile:
             compile_towers(self.core)
         self.model = self.core
@@ -88,7 +90,7 @@ class Trainer:
             self.core, self.optimizer,
             shared={"progress": self.progress, "scheduler": self.scheduler, "scaler": self.scaler},
             per_process={"rng": ProcessRNG(), "data": self.stream},
-            config_yaml=OmegaConf.to_yaml(OmegaConf.structured(cfg)), env=env)
+            config_yaml=OmegaConf.to_yaml(OmegaConf.structured(cfg)), env=env, ema=self.ema)
 
     # ------------------------------------------------------------------------------ set-up
     def _total_steps(self) -> int:
@@ -219,6 +221,8 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.core.clamp_logit_scales()
+        if self.ema is not None:
+            self.ema.update(self.core, self.progress.step + 1)
         self.progress.samples_seen += self.global_batch
         return {name: value.detach() for name, value in losses.items()}
 
@@ -242,8 +246,9 @@ class Trainer:
     def _evaluate(self, metrics_log: Optional[MetricsLogger]) -> Dict[str, Dict[str, float]]:
         if not self.evaluator.sets:
             return {}
+        evaluated = self.ema.module if self.ema is not None else self.core  # what a checkpoint's readers get
         with gathered(self.core, self.cfg.trainer.fsdp):
-            results = self.evaluator.run(self.core, self.progress.step,
+            results = self.evaluator.run(evaluated, self.progress.step,
                                          self.run_dir / "eval" if self.env.is_main else None)
         flat = {f"eval/{name}/{k}": v for name, metrics in results.items() for k, v in metrics.items()}
         if metrics_log:
