@@ -183,12 +183,23 @@ class LossConfig:
 
 # ----------------------------------------------------------------------------------- optim/sched
 @dataclass
+class LayerDecayConfig:
+    """Layer-wise learning-rate decay per tower (BEiT's rule, see clipkit.train.layer_decay): a
+    tower's block i of L trains at lr * decay ** (L + 1 - i); 1: off. Fine-tuning values: 0.65-0.85."""
+
+    image: float = 1.0
+    text: float = 1.0
+    audio: float = 1.0
+
+
+@dataclass
 class OptimConfig:
     name: str = "adamw"
     lr: float = 5e-4
     weight_decay: float = 0.2
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
+    layer_decay: LayerDecayConfig = field(default_factory=LayerDecayConfig)
 
 
 @dataclass
@@ -226,6 +237,9 @@ class TrainerConfig:
     parallel: str = "ddp"  # ddp (a full copy per process) | fsdp (FSDP2: weights and optimizer sharded)
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
+    # The last N steps encode every patch: the towers' patch dropout is switched off (FLIP's
+    # unmasked tuning; see clipkit.train.patch_dropout)
+    unmasked_final_steps: int = 0
     accum_steps: int = 1
     grad_clip_norm: Optional[float] = 1.0
     # updates with non-finite gradients are skipped; this many in a row stop the run

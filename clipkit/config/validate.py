@@ -152,6 +152,7 @@ def check_config(raw: DictConfig) -> CheckedConfig:
     if trainer.ema.decay > 0 and trainer.parallel == "fsdp":
         raise ConfigError("trainer.ema.decay", "the moving average is not sharded yet: use trainer.parallel=ddp, "
                           "or no trainer.ema")
+    _positive("trainer.unmasked_final_steps", trainer.unmasked_final_steps, allow_zero=True)
     for key in ("accum_steps", "log_every_n_steps", "ckpt_every_n_steps", "keep_last_k", "max_nonfinite_steps"):
         _positive(f"trainer.{key}", getattr(trainer, key))
     _positive("trainer.grad_clip_norm", trainer.grad_clip_norm)
@@ -161,6 +162,9 @@ def check_config(raw: DictConfig) -> CheckedConfig:
     if cfg.optim.name != "adamw":
         raise ConfigError("optim.name", f"unknown optimizer '{cfg.optim.name}' (known: adamw)")
     _positive("optim.lr", cfg.optim.lr)
+    for modality, decay in vars(cfg.optim.layer_decay).items():
+        if not 0.0 < decay <= 1.0:
+            raise ConfigError(f"optim.layer_decay.{modality}", f"must lie in (0, 1] (1: off), got {decay}")
     _positive("optim.weight_decay", cfg.optim.weight_decay, allow_zero=True)
     if len(cfg.optim.betas) != 2:
         raise ConfigError("optim.betas", "needs two values")

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
 
 from clipkit.config.schema import OptimConfig, SchedConfig
+from clipkit.train.layer_decay import lr_scales
 
 
 def _exempt_from_decay(name: str, param: nn.Parameter) -> bool:
@@ -21,17 +22,22 @@ def _exempt_from_decay(name: str, param: nn.Parameter) -> bool:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    decay: List[nn.Parameter] = []
-    no_decay: List[nn.Parameter] = []
+    """One group per (learning-rate factor, decayed or not); the full-rate groups first, so that
+    ``param_groups[0]["lr"]`` is the schedule's rate."""
+    scales = lr_scales(model, vars(cfg.layer_decay))
+    groups: Dict[Tuple[float, bool], List[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if _exempt_from_decay(name, param) else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+            key = (scales.get(name, 1.0), not _exempt_from_decay(name, param))
+            groups.setdefault(key, []).append(param)
+    ordered = sorted(groups.items(), key=lambda item: (-item[0][0], not item[0][1]))
+    param_groups = [{"params": params, "lr": cfg.lr * scale, "weight_decay": cfg.weight_decay if decayed else 0.0}
+                    for (scale, decayed), params in ordered]
     # The fused kernel updates all tensors at once, on CPU too: for the demo model on 2 cores, 7.5
     # instead of 52 ms a step, where the per-tensor loop was ~5% of the step.
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in decay + no_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
+    params = [p for group in param_groups for p in group["params"]]
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
 
 
 def lr_factor(step: int, total_steps: int, cfg: SchedConfig) -> float:

@@ -28,6 +28,7 @@ from clipkit.train import checkpoint as ckpt
 from clipkit.train.checkpoint_manager import CheckpointManager, CheckpointPolicy
 from clipkit.train.compile import compile_towers
 from clipkit.train.ema import WeightAverage
+from clipkit.train.patch_dropout import switch_off_patch_dropout
 from clipkit.train.metrics import MetricsLogger, ThroughputWindow, results_table
 from clipkit.train.nonfinite import NonfiniteGuard, gradient_norm
 from clipkit.train.optim import build_optimizer, build_scheduler
@@ -82,6 +83,7 @@ class Trainer:
         self.stream = StreamState(workers=cfg.data.workers,
                                   endless=cfg.data.train.resampled and self.pass_samples is None)
         self.progress = TrainProgress()
+        self.unmasked = cfg.trainer.unmasked_final_steps == 0  # the final unmasked phase has begun
         trainer = cfg.trainer
         self.checkpoints = CheckpointManager(
             run_dir / "checkpoints",
@@ -207,6 +209,10 @@ class Trainer:
     def _train_step(self, data: Iterator[dict], window: ThroughputWindow) -> Dict[str, torch.Tensor]:
         """One optimizer step; returns its loss terms as device tensors, read only when logged (a
         read waits for the GPU, which would otherwise run ahead of the host)."""
+        if not self.unmasked and self.progress.step >= self.total_steps - self.cfg.trainer.unmasked_final_steps:
+            self.unmasked = True
+            if switch_off_patch_dropout(self.core):
+                log.info("step %d on: patch dropout off, every patch is encoded", self.progress.step + 1)
         start = time.perf_counter()
         micro = [next(data) for _ in range(self.cfg.trainer.accum_steps)]
         window.add_step(time.perf_counter() - start)

@@ -57,3 +57,17 @@ def test_resume_skip_applies_to_the_interrupted_epoch_only(small_demo, tmp_path)
     loader.dataset.set_epoch(1)
     next_epoch = sum(1 for b in loader if b["num_rows"])
     assert resumed_epoch == (SMALL_DEMO_SAMPLES - 1000) // 16 and next_epoch == SMALL_DEMO_SAMPLES // 16
+
+
+def test_layer_decay_trains_every_tower_at_its_rates(small_demo, tmp_path):
+    checked, sources = prepare(compose_config([*demo_overrides(small_demo), "trainer.max_steps=2", "eval=none",
+                                               "optim.layer_decay.image=0.7", "optim.layer_decay.text=0.8",
+                                               "optim.layer_decay.audio=0.9"]))
+    trainer = Trainer(checked, sources, tmp_path)
+    trainer.fit()
+    rates = sorted({round(group["lr"] / trainer.optimizer.param_groups[0]["lr"], 6)
+                    for group in trainer.optimizer.param_groups})
+    # image and text: a stem and 1 block (0.7, 0.49; 0.8, 0.64); the audio CNN: 2 blocks, no stem (0.9, 0.81)
+    assert rates == sorted({1.0, 0.7, 0.49, 0.8, 0.64, 0.9, 0.81})
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 2 and records[-1]["loss/total"] == records[-1]["loss/total"]
