@@ -10,6 +10,9 @@ CLIP_benchmark zero-shot set; ``demo``, the demo's image-text shards and its ``s
 model (ViT width 128, 4 layers; text transformer width 128, 4 layers; embed 128) and the schedule
 (batch 64, AdamW lr 1e-3 wd 0.1, 50 warm-up steps then cosine, fp32, no clipping, mean/std 0.5,
 random resized crop 0.9-1 bicubic, one data worker, ``--epochs`` passes) are the same on both sides.
+clipkit's side runs ``experiment=demo_image_text``, so it trains as clipkit's image-text recipes do:
+with the temperature warm-up over the 50 learning-rate warm-up steps (``--clipkit
+loss.contrastive.scale_warmup_steps=0`` runs without it).
 
 open_clip_train runs in an environment of its own (``--setup``: it needs ``webdataset<=0.2.86``,
 and CLIP_benchmark needs numpy < 2.2). Each side's final model is written as an open_clip
@@ -20,8 +23,8 @@ also scored by ``clipkit-eval`` (the two must agree). Printed per side: acc1 mea
 wall and CPU seconds of the training command. ``--clipkit KEY=VALUE`` adds overrides to clipkit's
 side, for ablations; those of the model (``model.*``: towers, embedding, initial logit scale) also
 shape open_clip's model config (as clipkit-export writes it), so both sides train the same model,
-unless ``--open-clip-own-init`` keeps open_clip_train's own initial logit scale (ln 1/0.07). The
-digits runs of the README set ``--clipkit model.init_logit_scale=1.9459`` (ln 7).
+unless ``--open-clip-own-init`` keeps open_clip_train's own initial logit scale (ln 1/0.07); e.g.
+``--clipkit model.init_logit_scale=1.9459`` starts both sides at scale 7.
 """
 from __future__ import annotations
 

@@ -7,13 +7,16 @@ process, as the processes torchrun starts die with torchrun: never an orphan tha
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
+import multiprocessing
 import os
 import signal
 import sys
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 _PR_SET_PDEATHSIG = 1
+_workers_end_at_exit = False
 
 
 def die_with_parent() -> bool:
@@ -45,3 +48,20 @@ def data_worker_init(worker_id: int = 0) -> None:
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     die_with_parent()
+
+
+def end_workers_at_exit() -> None:
+    """At interpreter exit, kill the daemonic children still running (data workers whose loader was
+    never closed, e.g. a generator left unfinished). multiprocessing's own exit handler ends them
+    with SIGTERM, which they ignore (see data_worker_init), and then waits for them forever;
+    handlers registered later run first, so this one runs before it."""
+    global _workers_end_at_exit
+    if not _workers_end_at_exit:
+        atexit.register(_kill_daemonic_children)
+        _workers_end_at_exit = True
+
+
+def _kill_daemonic_children() -> None:
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()

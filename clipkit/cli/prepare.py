@@ -42,6 +42,8 @@ def check_inputs(checked: CheckedConfig) -> List[ShardSource]:
         open_eval_set(name, dataset)
     if cfg.model.init.open_clip is not None:
         weights_file(cfg.model.init.open_clip)
+    if cfg.loss.distill.weight > 0 and not Path(cfg.loss.distill.teacher).expanduser().exists():
+        raise ConfigError("loss.distill.teacher", f"no such file or folder: {cfg.loss.distill.teacher}")
     return sources
 
 

@@ -37,6 +37,9 @@ class ModelInitConfig:
     # checkpoint (epoch_N.pt), or an open_clip_pytorch_model.bin / open_clip_model.safetensors file.
     # Its image and text towers, projections and logit scale (SigLIP: and bias) load exactly.
     open_clip: Optional[str] = None
+    # Which of its towers to take: [image] starts LiT (a pretrained image tower, a new text tower);
+    # the logit scale comes with both.
+    towers: List[str] = field(default_factory=lambda: ["image", "text"])
 
 
 @dataclass
@@ -157,6 +160,17 @@ class CrossUniformityLossConfig(PairTermConfig):
 
 
 @dataclass
+class DistillLossConfig(PairTermConfig):
+    """KL from a frozen teacher's logit distributions to the student's, per pair the teacher has
+    (open_clip's DistillClipLoss; see clipkit.objectives.distill)."""
+
+    # A clipkit run or checkpoint folder, an open_clip local-dir folder, or an open_clip weights
+    # file (epoch_N.pt, .bin, .safetensors) with teacher_arch naming its architecture.
+    teacher: Optional[str] = None
+    teacher_arch: Optional[str] = None
+
+
+@dataclass
 class CaptionLossConfig:
     """Next-token cross-entropy of model.caption's decoder (padding ignored), per source."""
 
@@ -164,7 +178,7 @@ class CaptionLossConfig:
     source_weights: Dict[str, float] = field(default_factory=dict)  # e.g. {audio: 0.5}; others 1
 
 
-PAIR_TERMS = ("contrastive", "sigmoid", "uniformity", "alignment", "cross_uniformity")  # LossConfig's
+PAIR_TERMS = ("contrastive", "sigmoid", "uniformity", "alignment", "cross_uniformity", "distill")  # LossConfig's
 
 
 @dataclass
@@ -174,6 +188,7 @@ class LossConfig:
     uniformity: UniformityLossConfig = field(default_factory=UniformityLossConfig)
     alignment: AlignmentLossConfig = field(default_factory=AlignmentLossConfig)
     cross_uniformity: CrossUniformityLossConfig = field(default_factory=CrossUniformityLossConfig)
+    distill: DistillLossConfig = field(default_factory=DistillLossConfig)
     caption: CaptionLossConfig = field(default_factory=CaptionLossConfig)
     # pair -> the modality its terms treat as a fixed target: no gradient flows into that side from
     # this pair, e.g. {image_audio: image} binds audio to the image space without moving it

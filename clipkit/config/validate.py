@@ -246,6 +246,9 @@ def _check_loss(loss: LossConfig, pairs: List[str], caption_sources: List[str]) 
     if caption_sources and loss.caption.weight == 0:
         raise ConfigError("model.caption.sources", "the caption decoder would not train with "
                           "loss.caption.weight=0; set a weight or drop the sources")
+    if loss.distill.weight > 0 and not loss.distill.teacher:
+        raise ConfigError("loss.distill.teacher", "distillation needs a teacher: a clipkit run or checkpoint "
+                          "folder, an open_clip local-dir folder, or an open_clip weights file")
     if not any(getattr(loss, term).weight > 0 for term in (*PAIR_TERMS, "caption")):
         raise ConfigError("loss", "every loss term has weight 0; nothing would train")
 

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from clipkit.data.decode import CorruptSample, SampleDecoder
 from clipkit.data.shards import ShardSource, shard_sizes
 from clipkit.errors import DataError
-from clipkit.lifetime import data_worker_init
+from clipkit.lifetime import data_worker_init, end_workers_at_exit
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +321,8 @@ def make_loader(stream: TrainStream, workers: int, pin_memory: bool = False) -> 
     asynchronously."""
     if not stream.resampled:
         check_reader_slots(stream.sources, stream.world_size, workers)
+    if workers:
+        end_workers_at_exit()
     # A generator of its own: each pass's iter() draws the workers' base seed from it, never from
     # the process's, whose stream (dropout, SpecAugment) a resumed run must continue unmoved.
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,

@@ -51,7 +51,7 @@ def pair_parameters(model: ModelConfig, loss: LossConfig) -> PairParameters:
     """The per-pair parameters that the configured loss terms need."""
     sigmoid = loss.sigmoid
     return PairParameters(
-        contrastive_scale=model.init_logit_scale if loss.contrastive.weight > 0 else None,
+        contrastive_scale=model.init_logit_scale if loss.contrastive.weight > 0 or loss.distill.weight > 0 else None,
         sigmoid=(sigmoid.init_scale, sigmoid.init_bias) if sigmoid.weight > 0 else None,
         max_logit_scale=model.max_logit_scale)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Sequence
 
 import torch
 from open_clip.model import convert_to_custom_text_state_dict
@@ -55,12 +55,17 @@ def read_open_clip_state(path: str) -> Dict[str, torch.Tensor]:
     return convert_to_custom_text_state_dict(state)
 
 
-def _targets(model: MultiModalModel, state: Dict[str, torch.Tensor]) -> Dict[str, str]:
-    """File key -> model key."""
+PREFIXES = {"image": "visual.", "text": "text."}
+
+
+def _targets(model: MultiModalModel, state: Dict[str, torch.Tensor], towers: Sequence[str]) -> Dict[str, str]:
+    """File key -> model key, for the towers taken (and with both, the heads)."""
     targets: Dict[str, str] = {}
-    for prefix, modality in (("visual.", "image"), ("text.", "text")):
+    for modality in towers:
         for key in model.towers[modality].encoder.state_dict():
-            targets[prefix + key] = f"towers.{modality}.encoder.{key}"
+            targets[PREFIXES[modality] + key] = f"towers.{modality}.encoder.{key}"
+    if set(towers) != set(PREFIXES):
+        return targets
     if model.caption is not None:
         for key in model.caption.decoder.state_dict():
             targets[f"text_decoder.{key}"] = f"caption.decoder.{key}"
@@ -74,16 +79,17 @@ def _targets(model: MultiModalModel, state: Dict[str, torch.Tensor]) -> Dict[str
     return targets
 
 
-def load_open_clip_init(model: MultiModalModel, path: str) -> None:
-    """Copies the open_clip model at ``path`` into ``model``'s image and text towers (and caption
-    decoder, logit scale, SigLIP bias, where it has them); towers of other modalities keep their
-    own initialisation. Raises CheckpointError naming the first key that is missing, unexpected
-    or of another shape."""
-    if not {"image", "text"} <= set(model.towers):
-        raise CheckpointError(f"{KEY}: an open_clip model fills an image and a text tower; this model has "
-                              f"{', '.join(model.towers)}")
+def load_open_clip_init(model: MultiModalModel, path: str, towers: Sequence[str] = ("image", "text")) -> None:
+    """Copies the open_clip model at ``path`` into ``model``'s ``towers`` (with both image and
+    text, also its caption decoder, logit scale and SigLIP bias, where the model has them); other
+    towers keep their own initialisation. Raises CheckpointError naming the first key that is
+    missing, unexpected or of another shape."""
+    unknown = [t for t in towers if t not in PREFIXES or t not in model.towers]
+    if unknown or not towers:
+        raise CheckpointError(f"model.init.towers: an open_clip model fills the image and text towers; "
+                              f"{', '.join(unknown) or 'none'} asked, this model has {', '.join(model.towers)}")
     state = read_open_clip_state(path)
-    targets = _targets(model, state)
+    targets = _targets(model, state, towers)
     own = model.state_dict()
     missing = [key for key in targets if key not in state and not key.startswith("logit_")]
     if missing:
@@ -98,8 +104,9 @@ def load_open_clip_init(model: MultiModalModel, path: str) -> None:
                 raise CheckpointError(f"{KEY}: {path}: {key} has shape {list(value.shape)}, this model's "
                                       f"{list(target.shape)}")
             loaded[targets[key]] = value
-        elif any(key.startswith(part) for part in OPTIONAL_PARTS):
-            continue
+        elif any(key.startswith(part) for part in OPTIONAL_PARTS) or \
+                any(key.startswith(PREFIXES[m]) or key == "logit_scale" for m in PREFIXES if m not in towers):
+            continue  # a part this model lacks, or a tower (and so the scale) not taken
         else:
             raise CheckpointError(f"{KEY}: {path} has {key}, which this model has no place for")
     left_out = sorted({name for part, name in OPTIONAL_PARTS.items()
@@ -107,4 +114,5 @@ def load_open_clip_init(model: MultiModalModel, path: str) -> None:
     if left_out:
         log.warning("%s: this model has no %s; left out of %s", KEY, " or ".join(left_out), path)
     model.load_state_dict(loaded, strict=False)
-    log.info("initialised the image and text towers from the open_clip model %s (%d tensors)", path, len(loaded))
+    log.info("initialised the %s tower%s from the open_clip model %s (%d tensors)", " and ".join(towers),
+             "s" if len(towers) > 1 else "", path, len(loaded))

@@ -19,9 +19,10 @@ from clipkit.models.towers.image import ResNetConfig, TimmConfig, ViTConfig
 from clipkit.models.towers.text import TextTransformerConfig
 
 # Top-level keys of open_clip's model configs that carry no tower shape: custom_text is a layout of
-# open_clip's module tree (clipkit's is always per tower); init_logit_bias is SigLIP's initial bias,
-# which loss.sigmoid.init_bias sets.
-_IGNORED_TOP = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "custom_text", "init_logit_bias"}
+# open_clip's module tree (clipkit's is always per tower); init_logit_scale and init_logit_bias are
+# initial values, which model.init_logit_scale and loss.sigmoid.init_bias set.
+_IGNORED_TOP = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "custom_text", "init_logit_scale",
+                "init_logit_bias"}
 
 _VIT_FIELDS = ("layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size", "ls_init_value",
                "patch_dropout", "pool_type", "final_ln_after_pool", "no_ln_pre", "attentional_pool",
@@ -107,6 +108,12 @@ def arch_towers(name: str) -> ArchTowers:
     config = open_clip.get_model_config(name)
     if config is None:
         raise KeyError(name)
+    return towers_from_model_config(config)
+
+
+def towers_from_model_config(config: Dict[str, Any]) -> ArchTowers:
+    """clipkit's tower configs for an open_clip ``model_cfg`` (a zoo entry, or the one in a
+    local-dir folder's open_clip_config.json); raises ArchRefused."""
     if "multimodal_cfg" in config:
         raise ArchRefused("it is a CoCa (open_clip's multimodal_cfg); clipkit's caption decoder "
                           "(model.caption, see model=tiny_coca) is configured separately")

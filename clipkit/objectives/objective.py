@@ -2,12 +2,13 @@
 
 Terms, each logged under its name: ``contrastive/<pair>`` (InfoNCE), ``sigmoid/<pair>`` (SigLIP),
 ``uniformity/<pair>`` (mean of the pair's two modalities), ``alignment/<pair>``,
-``cross_uniformity/<pair>`` and ``caption/<source>``. A term of weight 0 is not computed. A pair
+``cross_uniformity/<pair>``, ``distill/<pair>`` and ``caption/<source>``. A term of weight 0 is not computed. A pair
 with an anchor (``loss.anchors``) sends no gradient into the anchored side.
 """
 from __future__ import annotations
 
-from typing import Dict
+from dataclasses import dataclass
+from typing import Dict, Optional
 
 import torch
 
@@ -15,10 +16,19 @@ from clipkit.config.schema import PAIR_TERMS, LossConfig, PairTermConfig
 from clipkit.models.multimodal import MultiModalModel, split_pair
 from clipkit.objectives.collectives import LOCAL, Collectives
 from clipkit.objectives.contrastive import clip_loss
+from clipkit.objectives.distill import distill_loss
 from clipkit.objectives.geometry import alignment, cross_uniformity, uniformity
 from clipkit.objectives.sigmoid import sigmoid_loss
 
 Tensors = Dict[str, torch.Tensor]
+
+
+@dataclass
+class TeacherOutputs:
+    """What the distillation teacher gives for a batch: embeddings per modality, scale per pair."""
+
+    embeddings: Tensors
+    scales: Tensors
 
 
 class Objective:
@@ -38,12 +48,13 @@ class Objective:
         self.scale_factor = min(1.0, start + (1.0 - start) * step / steps) if steps else 1.0
 
     def __call__(self, model: MultiModalModel, outputs: Tensors, present: Tensors,
-                 scale_grad: bool = True) -> Tensors:
+                 scale_grad: bool = True, teacher: Optional[TeacherOutputs] = None) -> Tensors:
         """Loss terms by name and their weighted ``total``.
 
         ``outputs`` is the model's forward; ``present[m]`` marks the rows that carry modality m;
         a pair is scored on the rows that carry both. ``scale_grad=False`` keeps the learnable
-        scales and biases out of this call's gradient.
+        scales and biases out of this call's gradient. ``teacher``: the distillation teacher's
+        embeddings of the same rows and its logit scale per pair (loss.distill).
         """
         cfg = self.cfg
         terms: Tensors = {}
@@ -53,10 +64,17 @@ class Objective:
             if term_cfg.weight <= 0:
                 continue
             for pair in model.pairs:
+                if name == "distill" and (teacher is None or pair not in teacher.scales):
+                    continue  # a pair the teacher does not have
                 first, second = split_pair(pair)
                 valid = present[first] & present[second]
                 a, b = (outputs[m].detach() if cfg.anchors.get(pair) == m else outputs[m] for m in (first, second))
-                term = self._pair_term(name, model, pair, a, b, valid, scale_grad)
+                if name == "distill":
+                    term = distill_loss(a, b, teacher.embeddings[first], teacher.embeddings[second],
+                                        model.logit_scale(pair) if scale_grad else model.logit_scale(pair).detach(),
+                                        teacher.scales[pair], self.comm.gather, valid)
+                else:
+                    term = self._pair_term(name, model, pair, a, b, valid, scale_grad)
                 terms[f"{name}/{pair}"] = term
                 total = total + term_cfg.weight * term_cfg.pair_weights.get(pair, 1.0) * term
         if cfg.caption.weight > 0 and model.caption is not None:

@@ -2,22 +2,24 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Dict, Iterator, List
+from typing import Callable, ContextManager, Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
 
 from clipkit.models.multimodal import MultiModalModel, to_device_async
-from clipkit.objectives.objective import Objective
+from clipkit.objectives.objective import Objective, TeacherOutputs
 
 Inputs = Dict[str, torch.Tensor]
 
 
 def forward_backward(model: nn.Module, objective: Objective, inputs: List[Inputs], present: List[Inputs],
-                     autocast: Callable[[], ContextManager], scaler: torch.amp.GradScaler) -> Dict[str, torch.Tensor]:
+                     autocast: Callable[[], ContextManager], scaler: torch.amp.GradScaler,
+                     teacher: Optional[TeacherOutputs] = None) -> Dict[str, torch.Tensor]:
     """Accumulate into ``.grad`` the gradient of the objective on the concatenated micro-batches
-    (``inputs[i]`` with its row masks ``present[i]``).
+    (``inputs[i]`` with its row masks ``present[i]``; ``teacher``: a distillation teacher's
+    outputs for the concatenated rows).
 
     ``model`` is the MultiModalModel or the one wrapper (DDP) around it; the objective runs inside
     its forward. The masks may stay on the host, as the loader made them: the model then picks the
@@ -33,7 +35,7 @@ def forward_backward(model: nn.Module, objective: Objective, inputs: List[Inputs
     if len(inputs) == 1:
         scored = _on(device, present[0])
         with autocast():
-            losses = model(inputs[0], present[0], loss=lambda core, out: objective(core, out, scored))
+            losses = model(inputs[0], present[0], loss=lambda core, out: objective(core, out, scored, teacher=teacher))
         scaler.scale(losses["total"]).backward()
         return losses
     devices = _cuda_devices(inputs)
@@ -50,7 +52,7 @@ def forward_backward(model: nn.Module, objective: Objective, inputs: List[Inputs
         def merged_loss(core: MultiModalModel, live: Inputs, j: int = j) -> Dict[str, torch.Tensor]:
             merged = {m: torch.cat([live[m] if i == j else cached[i][m] for i in range(len(inputs))])
                       for m in live}
-            return objective(core, merged, all_present, scale_grad=j == last)
+            return objective(core, merged, all_present, scale_grad=j == last, teacher=teacher)
 
         with _gradients_kept_local(model) if j < last else contextlib.nullcontext():
             # Replay the random draws of this micro-batch's cached pass (SpecAugment, dropout),

@@ -23,7 +23,8 @@ from clipkit.models.build import ModelBundle, build_bundle
 from clipkit.models.multimodal import to_device_async
 from clipkit.models.open_clip_init import load_open_clip_init
 from clipkit.objectives.collectives import LOCAL, process_group
-from clipkit.objectives.objective import Objective
+from clipkit.objectives.objective import Objective, TeacherOutputs
+from clipkit.objectives.teacher import load_teacher
 from clipkit.train import checkpoint as ckpt
 from clipkit.train.checkpoint_manager import CheckpointManager, CheckpointPolicy
 from clipkit.train.compile import compile_towers
@@ -57,7 +58,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.bundle: ModelBundle = build_bundle(checked, self.device)
         if cfg.model.init.open_clip is not None:  # a resumed run then loads its checkpoint over it
-            load_open_clip_init(self.bundle.model, cfg.model.init.open_clip)
+            load_open_clip_init(self.bundle.model, cfg.model.init.open_clip, cfg.model.init.towers)
         if env.rank:
             seed_everything(cfg.seed + env.rank)
         self.core = self.bundle.model  # the MultiModalModel itself, also under DDP (sharded in place by FSDP)
@@ -68,6 +69,7 @@ class Trainer:
         if env.joined:
             self.model = wrap(self.core, cfg.trainer.parallel, cfg.trainer.fsdp, cfg.trainer.precision)
         self.objective = Objective(cfg.loss, process_group(env.world_size) if env.distributed else LOCAL)
+        self.teacher = load_teacher(cfg.loss.distill, checked, self.device) if cfg.loss.distill.weight > 0 else None
         self.autocast = autocast_factory(cfg.trainer.precision, self.device)
         self.scaler = grad_scaler(cfg.trainer.precision, self.device)
         self.optimizer = build_optimizer(self.core, cfg.optim)
@@ -220,7 +222,8 @@ class Trainer:
         present = [self._present(b) for b in micro]
         self.optimizer.zero_grad(set_to_none=True)
         self.objective.at_step(self.progress.step)
-        losses = forward_backward(self.model, self.objective, inputs, present, self.autocast, self.scaler)
+        losses = forward_backward(self.model, self.objective, inputs, present, self.autocast, self.scaler,
+                                  self._teacher_outputs(inputs))
         self.scaler.unscale_(self.optimizer)
         self.nonfinite.before_step(gradient_norm(self.core.parameters(), self.cfg.trainer.grad_clip_norm))
         self.scaler.step(self.optimizer)
@@ -231,6 +234,15 @@ class Trainer:
             self.ema.update(self.core, self.progress.step + 1)
         self.progress.samples_seen += self.global_batch
         return {name: value.detach() for name, value in losses.items()}
+
+    def _teacher_outputs(self, inputs: List[Dict[str, torch.Tensor]]) -> Optional[TeacherOutputs]:
+        """The distillation teacher's embeddings of the step's rows (its micro-batches joined)."""
+        if self.teacher is None:
+            return None
+        with self.autocast():
+            parts = [self.teacher.embed(x) for x in inputs]
+        return TeacherOutputs({m: torch.cat([p[m] for p in parts]) for m in parts[0]},
+                              {pair: self.teacher.logit_scale(pair) for pair in self.teacher.pairs})
 
     def _record(self, losses: Dict[str, torch.Tensor], window: ThroughputWindow) -> dict:
         """The metrics.jsonl record of the step just taken; collective, so every rank makes it."""

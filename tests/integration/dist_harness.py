@@ -4,8 +4,8 @@
 
 MODE is ``local`` (local loss), ``global`` (full gathered matrix), ``accum`` (local loss with
 two accumulated micro-batches per rank) or ``masked`` (some rows of rank 0 and every row of rank 1
-lack the image), all with InfoNCE; or ``sigmoid``, ``geometry`` and ``coca``, the other loss
-terms (see ``loss_config``), with a few rows lacking the image on each rank; or ``locked``,
+lack the image), all with InfoNCE; or ``sigmoid``, ``geometry``, ``coca`` and ``distill``, the other
+loss terms (see ``loss_config``), with a few rows lacking the image on each rank; or ``locked``,
 InfoNCE with the text tower locked; or ``compiled``, InfoNCE with the towers compiled (the
 reference stays eager). Each rank saves {"loss", "grads"} of the first step to
 OUT_DIR/rank<r>.pt, and with STEPS > 1 the full weights after STEPS AdamW steps on the same batch
@@ -16,21 +16,22 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
+import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
 from clipkit import distributed
 from clipkit.config.schema import (AlignmentLossConfig, CaptionHeadConfig, CaptionLossConfig,
-                                   ContrastiveLossConfig, CrossUniformityLossConfig, FSDPConfig, LossConfig,
+                                   ContrastiveLossConfig, CrossUniformityLossConfig, DistillLossConfig, FSDPConfig, LossConfig,
                                    ModelConfig, OptimConfig, SigmoidLossConfig, UniformityLossConfig)
 from clipkit.models.build import pair_parameters
 from clipkit.models.multimodal import MultiModalModel, build_model
 from clipkit.models.towers.image import ViTConfig
 from clipkit.models.towers.text import TextTransformerConfig
 from clipkit.objectives.collectives import process_group
-from clipkit.objectives.objective import Objective
+from clipkit.objectives.objective import Objective, TeacherOutputs
 from clipkit.train.compile import compile_towers
 from clipkit.train.optim import build_optimizer
 from clipkit.train.parallel import wrap
@@ -50,6 +51,8 @@ def loss_config(mode: str) -> LossConfig:
                           cross_uniformity=CrossUniformityLossConfig(weight=0.3))
     if mode == "coca":
         return LossConfig(caption=CaptionLossConfig(weight=2.0))
+    if mode == "distill":
+        return LossConfig(distill=DistillLossConfig(weight=0.8, teacher="(a fixed tiny model)"))
     return LossConfig(contrastive=ContrastiveLossConfig(local_loss=mode != "global"))
 
 
@@ -78,18 +81,31 @@ def fixed_present(n: int, mode: str) -> Dict[str, torch.Tensor]:
     if mode == "masked":
         image[[1, 4]] = False
         image[PER_RANK:2 * PER_RANK] = False  # rank 1: no image at all
-    elif mode in ("sigmoid", "geometry", "coca"):
+    elif mode in ("sigmoid", "geometry", "coca", "distill"):
         image[[1, 4, PER_RANK + 2]] = False  # both ranks keep rows to score across ranks
     return {"image": image, "text": torch.ones(n, dtype=torch.bool)}
 
 
+def teacher_outputs(batch: Dict[str, torch.Tensor], mode: str) -> Optional[TeacherOutputs]:
+    """distill: a fixed tiny teacher of other weights and scale, on the same rows."""
+    if mode != "distill":
+        return None
+    teacher = tiny_model("local").eval()
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for param in teacher.parameters():  # other weights than the student's
+            param.add_(0.1 * torch.randn(param.shape, generator=generator))
+        embeddings = {m: F.normalize(teacher.towers[m](batch[m]), dim=-1) for m in ("image", "text")}
+    return TeacherOutputs(embeddings, {"image_text": torch.tensor([20.0])})
+
+
 def step(model, core: MultiModalModel, objective: Objective, batch: Dict[str, torch.Tensor],
-         mask: Dict[str, torch.Tensor], parts: int):
+         mask: Dict[str, torch.Tensor], parts: int, mode: str = "local"):
     chunks: List[Dict[str, torch.Tensor]] = [{k: v.chunk(parts)[i] for k, v in batch.items()} for i in range(parts)]
     present = [{k: v.chunk(parts)[i] for k, v in mask.items()} for i in range(parts)]
     cpu = torch.device("cpu")
     losses = forward_backward(model, objective, chunks, present, autocast_factory("fp32", cpu),
-                              grad_scaler("fp32", cpu))
+                              grad_scaler("fp32", cpu), teacher_outputs(batch, mode))
     grads = {n: full(p.grad).detach().clone() for n, p in core.named_parameters() if p.grad is not None}
     return losses["total"].detach(), grads
 
@@ -101,7 +117,7 @@ def full(tensor: torch.Tensor) -> torch.Tensor:
 
 def reference(n: int, mode: str):
     core = tiny_model(mode)
-    return step(core, core, Objective(loss_config(mode)), fixed_batch(n), fixed_present(n, mode), parts=1)
+    return step(core, core, Objective(loss_config(mode)), fixed_batch(n), fixed_present(n, mode), parts=1, mode=mode)
 
 
 def main(mode: str, out_dir: Path, parallel: str = "ddp", steps: int = 1) -> None:
@@ -118,14 +134,14 @@ def main(mode: str, out_dir: Path, parallel: str = "ddp", steps: int = 1) -> Non
     mask = {k: v[mine] for k, v in fixed_present(n, mode).items()}
     optimizer = build_optimizer(core, OptimConfig(lr=1e-3, weight_decay=0.1))
     parts = 2 if mode == "accum" else 1
-    loss, grads = step(model, core, objective, batch, mask, parts)
+    loss, grads = step(model, core, objective, batch, mask, parts, mode)
     saved = {"loss": distributed.all_reduce_mean(loss), "grads": grads}
     if steps > 1:
         for _ in range(steps - 1):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             core.clamp_logit_scales()
-            step(model, core, objective, batch, mask, parts)
+            step(model, core, objective, batch, mask, parts, mode)
         optimizer.step()
         saved["weights"] = {n: full(p).detach().clone() for n, p in core.named_parameters()}
     torch.save(saved, out_dir / f"rank{env.rank}.pt")

@@ -122,3 +122,19 @@ def test_unusable_paths_are_named(tmp_path):
     (tmp_path / "junk.bin").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read"):
         load_open_clip_init(clipkit_model(seed=6), str(tmp_path / "junk.bin"))
+
+
+def test_lit_takes_the_image_tower_alone(tmp_path):
+    """model.init.towers=[image]: a pretrained image tower, a text tower and scale of its own."""
+    theirs = open_clip_model()
+    torch.save(theirs.state_dict(), tmp_path / "open_clip_pytorch_model.bin")
+    ours = clipkit_model(seed=8)
+    text_before = {k: v.clone() for k, v in ours.towers["text"].state_dict().items()}
+    load_open_clip_init(ours, str(tmp_path / "open_clip_pytorch_model.bin"), towers=["image"])
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (ours.encode("image", images) - theirs.encode_image(images, normalize=True)).abs().max() <= 1e-6
+    assert all(torch.equal(ours.towers["text"].state_dict()[k], v) for k, v in text_before.items())
+    assert ours.logit_scales["image_text"].item() != pytest.approx(3.3)
+    with pytest.raises(CheckpointError, match="model.init.towers"):
+        load_open_clip_init(ours, str(tmp_path / "open_clip_pytorch_model.bin"), towers=["audio"])
