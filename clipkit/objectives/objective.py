@@ -2,8 +2,9 @@
 
 Terms, each logged under its name: ``contrastive/<pair>`` (InfoNCE), ``sigmoid/<pair>`` (SigLIP),
 ``uniformity/<pair>`` (mean of the pair's two modalities), ``alignment/<pair>``,
-``cross_uniformity/<pair>``, ``distill/<pair>`` and ``caption/<source>``. A term of weight 0 is not computed. A pair
-with an anchor (``loss.anchors``) sends no gradient into the anchored side.
+``cross_uniformity/<pair>``, ``distill/<pair>`` (for the pairs the teacher has) and
+``caption/<source>``. A term of weight 0 is not computed. A pair with an anchor (``loss.anchors``)
+sends no gradient into the anchored side.
 """
 from __future__ import annotations
 
@@ -69,12 +70,7 @@ class Objective:
                 first, second = split_pair(pair)
                 valid = present[first] & present[second]
                 a, b = (outputs[m].detach() if cfg.anchors.get(pair) == m else outputs[m] for m in (first, second))
-                if name == "distill":
-                    term = distill_loss(a, b, teacher.embeddings[first], teacher.embeddings[second],
-                                        model.logit_scale(pair) if scale_grad else model.logit_scale(pair).detach(),
-                                        teacher.scales[pair], self.comm.gather, valid)
-                else:
-                    term = self._pair_term(name, model, pair, a, b, valid, scale_grad)
+                term = self._pair_term(name, model, pair, a, b, valid, scale_grad, teacher)
                 terms[f"{name}/{pair}"] = term
                 total = total + term_cfg.weight * term_cfg.pair_weights.get(pair, 1.0) * term
         if cfg.caption.weight > 0 and model.caption is not None:
@@ -86,7 +82,7 @@ class Objective:
         return terms
 
     def _pair_term(self, name: str, model: MultiModalModel, pair: str, a: torch.Tensor, b: torch.Tensor,
-                   valid: torch.Tensor, scale_grad: bool) -> torch.Tensor:
+                   valid: torch.Tensor, scale_grad: bool, teacher: Optional[TeacherOutputs]) -> torch.Tensor:
         cfg, comm = self.cfg, self.comm
 
         def learnable(value: torch.Tensor) -> torch.Tensor:
@@ -97,6 +93,10 @@ class Objective:
             if self.scale_factor != 1.0:
                 scale = scale * self.scale_factor
             return clip_loss(a, b, scale, comm.gather, cfg.contrastive.local_loss, valid)
+        if name == "distill":
+            first, second = split_pair(pair)
+            return distill_loss(a, b, teacher.embeddings[first], teacher.embeddings[second],
+                                learnable(model.logit_scale(pair)), teacher.scales[pair], comm.gather, valid)
         if name == "sigmoid":
             return sigmoid_loss(a, b, learnable(model.sigmoid_scale(pair)), learnable(model.sigmoid_bias(pair)),
                                 comm, valid)

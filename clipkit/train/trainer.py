@@ -29,11 +29,11 @@ from clipkit.train import checkpoint as ckpt
 from clipkit.train.checkpoint_manager import CheckpointManager, CheckpointPolicy
 from clipkit.train.compile import compile_towers
 from clipkit.train.ema import WeightAverage
-from clipkit.train.patch_dropout import switch_off_patch_dropout
 from clipkit.train.metrics import MetricsLogger, ThroughputWindow, results_table
 from clipkit.train.nonfinite import NonfiniteGuard, gradient_norm
 from clipkit.train.optim import build_optimizer, build_scheduler
 from clipkit.train.parallel import gathered, wrap
+from clipkit.train.patch_dropout import switch_off_patch_dropout
 from clipkit.train.preemption import Preempted, PreemptionWatch
 from clipkit.train.precision import autocast_factory, grad_scaler
 from clipkit.train.state import ProcessRNG, TrainProgress, seed_everything
@@ -211,10 +211,7 @@ class Trainer:
     def _train_step(self, data: Iterator[dict], window: ThroughputWindow) -> Dict[str, torch.Tensor]:
         """One optimizer step; returns its loss terms as device tensors, read only when logged (a
         read waits for the GPU, which would otherwise run ahead of the host)."""
-        if not self.unmasked and self.progress.step >= self.total_steps - self.cfg.trainer.unmasked_final_steps:
-            self.unmasked = True
-            if switch_off_patch_dropout(self.core):
-                log.info("step %d on: patch dropout off, every patch is encoded", self.progress.step + 1)
+        self._end_masking_if_due()
         start = time.perf_counter()
         micro = [next(data) for _ in range(self.cfg.trainer.accum_steps)]
         window.add_step(time.perf_counter() - start)
@@ -234,6 +231,14 @@ class Trainer:
             self.ema.update(self.core, self.progress.step + 1)
         self.progress.samples_seen += self.global_batch
         return {name: value.detach() for name, value in losses.items()}
+
+    def _end_masking_if_due(self) -> None:
+        """trainer.unmasked_final_steps: from that step on, patch dropout is off (also when a run
+        resumes inside the final phase)."""
+        if not self.unmasked and self.progress.step >= self.total_steps - self.cfg.trainer.unmasked_final_steps:
+            self.unmasked = True
+            if switch_off_patch_dropout(self.core):
+                log.info("step %d on: patch dropout off, every patch is encoded", self.progress.step + 1)
 
     def _teacher_outputs(self, inputs: List[Dict[str, torch.Tensor]]) -> Optional[TeacherOutputs]:
         """The distillation teacher's embeddings of the step's rows (its micro-batches joined)."""
