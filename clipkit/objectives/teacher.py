@@ -14,7 +14,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import open_clip
 import torch
@@ -60,19 +60,25 @@ def _image_inputs(size: int, transform: ImageTransformConfig) -> Tuple:
     return (size, tuple(round(v, 6) for v in transform.mean), tuple(round(v, 6) for v in transform.std))
 
 
+def model_inputs(checked: CheckedConfig) -> Dict[str, Tuple]:
+    """Per modality, what the model's tower takes: image size, mean and std; text context; audio
+    rate and samples."""
+    towers = checked.towers
+    inputs: Dict[str, Tuple] = {}
+    if "image" in towers:
+        inputs["image"] = _image_inputs(towers["image"].image_size, checked.cfg.data.image)
+    if "text" in towers:
+        inputs["text"] = (towers["text"].context_length,)
+    if "audio" in towers:
+        inputs["audio"] = (towers["audio"].sample_rate, towers["audio"].clip_samples)
+    return inputs
+
+
 def _from_clipkit(path: Path, device: torch.device) -> Teacher:
     from clipkit.saved import load_checkpoint  # the teacher's own config and weights
 
     _, checked, bundle = load_checkpoint(str(path), device)
-    inputs: Dict[str, Tuple] = {}
-    if "image" in checked.towers:
-        inputs["image"] = _image_inputs(checked.towers["image"].image_size, checked.cfg.data.image)
-    if "text" in checked.towers:
-        inputs["text"] = (checked.towers["text"].context_length,)
-    if "audio" in checked.towers:
-        audio = checked.towers["audio"]
-        inputs["audio"] = (audio.sample_rate, audio.clip_samples)
-    return Teacher(bundle.model, inputs)
+    return Teacher(bundle.model, model_inputs(checked))
 
 
 def _from_open_clip(path: Path, cfg: DistillLossConfig, device: torch.device) -> Teacher:
@@ -118,14 +124,9 @@ def _check_fits(teacher: Teacher, student: CheckedConfig) -> None:
     if not shared:
         raise ConfigError(KEY, f"the teacher has none of the student's pairs (teacher: {', '.join(teacher.pairs)}; "
                                f"student: {', '.join(student.cfg.model.pairs)})")
-    towers = student.towers
-    own: Dict[str, Optional[Tuple]] = {
-        "image": _image_inputs(towers["image"].image_size, student.cfg.data.image) if "image" in towers else None,
-        "text": (towers["text"].context_length,) if "text" in towers else None,
-        "audio": (towers["audio"].sample_rate, towers["audio"].clip_samples) if "audio" in towers else None,
-    }
+    own = model_inputs(student)
     for modality in {m for pair in shared for m in pair.split("_")}:
-        if teacher.inputs.get(modality) != own[modality]:
+        if teacher.inputs.get(modality) != own.get(modality):
             raise ConfigError(KEY, f"the teacher's {modality} inputs {teacher.inputs.get(modality)} differ from the "
-                                   f"student's {own[modality]} (image: size, mean, std; text: context; audio: rate, "
-                                   "samples); the teacher sees the student's batch as it is")
+                                   f"student's {own.get(modality)} (image: size, mean, std; text: context; audio: "
+                                   "rate, samples); the teacher sees the student's batch as it is")
