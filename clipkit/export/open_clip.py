@@ -26,11 +26,10 @@ from clipkit.config.validate import CheckedConfig
 from clipkit.errors import ExportError
 from clipkit.export.staging import staged_folder
 from clipkit.models.multimodal import MultiModalModel
+from clipkit.models.open_clip_init import CONFIG_FILE, PREFIXES, WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "open_clip_config.json"
-WEIGHTS_FILE = "open_clip_model.safetensors"
 
 
 def _set_fields(cfg) -> dict:
@@ -62,9 +61,9 @@ def open_clip_config(checked: CheckedConfig, model: MultiModalModel) -> dict:
 
 def open_clip_state_dict(model: MultiModalModel) -> Dict[str, torch.Tensor]:
     state = {}
-    for prefix, modality in (("visual", "image"), ("text", "text")):
+    for modality, prefix in PREFIXES.items():
         for key, value in model.towers[modality].encoder.state_dict().items():
-            state[f"{prefix}.{key}"] = value
+            state[prefix + key] = value
     if model.caption is not None:
         for key, value in model.caption.decoder.state_dict().items():
             state[f"text_decoder.{key}"] = value

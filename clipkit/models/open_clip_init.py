@@ -24,7 +24,12 @@ from clipkit.models.towers.base import read_state_dict
 log = logging.getLogger(__name__)
 
 KEY = "model.init.open_clip"
-FOLDER_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# open_clip's local-dir layout, which clipkit-export writes too: the config, the weights, and the
+# key prefix of each tower (CustomTextCLIP's layout).
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+FOLDER_FILES = (WEIGHTS_FILE, "open_clip_pytorch_model.bin")  # a hub download may hold either
+PREFIXES = {"image": "visual.", "text": "text."}
 # Prefixes wrappers add to every key: DDP's, and torch.compile's.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Parts of an open_clip model the run may not have: left out with a warning, not an error.
@@ -53,9 +58,6 @@ def read_open_clip_state(path: str) -> Dict[str, torch.Tensor]:
         if all(key.startswith(prefix) for key in state):
             state = {key[len(prefix):]: value for key, value in state.items()}
     return convert_to_custom_text_state_dict(state)
-
-
-PREFIXES = {"image": "visual.", "text": "text."}
 
 
 def _targets(model: MultiModalModel, state: Dict[str, torch.Tensor], towers: Sequence[str]) -> Dict[str, str]:

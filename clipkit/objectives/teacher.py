@@ -24,7 +24,7 @@ from clipkit.config.schema import DistillLossConfig, ImageTransformConfig
 from clipkit.config.validate import CheckedConfig
 from clipkit.errors import ConfigError
 from clipkit.models.multimodal import MultiModalModel, PairParameters, build_model
-from clipkit.models.open_clip_init import load_open_clip_init
+from clipkit.models.open_clip_init import CONFIG_FILE, load_open_clip_init
 from clipkit.models.zoo import ArchRefused, arch_towers, towers_from_model_config
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def _from_clipkit(path: Path, device: torch.device) -> Teacher:
 
 
 def _from_open_clip(path: Path, cfg: DistillLossConfig, device: torch.device) -> Teacher:
-    config_file = path / "open_clip_config.json"
+    config_file = path / CONFIG_FILE
     if not path.is_dir() and not cfg.teacher_arch:
         raise ConfigError("loss.distill.teacher_arch", f"{path} is an open_clip weights file without its config: "
                                                        "name its architecture (an open_clip.list_models() name)")

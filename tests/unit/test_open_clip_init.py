@@ -6,9 +6,9 @@ from open_clip.model import CLIP, CustomTextCLIP
 from safetensors.torch import save_file
 
 from clipkit.errors import CheckpointError
-from clipkit.export.open_clip import WEIGHTS_FILE, open_clip_state_dict
+from clipkit.export.open_clip import open_clip_state_dict
 from clipkit.models.multimodal import PairParameters, build_model
-from clipkit.models.open_clip_init import load_open_clip_init
+from clipkit.models.open_clip_init import WEIGHTS_FILE, load_open_clip_init
 from clipkit.models.towers.audio import AudioCNNConfig
 from clipkit.models.towers.image import ViTConfig
 from clipkit.models.towers.text import TextTransformerConfig
