@@ -42,6 +42,15 @@ from clipkit.train.step import forward_backward
 log = logging.getLogger("clipkit")
 
 
+def locked_without_weights(checked: CheckedConfig) -> List[str]:
+    """The frozen towers that neither model.init.open_clip nor their own weights file fills: almost
+    always a forgotten path (a resumed run loads its checkpoint over them later)."""
+    init = checked.cfg.model.init
+    from_open_clip = set(init.towers) if init.open_clip is not None else set()
+    return [modality for modality, tower in checked.towers.items()
+            if tower.lock and not tower.weights and modality not in from_open_clip]
+
+
 class Trainer:
     def __init__(self, checked: CheckedConfig, sources: List[ShardSource], run_dir: Path,
                  env: dist_utils.DistEnv = dist_utils.DistEnv()) -> None:
@@ -59,6 +68,10 @@ class Trainer:
         self.bundle: ModelBundle = build_bundle(checked, self.device)
         if cfg.model.init.open_clip is not None:  # a resumed run then loads its checkpoint over it
             load_open_clip_init(self.bundle.model, cfg.model.init.open_clip, cfg.model.init.towers)
+        for modality in locked_without_weights(checked):
+            log.warning("model.towers.%s.lock: the %s tower is frozen and no weights are given for it "
+                        "(model.init.open_clip or model.towers.%s.weights): it stays at its random "
+                        "initialisation", modality, modality, modality)
         if env.rank:
             seed_everything(cfg.seed + env.rank)
         self.core = self.bundle.model  # the MultiModalModel itself, also under DDP (sharded in place by FSDP)

@@ -165,20 +165,21 @@ def test_eval_of_several_checkpoints_writes_reports_and_one_comparison(trained, 
 
 @pytest.mark.slow
 def test_a_run_started_from_the_open_clip_export_has_its_embeddings(trained, small_demo):
-    """clipkit checkpoint -> clipkit-export format=open_clip -> clipkit-train model.init.open_clip=
-    with the image and text towers locked (binding a new audio tower to a fixed space): the new
-    run's image and text embeddings are the exported model's."""
+    """clipkit checkpoint -> clipkit-export format=open_clip -> clipkit-train
+    experiment=demo_bind_audio model.init.open_clip= (the image and text towers locked, a new audio
+    tower bound to their space): the new run's image and text embeddings are the exported model's."""
     import clipkit
 
     out = trained / "open_clip_init"
     result = run_cli("clipkit-export", [f"checkpoint={trained / 'run'}", "format=open_clip", f"out={out}"], trained)
     assert result.returncode == 0, result.stderr[-3000:]
     run = trained / "from_open_clip"
-    result = run_cli("clipkit-train", [*demo_overrides(small_demo), f"hydra.run.dir={run}", "trainer.max_steps=2",
-                                       "eval=none", "seed=5", f"model.init.open_clip={out}",
-                                       "model.towers.image.lock=true", "model.towers.text.lock=true"], trained)
+    result = run_cli("clipkit-train", ["experiment=demo_bind_audio", *demo_overrides(small_demo),
+                                       f"hydra.run.dir={run}", "trainer.max_steps=2", "eval=none", "seed=5",
+                                       f"model.init.open_clip={out}"], trained)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "initialised the image and text towers from the open_clip model" in result.stdout
+    assert "random initialisation" not in result.stdout + result.stderr
     source, started = clipkit.load(str(trained / "run")), clipkit.load(str(run))
     images = torch.randn(4, 3, 32, 32)
     texts = ["a red circle", "a blue square left of a green star"]

@@ -5,7 +5,8 @@ import pytest
 
 from clipkit.cli.prepare import prepare
 from clipkit.config.compose import compose_config
-from clipkit.train.trainer import Trainer
+from clipkit.config.validate import check_config
+from clipkit.train.trainer import Trainer, locked_without_weights
 from tests.conftest import SMALL_DEMO_SAMPLES, demo_overrides
 
 
@@ -45,6 +46,17 @@ def test_locked_tower_does_not_change(small_demo, tmp_path):
     after = trainer.model.towers["text"].state_dict()
     assert all((before[k] == after[k]).all() for k in before)
     assert not (trainer.model.towers["image"].encoder.proj == image_before).all()
+
+
+@pytest.mark.parametrize("overrides, warned", [
+    ([], ["image", "text"]),  # demo_bind_audio without the model to bind to
+    (["model.init.open_clip=/models/b32"], []),
+    (["model.init.open_clip=/models/b32", "model.init.towers=[image]"], ["text"]),
+    (["model.towers.image.weights=/w/image.safetensors", "model.towers.text.lock=false"], []),
+])
+def test_a_frozen_tower_without_weights_is_named(overrides, warned):
+    checked = check_config(compose_config(["experiment=demo_bind_audio", *overrides]))
+    assert locked_without_weights(checked) == warned
 
 
 def test_resume_skip_applies_to_the_interrupted_epoch_only(small_demo, tmp_path):
