@@ -128,6 +128,15 @@ class ContrastiveLossConfig(PairTermConfig):
     # early keeps short runs off the initial loss plateau (see clipkit.objectives.objective).
     scale_warmup_steps: int = 0
     scale_warmup_start: float = 0.5
+    # Hardness-weighted negatives (Robinson et al. 2021): each negative weighted by exp(hardness *
+    # cosine), normalised over the row's negatives; 0: plain InfoNCE. (Robinson et al. apply beta to
+    # the scaled logit: their beta is hardness / logit scale.)
+    hardness: float = 0.0
+    # Their debiasing for false negatives: the prior share tau+ of negatives that are positives, in
+    # [0, 1); 0: off.
+    debias: float = 0.0
+    # Decoupled contrastive learning (Yeh et al. 2022): the positive left out of the denominator.
+    decoupled: bool = False
 
 
 @dataclass

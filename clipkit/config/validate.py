@@ -223,6 +223,9 @@ def _check_loss(loss: LossConfig, pairs: List[str], caption_sources: List[str]) 
     if not 0 < loss.contrastive.scale_warmup_start <= 1:
         raise ConfigError("loss.contrastive.scale_warmup_start",
                           f"must lie in (0, 1], got {loss.contrastive.scale_warmup_start}")
+    _positive("loss.contrastive.hardness", loss.contrastive.hardness, allow_zero=True)
+    if not 0 <= loss.contrastive.debias < 1:
+        raise ConfigError("loss.contrastive.debias", f"a share of false negatives in [0, 1), got {loss.contrastive.debias}")
     for term in PAIR_TERMS:
         term_cfg = getattr(loss, term)
         _positive(f"loss.{term}.weight", term_cfg.weight, allow_zero=True)

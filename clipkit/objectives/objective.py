@@ -16,7 +16,7 @@ import torch
 from clipkit.config.schema import PAIR_TERMS, LossConfig, PairTermConfig
 from clipkit.models.multimodal import MultiModalModel, split_pair
 from clipkit.objectives.collectives import LOCAL, Collectives
-from clipkit.objectives.contrastive import clip_loss
+from clipkit.objectives.contrastive import NegativeRule, clip_loss
 from clipkit.objectives.distill import distill_loss
 from clipkit.objectives.geometry import alignment, cross_uniformity, uniformity
 from clipkit.objectives.sigmoid import sigmoid_loss
@@ -37,6 +37,7 @@ class Objective:
         self.cfg = cfg
         self.comm = comm
         self.scale_factor = 1.0  # of the contrastive logit scales: see at_step
+        self.negative_rule = NegativeRule(cfg.contrastive.hardness, cfg.contrastive.debias, cfg.contrastive.decoupled)
 
     def at_step(self, step: int) -> None:
         """Temperature warm-up (loss.contrastive.scale_warmup_steps): the contrastive terms use
@@ -92,7 +93,7 @@ class Objective:
             scale = learnable(model.logit_scale(pair))
             if self.scale_factor != 1.0:
                 scale = scale * self.scale_factor
-            return clip_loss(a, b, scale, comm.gather, cfg.contrastive.local_loss, valid)
+            return clip_loss(a, b, scale, comm.gather, cfg.contrastive.local_loss, valid, self.negative_rule)
         if name == "distill":
             first, second = split_pair(pair)
             return distill_loss(a, b, teacher.embeddings[first], teacher.embeddings[second],
