@@ -116,6 +116,18 @@ class PairTermConfig:
 
 
 @dataclass
+class HardNegativesConfig:
+    """Per caption, up to k captions that contradict it (NegCLIP), encoded in the same step and
+    added as columns of the image->text and audio->text InfoNCE (see clipkit.data.negatives)."""
+
+    # shards (a neg.txt / neg.json member of each sample) | swap_attributes | swap_relations | demo
+    # (generators, from the caption); None: off
+    source: Optional[str] = None
+    k: int = 1
+    weight: float = 1.0  # each hard-negative column's share of the denominator is multiplied by this
+
+
+@dataclass
 class ContrastiveLossConfig(PairTermConfig):
     """Symmetric InfoNCE (CLIP), with a learnable logit scale per pair."""
 
@@ -137,6 +149,7 @@ class ContrastiveLossConfig(PairTermConfig):
     debias: float = 0.0
     # Decoupled contrastive learning (Yeh et al. 2022): the positive left out of the denominator.
     decoupled: bool = False
+    hard_negatives: HardNegativesConfig = field(default_factory=HardNegativesConfig)
 
 
 @dataclass

@@ -13,8 +13,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from clipkit.config.schema import (PAIR_TERMS, CaptionHeadConfig, ClipkitConfig, EvalDatasetConfig,
-                                   GenerationConfig, LossConfig)
+from clipkit.config.schema import (PAIR_TERMS, CaptionHeadConfig, ClipkitConfig, ContrastiveLossConfig,
+                                   EvalDatasetConfig, GenerationConfig, LossConfig)
+from clipkit.data.negatives import GENERATORS
 from clipkit.errors import ConfigError
 from clipkit.models.multimodal import split_pair
 from clipkit.models.towers import TOWERS, TowerConfig
@@ -223,9 +224,11 @@ def _check_loss(loss: LossConfig, pairs: List[str], caption_sources: List[str]) 
     if not 0 < loss.contrastive.scale_warmup_start <= 1:
         raise ConfigError("loss.contrastive.scale_warmup_start",
                           f"must lie in (0, 1], got {loss.contrastive.scale_warmup_start}")
+    _check_hard_negatives(loss.contrastive, pairs)
     _positive("loss.contrastive.hardness", loss.contrastive.hardness, allow_zero=True)
     if not 0 <= loss.contrastive.debias < 1:
-        raise ConfigError("loss.contrastive.debias", f"a share of false negatives in [0, 1), got {loss.contrastive.debias}")
+        raise ConfigError("loss.contrastive.debias",
+                          f"a share of false negatives in [0, 1), got {loss.contrastive.debias}")
     for term in PAIR_TERMS:
         term_cfg = getattr(loss, term)
         _positive(f"loss.{term}.weight", term_cfg.weight, allow_zero=True)
@@ -254,6 +257,22 @@ def _check_loss(loss: LossConfig, pairs: List[str], caption_sources: List[str]) 
                           "folder, an open_clip local-dir folder, or an open_clip weights file")
     if not any(getattr(loss, term).weight > 0 for term in (*PAIR_TERMS, "caption")):
         raise ConfigError("loss", "every loss term has weight 0; nothing would train")
+
+
+def _check_hard_negatives(contrastive: ContrastiveLossConfig, pairs: List[str]) -> None:
+    hard = contrastive.hard_negatives
+    if hard.source is None:
+        return
+    key = "loss.contrastive.hard_negatives"
+    if hard.source != "shards" and hard.source not in GENERATORS:
+        raise ConfigError(f"{key}.source", f"unknown source '{hard.source}'; known: shards (a neg.txt / neg.json "
+                          f"member per sample), {', '.join(GENERATORS.names())}")
+    _positive(f"{key}.k", hard.k)
+    _positive(f"{key}.weight", hard.weight)
+    if contrastive.weight == 0 or not any("text" in split_pair(pair) for pair in pairs):
+        raise ConfigError(f"{key}.source", "hard-negative captions join the contrastive terms of the pairs with "
+                          f"text; this run has none (model.pairs {pairs}, loss.contrastive.weight "
+                          f"{contrastive.weight})")
 
 
 def _check_anchors(anchors: Dict[str, str], pairs: List[str], caption_sources: List[str],

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from clipkit.config.schema import SampleKeysConfig
+from clipkit.data.negatives import NegativeCaptions
 
 
 MODALITIES = ("image", "text", "audio")
@@ -56,11 +57,13 @@ class SampleDecoder:
     strings until :meth:`collate` tokenises a batch's in one call."""
 
     def __init__(self, keys: SampleKeysConfig, image_loader: Optional[Callable[[bytes], torch.Tensor]] = None,
-                 tokenizer: Optional[Callable] = None, audio_loader: Optional[Callable] = None) -> None:
+                 tokenizer: Optional[Callable] = None, audio_loader: Optional[Callable] = None,
+                 negatives: Optional[NegativeCaptions] = None) -> None:
         self.keys = keys
         self.image_loader = image_loader
         self.tokenizer = tokenizer
         self.audio_loader = audio_loader
+        self.negatives = negatives  # hard-negative captions (loss.contrastive.hard_negatives)
 
     def __call__(self, sample: Dict[str, object]) -> Dict[str, Union[torch.Tensor, str]]:
         out: Dict[str, Union[torch.Tensor, str]] = {}
@@ -77,6 +80,8 @@ class SampleDecoder:
                     if not caption:
                         raise ValueError("empty caption")
                     out["text"] = caption
+                    if self.negatives is not None:
+                        out["text_negatives"] = self.negatives(sample, caption)
             if self.audio_loader is not None:
                 ext = _first_member(sample, self.keys.audio)
                 if ext is not None:
@@ -109,4 +114,21 @@ class SampleDecoder:
             else:
                 template = next(r for r in rows if r is not None)
                 batch[modality] = torch.stack([r if r is not None else torch.zeros_like(template) for r in rows])
+        if self.negatives is not None:
+            self._collate_negatives(samples, batch)
         return batch
+
+    def _collate_negatives(self, samples: List[Dict[str, object]], batch: dict) -> None:
+        """``text_negatives`` (rows x k x context tokens) and ``has_text_negatives`` (rows x k), also
+        when no row has one (every process then makes the same collective calls), and
+        ``rows_with_negatives``."""
+        k = self.negatives.k
+        found = [s.get("text_negatives", []) for s in samples]
+        present = torch.tensor([[j < len(f) for j in range(k)] for f in found], dtype=torch.bool)
+        texts = [caption for f in found for caption in f]
+        tokens = self.tokenizer(texts or [""])
+        negatives = torch.zeros((len(samples), k, tokens.shape[1]), dtype=tokens.dtype)
+        if texts:
+            negatives[present] = tokens
+        batch["text_negatives"], batch["has_text_negatives"] = negatives, present
+        batch["rows_with_negatives"] = int(present.any(dim=1).sum())

@@ -111,6 +111,9 @@ class MultiModalModel(nn.Module):
         step's graph: DDP/FSDP and the gathers of every process then see the same tensors,
         whichever modalities their batches carry.
 
+        With ``batch["text_negatives"]`` (B, K, L) and its mask ``present["text_negatives"]``, also
+        ``text_negatives`` (B, K, D): the hard-negative captions' embeddings, zero where absent.
+
         With a caption head, also per source s: ``caption_nll/s`` (B,), each row's summed
         next-token loss of its caption, and ``caption_tokens/s``, the tokens scored (0 on rows
         lacking s or text).
@@ -124,11 +127,22 @@ class MultiModalModel(nn.Module):
             inputs, rows = batch[modality], present[modality]
             index, weight = _rows_or_stand_in(rows, inputs.device)
             tower = self.towers[modality]
+            selected = inputs[index]
+            negatives = modality == "text" and "text_negatives" in batch
+            if negatives:  # hard-negative captions: encoded in the same call as the captions
+                negative_rows = present["text_negatives"]
+                negative_index, negative_weight = _rows_or_stand_in(negative_rows.flatten(), inputs.device)
+                selected = torch.cat([selected, batch["text_negatives"].flatten(0, 1)[negative_index]])
             if getattr(tower.encoder, "output_tokens", False):
-                encoded, token_features = tower.forward_with_tokens(inputs[index])
-                tokens[modality] = _scatter_rows(token_features * weight, index, rows.shape[0])
+                encoded, token_features = tower.forward_with_tokens(selected)
+                tokens[modality] = _scatter_rows(token_features[:len(index)] * weight, index, rows.shape[0])
             else:
-                encoded = tower(inputs[index])
+                encoded = tower(selected)
+            if negatives:
+                encoded, encoded_negatives = encoded[:len(index)], encoded[len(index):]
+                out["text_negatives"] = _scatter_rows(F.normalize(encoded_negatives, dim=-1) * negative_weight,
+                                                      negative_index, negative_rows.numel()
+                                                      ).unflatten(0, tuple(negative_rows.shape))
             out[modality] = _scatter_rows(F.normalize(encoded, dim=-1) * weight, index, rows.shape[0])
         if self.caption is not None:
             for source in self.caption.sources:

@@ -4,7 +4,8 @@ Terms, each logged under its name: ``contrastive/<pair>`` (InfoNCE), ``sigmoid/<
 ``uniformity/<pair>`` (mean of the pair's two modalities), ``alignment/<pair>``,
 ``cross_uniformity/<pair>``, ``distill/<pair>`` (for the pairs the teacher has) and
 ``caption/<source>``. A term of weight 0 is not computed. A pair with an anchor (``loss.anchors``)
-sends no gradient into the anchored side.
+sends no gradient into the anchored side. Hard-negative captions (``outputs["text_negatives"]``)
+join the contrastive terms of the pairs with text.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from clipkit.config.schema import PAIR_TERMS, LossConfig, PairTermConfig
 from clipkit.models.multimodal import MultiModalModel, split_pair
 from clipkit.objectives.collectives import LOCAL, Collectives
-from clipkit.objectives.contrastive import NegativeRule, clip_loss
+from clipkit.objectives.contrastive import HardNegatives, NegativeRule, clip_loss
 from clipkit.objectives.distill import distill_loss
 from clipkit.objectives.geometry import alignment, cross_uniformity, uniformity
 from clipkit.objectives.sigmoid import sigmoid_loss
@@ -71,7 +72,14 @@ class Objective:
                 first, second = split_pair(pair)
                 valid = present[first] & present[second]
                 a, b = (outputs[m].detach() if cfg.anchors.get(pair) == m else outputs[m] for m in (first, second))
-                term = self._pair_term(name, model, pair, a, b, valid, scale_grad, teacher)
+                hard = None
+                if name == "contrastive" and "text_negatives" in outputs and "text" in (first, second):
+                    negatives = outputs["text_negatives"]
+                    hard = HardNegatives(negatives.detach() if cfg.anchors.get(pair) == "text" else negatives,
+                                         present["text_negatives"], cfg.contrastive.hard_negatives.weight)
+                    if first == "text":  # the negatives are columns of the other side's rows
+                        a, b = b, a
+                term = self._pair_term(name, model, pair, a, b, valid, scale_grad, teacher, hard)
                 terms[f"{name}/{pair}"] = term
                 total = total + term_cfg.weight * term_cfg.pair_weights.get(pair, 1.0) * term
         if cfg.caption.weight > 0 and model.caption is not None:
@@ -83,7 +91,8 @@ class Objective:
         return terms
 
     def _pair_term(self, name: str, model: MultiModalModel, pair: str, a: torch.Tensor, b: torch.Tensor,
-                   valid: torch.Tensor, scale_grad: bool, teacher: Optional[TeacherOutputs]) -> torch.Tensor:
+                   valid: torch.Tensor, scale_grad: bool, teacher: Optional[TeacherOutputs],
+                   hard: Optional[HardNegatives] = None) -> torch.Tensor:
         cfg, comm = self.cfg, self.comm
 
         def learnable(value: torch.Tensor) -> torch.Tensor:
@@ -93,7 +102,8 @@ class Objective:
             scale = learnable(model.logit_scale(pair))
             if self.scale_factor != 1.0:
                 scale = scale * self.scale_factor
-            return clip_loss(a, b, scale, comm.gather, cfg.contrastive.local_loss, valid, self.negative_rule)
+            return clip_loss(a, b, scale, comm.gather, cfg.contrastive.local_loss, valid,
+                             self.negative_rule, hard)
         if name == "distill":
             first, second = split_pair(pair)
             return distill_loss(a, b, teacher.embeddings[first], teacher.embeddings[second],

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from clipkit import distributed as dist_utils
 from clipkit.config.validate import CheckedConfig
 from clipkit.data.decode import SampleDecoder
+from clipkit.data.negatives import NegativeCaptions
 from clipkit.data.pipeline import StreamState, TrainStream, batches, make_loader
 from clipkit.data.shards import ShardSource, count_samples
 from clipkit.errors import ConfigError
@@ -92,8 +93,11 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.sched)
         self.evaluator = Evaluator(cfg.eval, self.bundle.eval_loaders(), self.bundle.tokenizer,
                                    self.device, self.autocast, env)
+        hard_negatives = cfg.loss.contrastive.hard_negatives
         self.decoder = SampleDecoder(cfg.data.keys, self.bundle.train_image_loader, self.bundle.tokenizer,
-                                     self.bundle.train_audio_loader)
+                                     self.bundle.train_audio_loader,
+                                     NegativeCaptions(hard_negatives) if hard_negatives.source else None)
+        self.rows_with_negatives = [0, 0]  # rows with a hard negative, rows, since the last log
         self.pass_samples = self._pass_samples()
         self.stream = StreamState(workers=cfg.data.workers,
                                   endless=cfg.data.train.resampled and self.pass_samples is None)
@@ -210,12 +214,18 @@ class Trainer:
                 self.stream.skipped += dropped
             else:
                 inputs[m] = to_device_async(rows, self.device)
+        if "text_negatives" in batch:
+            inputs["text_negatives"] = to_device_async(batch["text_negatives"], self.device)
+            self.rows_with_negatives[0] += batch["rows_with_negatives"]
+            self.rows_with_negatives[1] += batch["num_rows"]
         return inputs
 
     def _present(self, batch: dict) -> Dict[str, torch.Tensor]:
         """The row masks, left on the host (see forward_backward); with a caption head also the
         host's copy of the token ids, where the head finds the tokens it scores."""
         present = {m: batch[f"has_{m}"] for m in self.core.modalities}
+        if "text_negatives" in batch:
+            present["text_negatives"] = batch["has_text_negatives"]
         if self.core.caption is not None:
             present["text_tokens"] = batch["text"] if "text" in batch else \
                 self.bundle.empty_inputs("text", batch["num_rows"])
@@ -276,6 +286,10 @@ class Trainer:
                   **self.core.scale_metrics(),
                   "skipped_samples": int(skipped), "unreadable_shards": int(unreadable),
                   "nonfinite_steps": self.nonfinite.read()}
+        if self.decoder.negatives is not None:  # how many captions the source could contradict
+            rows = dist_utils.all_reduce_sum(torch.tensor(self.rows_with_negatives, device=self.device)).tolist()
+            record["hard_negatives/row_share"] = rows[0] / max(rows[1], 1)
+            self.rows_with_negatives = [0, 0]
         return {**record, **window.rates(self.global_batch)}
 
     # ------------------------------------------------------------------------------ outputs

@@ -5,7 +5,9 @@
 MODE is ``local`` (local loss), ``global`` (full gathered matrix), ``accum`` (local loss with
 two accumulated micro-batches per rank) or ``masked`` (some rows of rank 0 and every row of rank 1
 lack the image), all with InfoNCE; or ``sigmoid``, ``geometry``, ``coca`` and ``distill``, the other
-loss terms (see ``loss_config``), with a few rows lacking the image on each rank; or ``locked``,
+loss terms (see ``loss_config``), and ``negatives``, InfoNCE with two hard-negative captions per row
+(some absent), hardness weighting, debiasing and the decoupled form, each with a few rows lacking
+the image on each rank; or ``locked``,
 InfoNCE with the text tower locked; or ``compiled``, InfoNCE with the towers compiled (the
 reference stays eager). Each rank saves {"loss", "grads"} of the first step to
 OUT_DIR/rank<r>.pt, and with STEPS > 1 the full weights after STEPS AdamW steps on the same batch
@@ -24,7 +26,8 @@ from torch.distributed.tensor import DTensor
 
 from clipkit import distributed
 from clipkit.config.schema import (AlignmentLossConfig, CaptionHeadConfig, CaptionLossConfig,
-                                   ContrastiveLossConfig, CrossUniformityLossConfig, DistillLossConfig, FSDPConfig, LossConfig,
+                                   ContrastiveLossConfig, CrossUniformityLossConfig, DistillLossConfig, FSDPConfig,
+                                   HardNegativesConfig, LossConfig,
                                    ModelConfig, OptimConfig, SigmoidLossConfig, UniformityLossConfig)
 from clipkit.models.build import pair_parameters
 from clipkit.models.multimodal import MultiModalModel, build_model
@@ -53,6 +56,9 @@ def loss_config(mode: str) -> LossConfig:
         return LossConfig(caption=CaptionLossConfig(weight=2.0))
     if mode == "distill":
         return LossConfig(distill=DistillLossConfig(weight=0.8, teacher="(a fixed tiny model)"))
+    if mode == "negatives":
+        return LossConfig(contrastive=ContrastiveLossConfig(
+            hardness=2.0, debias=0.05, decoupled=True, hard_negatives=HardNegativesConfig(source="demo", k=2, weight=1.5)))
     return LossConfig(contrastive=ContrastiveLossConfig(local_loss=mode != "global"))
 
 
@@ -66,14 +72,20 @@ def tiny_model(mode: str) -> MultiModalModel:
                        ["image_text"], pair_parameters(ModelConfig(), loss_config(mode)), caption)
 
 
-def fixed_batch(n: int) -> Dict[str, torch.Tensor]:
+def fixed_batch(n: int, mode: str = "local") -> Dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     tokens = torch.randint(1, 49000, (n, 8), generator=generator)
     tokens[:, 0] = 49406  # start of text
     tokens[:, -1] = 49407  # end-of-text, where argmax pooling reads
     tokens[::2, 5:] = 0  # shorter captions: end at 4, then padding
     tokens[::2, 4] = 49407
-    return {"image": torch.randn(n, 3, 16, 16, generator=generator), "text": tokens}
+    batch = {"image": torch.randn(n, 3, 16, 16, generator=generator), "text": tokens}
+    if mode == "negatives":  # two hard-negative captions per row: its own tokens with one changed
+        negatives = tokens[:, None, :].repeat(1, 2, 1)
+        negatives[:, 0, 2] = torch.randint(1, 49000, (n,), generator=generator)
+        negatives[:, 1, 3] = torch.randint(1, 49000, (n,), generator=generator)
+        batch["text_negatives"] = negatives
+    return batch
 
 
 def fixed_present(n: int, mode: str) -> Dict[str, torch.Tensor]:
@@ -81,9 +93,15 @@ def fixed_present(n: int, mode: str) -> Dict[str, torch.Tensor]:
     if mode == "masked":
         image[[1, 4]] = False
         image[PER_RANK:2 * PER_RANK] = False  # rank 1: no image at all
-    elif mode in ("sigmoid", "geometry", "coca", "distill"):
+    elif mode in ("sigmoid", "geometry", "coca", "distill", "negatives"):
         image[[1, 4, PER_RANK + 2]] = False  # both ranks keep rows to score across ranks
-    return {"image": image, "text": torch.ones(n, dtype=torch.bool)}
+    present = {"image": image, "text": torch.ones(n, dtype=torch.bool)}
+    if mode == "negatives":  # some rows with one hard negative, one (on rank 1) with none
+        negatives = torch.ones(n, 2, dtype=torch.bool)
+        negatives[[0, 3, PER_RANK + 1], 1] = False
+        negatives[PER_RANK + 4] = False
+        present["text_negatives"] = negatives
+    return present
 
 
 def teacher_outputs(batch: Dict[str, torch.Tensor], mode: str) -> Optional[TeacherOutputs]:
@@ -117,7 +135,7 @@ def full(tensor: torch.Tensor) -> torch.Tensor:
 
 def reference(n: int, mode: str):
     core = tiny_model(mode)
-    return step(core, core, Objective(loss_config(mode)), fixed_batch(n), fixed_present(n, mode), parts=1, mode=mode)
+    return step(core, core, Objective(loss_config(mode)), fixed_batch(n, mode), fixed_present(n, mode), parts=1, mode=mode)
 
 
 def main(mode: str, out_dir: Path, parallel: str = "ddp", steps: int = 1) -> None:
@@ -130,7 +148,7 @@ def main(mode: str, out_dir: Path, parallel: str = "ddp", steps: int = 1) -> Non
     objective = Objective(loss_config(mode), process_group(env.world_size))
     n = PER_RANK * env.world_size
     mine = slice(env.rank * PER_RANK, (env.rank + 1) * PER_RANK)
-    batch = {k: v[mine] for k, v in fixed_batch(n).items()}
+    batch = {k: v[mine] for k, v in fixed_batch(n, mode).items()}
     mask = {k: v[mine] for k, v in fixed_present(n, mode).items()}
     optimizer = build_optimizer(core, OptimConfig(lr=1e-3, weight_decay=0.1))
     parts = 2 if mode == "accum" else 1

@@ -19,12 +19,13 @@ from tests.integration.test_export import OPEN_CLIP_ZERO_SHOT, first_images
 HARNESS = str(Path(__file__).with_name("dist_harness.py"))
 
 
-@pytest.mark.parametrize("mode", ["local", "global", "accum", "masked", "sigmoid", "geometry", "coca", "distill"])
+@pytest.mark.parametrize("mode", ["local", "global", "accum", "masked", "sigmoid", "geometry", "coca", "distill",
+                                  "negatives"])
 def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path, mode):
     """2 ranks x B rows (local loss, full gathered matrix, 2 accumulated halves per rank, or rows
     lacking a modality, all of them on one rank; and so for the sigmoid loss, the geometry terms
-    the caption loss and distillation) give the loss and the gradients of one process on the 2B rows, and
-    nothing hangs."""
+    the caption loss, distillation and InfoNCE with hard negatives and their rules) give the loss
+    and the gradients of one process on the 2B rows, and nothing hangs."""
     result = run_command(torchrun(2, [HARNESS, mode, str(tmp_path)]), tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     expected_loss, expected = reference(2 * PER_RANK, mode)

@@ -1,4 +1,5 @@
 """accum_steps=K with batch B must give the gradients of one step on the concatenated K*B batch."""
+import pytest
 import torch
 
 from clipkit.cli.prepare import prepare
@@ -23,11 +24,16 @@ def two_micro_batches(small_demo, tmp_path, *overrides):
     return trainer, [trainer._inputs(b) for b in micro], [trainer._present(b) for b in micro]
 
 
-def test_feature_cache_accumulation_equals_one_big_batch(small_demo, tmp_path):
+@pytest.mark.parametrize("negatives", [[], ["loss.contrastive.hard_negatives.source=demo",
+                                              "loss.contrastive.hard_negatives.k=2", "loss.contrastive.hardness=1.0"]],
+                         ids=["plain", "hard_negatives"])
+def test_feature_cache_accumulation_equals_one_big_batch(small_demo, tmp_path, negatives):
     """Image, text and audio rows mixed, some lacking modalities; no random augmentation in the
-    model, so the big batch's forward is comparable bit for bit."""
-    trainer, inputs, present = two_micro_batches(small_demo, tmp_path, *NO_SPEC_AUGMENT)
+    model, so the big batch's forward is comparable bit for bit. Hard-negative captions made by the
+    demo's generator in the data workers are columns across both micro-batches."""
+    trainer, inputs, present = two_micro_batches(small_demo, tmp_path, *NO_SPEC_AUGMENT, *negatives)
     assert not all(bool(p["audio"].all()) for p in present)  # some rows lack audio
+    assert ("text_negatives" in inputs[0]) == bool(negatives)
 
     trainer.model.zero_grad()
     accumulated_loss = forward_backward(trainer.model, trainer.objective, inputs, present,

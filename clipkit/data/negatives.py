@@ -1,0 +1,172 @@
+"""Hard-negative captions: per sample, up to K captions that contradict it (NegCLIP's recipe).
+
+Read from the shards (``loss.contrastive.hard_negatives.source=shards``: a ``neg.txt`` member with
+one negative per line, or ``neg.json`` holding a list of strings), or made from the caption by a
+registered generator:
+
+- ``swap_attributes``: two different colour words exchanged, two different nouns exchanged
+  ("a red dog on a blue sofa" -> "a blue dog on a red sofa", "a red sofa on a blue dog"), two
+  different size words exchanged, or a single size word turned into its opposite (big -> small);
+- ``swap_relations``: a spatial relation turned into its opposite (left/right, above/below,
+  over/under, on top of/underneath, in front of/behind, inside/outside);
+- ``demo``: both of those, plus the built-in demo's closed vocabulary replaced word for word (a
+  colour or shape by another, a sound's pitch, loudness, timbre, contour or count by another), so
+  that one-shape captions and sound captions get negatives too.
+
+Generators work on whole words, keep the words' capitalisation, and return every alteration they
+find; a caption they cannot alter gets none (counted: the training log reports the share of rows
+that had a hard negative). K of the alterations are drawn with a random stream seeded by the
+sample's key, so a resumed run draws the same ones.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import re
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+from clipkit.config.schema import HardNegativesConfig
+from clipkit.registry import Registry
+
+Generator = Callable[[str], List[str]]
+GENERATORS: Registry[Generator] = Registry("hard-negative generator")
+SHARD_MEMBERS = ("neg.txt", "neg.json")  # what source=shards reads, in this order
+
+COLOURS = frozenset("""red orange yellow green blue purple pink brown black white grey gray silver gold beige
+    violet teal cyan magenta maroon navy turquoise crimson""".split())
+SIZE_OPPOSITES = {"small": "large", "large": "small", "big": "small", "little": "big", "tiny": "huge",
+                  "huge": "tiny", "tall": "short", "short": "tall", "thick": "thin", "thin": "thick",
+                  "wide": "narrow", "narrow": "wide"}
+# Common objects of photo captions: COCO's categories and frequent nouns of captioned-photo sets.
+NOUNS = frozenset("""person man woman boy girl child baby people player dog cat horse sheep cow elephant bear
+    zebra giraffe bird duck fish mouse animal bicycle bike car motorcycle airplane plane bus train truck boat
+    ship bench chair couch sofa bed table desk toilet sink oven microwave refrigerator fridge tv television
+    laptop computer keyboard phone book clock vase bottle cup glass bowl plate fork knife spoon banana apple
+    sandwich pizza donut cake broccoli carrot umbrella bag backpack suitcase tie hat shirt jacket shoe ball
+    kite skateboard surfboard frisbee racket bat glove skis snowboard tree flower grass road street sidewalk
+    building house window door wall fence field beach sand water sea ocean river lake sky cloud mountain hill
+    rock snow floor box sign lamp pole tower bridge circle square triangle cross star rectangle cube
+    sphere""".split())
+RELATION_OPPOSITES = (("to the left of", "to the right of"), ("on the left", "on the right"),
+                      ("left", "right"), ("above", "below"), ("over", "under"), ("on top of", "underneath"),
+                      ("in front of", "behind"), ("inside", "outside"), ("top", "bottom"))
+WORD = re.compile(r"[A-Za-z]+")
+
+
+def _like(word: str, template: str) -> str:
+    return word.capitalize() if template[:1].isupper() else word
+
+
+def _with_words(caption: str, replacements: Dict[int, str]) -> str:
+    """``caption`` with its i-th word replaced by ``replacements[i]`` (capitalisation kept), and
+    the article before a replaced word agreeing with it: an ungrammatical negative ("a orange")
+    could be told from its caption by the text alone."""
+    words = _words(caption)
+    replacements = dict(replacements)
+    for i, word in list(replacements.items()):
+        if i > 0 and words[i - 1] in ("a", "an") and i - 1 not in replacements:
+            replacements[i - 1] = "an" if word[0] in "aeiou" else "a"
+    pieces, last = [], 0
+    for i, match in enumerate(WORD.finditer(caption)):
+        if i in replacements:
+            pieces += [caption[last:match.start()], _like(replacements[i], match.group())]
+            last = match.end()
+    return "".join(pieces) + caption[last:]
+
+
+def _words(caption: str) -> List[str]:
+    return [match.group().lower() for match in WORD.finditer(caption)]
+
+
+def swaps(caption: str, vocabulary: Iterable[str]) -> List[str]:
+    """Every pair of different words of ``vocabulary`` in the caption, exchanged."""
+    vocabulary = set(vocabulary)
+    hits = [(i, w) for i, w in enumerate(_words(caption)) if w in vocabulary]
+    return [_with_words(caption, {i: wj, j: wi}) for (i, wi), (j, wj) in itertools.combinations(hits, 2) if wi != wj]
+
+
+def replacements(caption: str, choices: Dict[str, Sequence[str]]) -> List[str]:
+    """Every word that ``choices`` knows, replaced by each of its alternatives, one at a time."""
+    return [_with_words(caption, {i: other}) for i, word in enumerate(_words(caption))
+            for other in choices.get(word, ()) if other != word]
+
+
+def _relation_flips(caption: str) -> List[str]:
+    """Each relation phrase turned into its opposite (the longest phrase matched first)."""
+    pairs = [(a, b) for a, b in RELATION_OPPOSITES] + [(b, a) for a, b in RELATION_OPPOSITES]
+    pairs.sort(key=lambda pair: -len(pair[0]))
+    pattern = re.compile(r"\b(" + "|".join(re.escape(a) for a, _ in pairs) + r")\b", re.IGNORECASE)
+    opposite = dict(pairs)
+    return [caption[:m.start()] + _like(opposite[m.group().lower()], m.group()) + caption[m.end():]
+            for m in pattern.finditer(caption)]
+
+
+def _unique(captions: Iterable[str], original: str) -> List[str]:
+    seen, out = {original.lower()}, []
+    for caption in captions:
+        if caption.lower() not in seen:
+            seen.add(caption.lower())
+            out.append(caption)
+    return out
+
+
+@GENERATORS.register("swap_attributes", HardNegativesConfig)
+def swap_attributes(caption: str) -> List[str]:
+    sizes = [w for w in _words(caption) if w in SIZE_OPPOSITES]
+    size_changes = swaps(caption, SIZE_OPPOSITES) if len(set(sizes)) > 1 else \
+        replacements(caption, {w: [SIZE_OPPOSITES[w]] for w in sizes})
+    return _unique([*swaps(caption, COLOURS), *swaps(caption, NOUNS), *size_changes], caption)
+
+
+@GENERATORS.register("swap_relations", HardNegativesConfig)
+def swap_relations(caption: str) -> List[str]:
+    return _unique(_relation_flips(caption), caption)
+
+
+def _demo_vocabulary() -> Dict[str, List[str]]:
+    """Each word of the demo's closed vocabulary and the words that can stand in its place."""
+    from clipkit.data.demo import COLOURS as DEMO_COLOURS, SHAPES, SIZES
+    from clipkit.data.demo_audio import CONTOURS, LOUDNESS, PITCHES, PLURAL, TIMBRES
+
+    groups = [list(DEMO_COLOURS), list(SHAPES), list(SIZES), list(PITCHES), list(LOUDNESS), list(TIMBRES),
+              list(PLURAL.values()), [c for c in CONTOURS if c != "steady"], ["two", "three"]]
+    return {word: [other for other in group if other != word] for group in groups for word in group}
+
+
+@GENERATORS.register("demo", HardNegativesConfig)
+def demo(caption: str) -> List[str]:
+    """Swaps of colours, shapes and sizes, relation flips, and every single-word replacement
+    within the demo's vocabulary (its sounds' "short" is a duration: no size flip here)."""
+    from clipkit.data.demo import SIZES
+
+    return _unique([*swaps(caption, COLOURS), *swaps(caption, NOUNS), *swaps(caption, SIZES),
+                    *_relation_flips(caption), *replacements(caption, _demo_vocabulary())], caption)
+
+
+class NegativeCaptions:
+    """A sample's hard negatives, at most ``k``: from its shard members or from a generator."""
+
+    def __init__(self, cfg: HardNegativesConfig) -> None:
+        self.k = cfg.k
+        self.generate: Optional[Generator] = None if cfg.source == "shards" else GENERATORS.get(cfg.source).build
+
+    def __call__(self, sample: Dict[str, object], caption: str) -> List[str]:
+        if self.generate is not None:
+            found = self.generate(caption)
+        else:
+            found = _from_members(sample)
+        rng = random.Random(f"{sample.get('__key__', '')}/{caption}")
+        return found if len(found) <= self.k else rng.sample(found, self.k)
+
+
+def _from_members(sample: Dict[str, object]) -> List[str]:
+    if "neg.txt" in sample:
+        lines = sample["neg.txt"].decode("utf-8").splitlines()
+    elif "neg.json" in sample:
+        lines = json.loads(sample["neg.json"])
+        if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+            raise ValueError("neg.json must hold a list of strings")
+    else:
+        return []
+    return [line.strip() for line in lines if line.strip()]
