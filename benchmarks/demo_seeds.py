@@ -29,6 +29,10 @@ HEADLINE = [  # (eval set, metric, column title)
     ("sounds", "acc1", "sounds acc1"),
     ("sound_captions", "audio_retrieval_recall@10", "sound t->a R@10"),
     ("scene_sounds", "image_retrieval_recall@10", "scene a->i R@10"),
+    ("compositions", "acc", "comp acc"),
+    ("compositions", "acc_swap_colours", "comp colours"),
+    ("compositions", "acc_swap_sizes", "comp sizes"),
+    ("compositions", "acc_swap_positions", "comp positions"),
 ]
 
 

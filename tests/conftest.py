@@ -13,7 +13,7 @@ from clipkit.data.demo import DemoSpec, write_demo
 
 SMALL_DEMO = DemoSpec(image_text_samples=1200, audio_text_samples=360, trimodal_samples=240,
                       zeroshot_per_class=4, retrieval_images=60, sounds_per_class=6, retrieval_sounds=40,
-                      eval_per_shard=40)
+                      compositions_per_category=16, eval_per_shard=40)
 SMALL_DEMO_SAMPLES = 1200 + 360 + 240
 
 # Image and text towers small enough for a few seconds of CPU training (model=tiny's towers).

@@ -303,7 +303,7 @@ class LoggerConfig:
 @dataclass
 class EvalDatasetConfig:
     root: str = MISSING
-    task: str = "zeroshot_classification"  # zeroshot_classification | retrieval | captioning
+    task: str = "zeroshot_classification"  # zeroshot_classification | retrieval | captioning | compositionality
     modality: str = "image"  # what the samples are: image | audio
     split: str = "test"
     # retrieval only: what the items are matched with: text (the captions) or the other

@@ -12,7 +12,9 @@ Layout under ROOT (generated atomically: a temporary folder renamed into place w
   with txt) and sizes.json, SHARDS[source] shards each whatever the sample counts;
 - ``eval/shapes`` (image zero-shot, "<colour> <shape>"), ``eval/scenes`` (image<->text retrieval),
   ``eval/sounds`` (audio zero-shot, "<pitch> <timbre>"), ``eval/sound_captions`` (audio<->text
-  retrieval), ``eval/scene_sounds`` (image<->audio retrieval), all in CLIP_benchmark's layout.
+  retrieval), ``eval/scene_sounds`` (image<->audio retrieval), ``eval/compositions`` (a scene's
+  caption against one with its colours or sizes exchanged or its relation turned round), all in
+  CLIP_benchmark's layout.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import io
 import random
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
@@ -29,7 +31,7 @@ from PIL import Image, ImageDraw
 from clipkit.data.demo_audio import PITCHES, TIMBRES, Sound, encode_flac, random_sound, render
 from clipkit.data.write import fsync_tree, numbered, write_eval_set, write_shards
 
-VERSION = 2  # bump when the generated content changes; the folder name carries it
+VERSION = 3  # bump when the generated content changes; the folder name carries it
 SHARDS = {"image_text": 16, "audio_text": 6, "trimodal": 4}  # conf/data/demo.yaml names these
 COLOURS: Dict[str, Tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 225),
@@ -69,6 +71,7 @@ class DemoSpec:
     retrieval_images: int = 400
     sounds_per_class: int = 25
     retrieval_sounds: int = 300
+    compositions_per_category: int = 100
     eval_per_shard: int = 1000
     seed: int = 0
 
@@ -236,6 +239,32 @@ def _scene_sound_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
         yield {"webp": _render(rng, [shape], spec.image_size), "flac": encode_flac(render(sound, rng))}
 
 
+COMPOSITION_CATEGORIES = ("swap_colours", "swap_sizes", "swap_positions")
+
+
+def _composition_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
+    """Two shapes of different colours and sizes, their caption, and one that contradicts it by
+    exchanging the colours, exchanging the sizes, or turning the relation round (SugarCrepe's
+    layout: ``txt``, ``neg.txt``, ``category.txt``)."""
+    rng = random.Random(f"{spec.seed}/compositions")
+    for index in range(spec.compositions_per_category * len(COMPOSITION_CATEGORIES)):
+        category = COMPOSITION_CATEGORIES[index % len(COMPOSITION_CATEGORIES)]
+        shapes, axis = _two_shapes(rng, spec.image_size)
+        while shapes[0].colour == shapes[1].colour or shapes[0].size == shapes[1].size:
+            shapes, axis = _two_shapes(rng, spec.image_size)
+        first, second = shapes
+        forward, backward = RELATIONS[axis]
+        if category == "swap_colours":
+            first, second = replace(first, colour=second.colour), replace(second, colour=first.colour)
+        elif category == "swap_sizes":
+            first, second = replace(first, size=second.size), replace(second, size=first.size)
+        else:
+            forward = backward
+        yield {"webp": _render(rng, shapes, spec.image_size),  # png bytes, made webp by _png_to_webp
+               "txt": f"{shapes[0].phrase(True)} {RELATIONS[axis][0]} {shapes[1].phrase(True)}",
+               "neg.txt": f"{first.phrase(True)} {forward} {second.phrase(True)}", "category.txt": category}
+
+
 def _write_source(samples: Iterator[Dict[str, object]], count: int, out_dir: Path, source: str) -> None:
     per_shard = -(-count // SHARDS[source])
     written = write_shards(numbered(source, samples), out_dir, "demo", per_shard)
@@ -266,6 +295,8 @@ def write_demo(root: Path, spec: DemoSpec = DemoSpec()) -> Path:
                        per_shard=per_shard, dataset_type="retrieval")
         write_eval_set(evals / "scene_sounds", _png_to_webp(numbered("iat", _scene_sound_samples(spec))),
                        per_shard=per_shard, dataset_type="retrieval")
+        write_eval_set(evals / "compositions", _png_to_webp(numbered("cmp", _composition_samples(spec))),
+                       per_shard=per_shard, dataset_type="compositionality")
         (staging / "COMPLETE").write_text(f"clipkit demo v{VERSION} {spec}\n")
         fsync_tree(staging)
         if root.exists() and not (root / "COMPLETE").is_file():  # an incomplete earlier attempt

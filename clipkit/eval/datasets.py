@@ -4,6 +4,11 @@ ROOT/<split>/nshards.txt, ROOT/<split>/{0..N-1}.tar, ROOT/classnames.txt,
 ROOT/zeroshot_classification_templates.txt (``{c}`` placeholder), ROOT/dataset_type.txt.
 Samples: an image member (webp|png|jpg|jpeg) and/or an audio member (flac|wav|mp3|ogg), and
 ``cls`` (int) or ``txt`` (captions, one per line). Image <-> audio retrieval pairs the two members.
+
+Compositionality sets (``task: compositionality``, SugarCrepe's and ARO's test: must the true
+caption score above captions that use the same words to say something else?) hold per sample the
+item, ``txt`` (its true caption, the first line), ``neg.txt`` (one or more perturbed captions, one
+per line) and optionally ``category.txt`` (e.g. swap_att, replace_rel; "all" where absent).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from clipkit.lifetime import data_worker_init
 
 log = logging.getLogger(__name__)
 
-TASKS = ("zeroshot_classification", "retrieval", "captioning")
+TASKS = ("zeroshot_classification", "retrieval", "captioning", "compositionality")
 MEMBERS = {"image": ("webp", "png", "jpg", "jpeg"), "audio": ("flac", "wav", "mp3", "ogg")}
 
 
@@ -83,7 +88,16 @@ def open_eval_set(name: str, cfg: EvalDatasetConfig) -> EvalSet:
     return eval_set
 
 
-Target = Union[int, List[str], torch.Tensor]
+@dataclass(frozen=True)
+class Composition:
+    """A compositionality sample's texts: the true caption, the perturbed ones, their category."""
+
+    caption: str
+    negatives: List[str]
+    category: str
+
+
+Target = Union[int, List[str], torch.Tensor, Composition]
 Loader = Callable[[bytes], torch.Tensor]  # a sample member's bytes -> model input
 
 
@@ -116,6 +130,8 @@ class _EvalStream(IterableDataset):
                 item = self.loaders[self.eval_set.modality](_member(sample, self.eval_set.modality))
                 if self.eval_set.task == "zeroshot_classification":
                     target: Target = int(sample["cls"].decode("utf-8").strip())
+                elif self.eval_set.task == "compositionality":
+                    target = _composition(sample)
                 elif self.eval_set.against == "text":
                     target = [c.strip() for c in sample["txt"].decode("utf-8").splitlines() if c.strip()]
                     if not target:
@@ -127,6 +143,15 @@ class _EvalStream(IterableDataset):
                             sample.get("__key__"), exc)
                 continue
             yield item, target
+
+
+def _composition(sample: dict) -> Composition:
+    caption = next((c.strip() for c in sample["txt"].decode("utf-8").splitlines() if c.strip()), "")
+    negatives = [c.strip() for c in sample.get("neg.txt", b"").decode("utf-8").splitlines() if c.strip()]
+    if not caption or not negatives:
+        raise ValueError("a compositionality sample needs a caption (txt) and at least one perturbed one (neg.txt)")
+    category = sample.get("category.txt", b"").decode("utf-8").strip() or "all"
+    return Composition(caption, negatives, category)
 
 
 def _collate(rows: List[Tuple[torch.Tensor, Target]]) -> Tuple[torch.Tensor, Union[List[Target], torch.Tensor]]:

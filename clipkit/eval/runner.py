@@ -13,6 +13,7 @@ from clipkit import distributed as dist_utils
 from clipkit.config.schema import EvalConfig
 from clipkit.errors import ConfigError, DataError
 from clipkit.eval.captioning import caption_scores
+from clipkit.eval.compositionality import compositionality_metrics, true_caption_wins
 from clipkit.eval.datasets import EvalSet, Loader, eval_loader, open_eval_set
 from clipkit.eval.geometry import geometry_metrics
 from clipkit.eval.report import COUNTS
@@ -62,6 +63,8 @@ class Evaluator:
                     metrics = self._zeroshot(model, eval_set)
                 elif eval_set.task == "captioning":
                     metrics, examples = self._captioning(model, eval_set)
+                elif eval_set.task == "compositionality":
+                    metrics = self._compositionality(model, eval_set)
                 else:
                     metrics = self._retrieval(model, eval_set)
                 _note_missing_samples(eval_set, metrics)
@@ -121,16 +124,13 @@ class Evaluator:
             for offset, caption_list in enumerate(captions):
                 texts.extend(caption_list)
                 text_to_item.extend([first + offset] * len(caption_list))
-        text_embeddings = [torch.zeros(0, model.embed_dim, device=self.device)] + [
-            self._encode(model, "text", self.tokenizer(texts[i:i + self.cfg.batch_size]))
-            for i in range(0, len(texts), self.cfg.batch_size)
-        ]
+        text_embeddings = self._encode_texts(model, texts)
         # Item indices are local to each process: shift them by the items of lower ranks.
         item_counts = dist_utils.gather_objects(sum(len(x) for x in items))
         offset = sum(item_counts[: self.env.rank])
         all_items = self._gather(torch.cat(items))
         _require_samples(eval_set, len(all_items))
-        all_texts = self._gather(torch.cat(text_embeddings))
+        all_texts = self._gather(text_embeddings)
         mapping = self._gather(torch.tensor([offset + i for i in text_to_item], dtype=torch.long,
                                             device=self.device))
         metrics = retrieval_metrics(all_items, all_texts, mapping, item_name=eval_set.modality)
@@ -150,6 +150,27 @@ class Evaluator:
                                     item_name=eval_set.modality, text_name=eval_set.against)
         geometry = self._geometry(eval_set.name, all_items, all_partners, eval_set.modality, eval_set.against)
         return {**metrics, **geometry, "num_samples": len(all_items)}
+
+    def _compositionality(self, model: MultiModalModel, eval_set: EvalSet) -> Metrics:
+        """Each item against its true caption and its perturbed ones."""
+        wins: List[bool] = []
+        categories: List[str] = []
+        for inputs, compositions in self._loader(eval_set):
+            items = self._encode(model, eval_set.modality, inputs)
+            captions = self._encode_texts(model, [c.caption for c in compositions])
+            negatives = self._encode_texts(model, [n for c in compositions for n in c.negatives])
+            owner = torch.tensor([i for i, c in enumerate(compositions) for _ in c.negatives], device=items.device)
+            wins.extend(true_caption_wins(items, captions, negatives, owner).tolist())
+            categories.extend(c.category for c in compositions)
+        everything = [pair for rank_pairs in dist_utils.gather_objects(list(zip(wins, categories)))
+                      for pair in rank_pairs]
+        _require_samples(eval_set, len(everything))
+        return compositionality_metrics([w for w, _ in everything], [c for _, c in everything])
+
+    def _encode_texts(self, model: MultiModalModel, texts: List[str]) -> torch.Tensor:
+        return torch.cat([torch.zeros(0, model.embed_dim, device=self.device)] + [
+            self._encode(model, "text", self.tokenizer(texts[i:i + self.cfg.batch_size]))
+            for i in range(0, len(texts), self.cfg.batch_size)])
 
     def _geometry(self, name: str, x: torch.Tensor, y: torch.Tensor, x_name: str, y_name: str) -> Metrics:
         self.pairs[name] = (x, y, x_name, y_name)

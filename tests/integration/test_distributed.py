@@ -221,7 +221,8 @@ def test_distributed_eval_equals_single_process_eval(tmp_path, small_demo):
     sets = {"shapes": ["task=zeroshot_classification"], "scenes": ["task=retrieval"],
             "sounds": ["task=zeroshot_classification", "modality=audio"],
             "sound_captions": ["task=retrieval", "modality=audio"],
-            "scene_sounds": ["task=retrieval", "modality=image", "against=audio"]}
+            "scene_sounds": ["task=retrieval", "modality=image", "against=audio"],
+            "compositions": ["task=compositionality"]}
     eval_args = [f"checkpoint={run_dir}", "eval.batch_size=16"] + [
         f"eval.datasets.{name}.{setting}" for name, settings in sets.items()
         for setting in [f"root={small_demo}/eval/{name}", *settings]]
@@ -229,7 +230,8 @@ def test_distributed_eval_equals_single_process_eval(tmp_path, small_demo):
     assert single.returncode == 0, single.stderr[-3000:]
     both = run_command(torchrun(2, ["-m", "clipkit.cli.eval", *eval_args, f"out={tmp_path / 'dist'}"]), tmp_path)
     assert both.returncode == 0, both.stderr[-3000:]
-    for name, count in (("shapes", 96), ("scenes", 60), ("sounds", 48), ("sound_captions", 40), ("scene_sounds", 40)):
+    for name, count in (("shapes", 96), ("scenes", 60), ("sounds", 48), ("sound_captions", 40), ("scene_sounds", 40),
+                        ("compositions", 48)):
         one = json.loads((tmp_path / "single" / f"{name}.json").read_text())["metrics"]
         two = json.loads((tmp_path / "dist" / f"{name}.json").read_text())["metrics"]
         assert one["num_samples"] == two["num_samples"] == count
