@@ -9,9 +9,10 @@ registered generator:
   different size words exchanged, or a single size word turned into its opposite (big -> small);
 - ``swap_relations``: a spatial relation turned into its opposite (left/right, above/below,
   over/under, on top of/underneath, in front of/behind, inside/outside);
-- ``demo``: both of those, plus the built-in demo's closed vocabulary replaced word for word (a
-  colour or shape by another, a sound's pitch, loudness, timbre, contour or count by another), so
-  that one-shape captions and sound captions get negatives too.
+- ``demo``: for the built-in demo's grammar, its colours, shapes or sizes exchanged and its
+  relation turned round; a caption without two of a kind (one shape, a sound) gets its words
+  replaced one at a time within the demo's closed vocabulary instead (a colour or shape by another,
+  a sound's pitch, loudness, timbre, contour or count by another).
 
 Generators work on whole words, keep the words' capitalisation, and return every alteration they
 find; a caption they cannot alter gets none (counted: the training log reports the share of rows
@@ -136,12 +137,15 @@ def _demo_vocabulary() -> Dict[str, List[str]]:
 
 @GENERATORS.register("demo", HardNegativesConfig)
 def demo(caption: str) -> List[str]:
-    """Swaps of colours, shapes and sizes, relation flips, and every single-word replacement
-    within the demo's vocabulary (its sounds' "short" is a duration: no size flip here)."""
+    """The contradictions that keep the caption's words, which a bag of words cannot tell from it:
+    colours, shapes or sizes exchanged, the relation turned round. A caption with none (one shape,
+    a sound) gets every single-word replacement within the demo's vocabulary instead (its sounds'
+    "short" is a duration: no size flip)."""
     from clipkit.data.demo import SIZES
 
-    return _unique([*swaps(caption, COLOURS), *swaps(caption, NOUNS), *swaps(caption, SIZES),
-                    *_relation_flips(caption), *replacements(caption, _demo_vocabulary())], caption)
+    exchanged = _unique([*swaps(caption, COLOURS), *swaps(caption, NOUNS), *swaps(caption, SIZES),
+                         *_relation_flips(caption)], caption)
+    return exchanged or _unique(replacements(caption, _demo_vocabulary()), caption)
 
 
 class NegativeCaptions:
