@@ -62,3 +62,40 @@ def test_a_compositionality_set_without_perturbed_captions_is_skipped_sample_by_
     with pytest.raises(ConfigError, match="cannot be matched"):
         open_eval_set("c", EvalDatasetConfig(root=str(small_demo / "eval/compositions"), task="compositionality",
                                              against="audio"))
+
+
+def test_sounds_are_evaluated_like_images(tmp_path, small_demo):
+    """An audio compositionality set (sounds with a caption and a perturbed one) through the
+    evaluator of a tri-modal model."""
+    import random
+
+    from clipkit.config.compose import compose_config
+    from clipkit.config.validate import check_config
+    from clipkit.data.demo_audio import Sound, encode_flac, render
+    from clipkit.data.write import write_eval_set
+    from clipkit.eval.runner import Evaluator
+    from clipkit.models.build import build_bundle
+    from clipkit.train.precision import autocast_factory
+    from tests.conftest import demo_overrides
+
+    rng = random.Random(0)
+    sounds = [(Sound("beep", "high", "three", "loud"), "three short loud low beeps", "pitch"),
+              (Sound("buzz", "low", "long", "quiet", "rising"), "a long quiet low buzz slowly falling", "contour"),
+              (Sound("hiss", "high", "one", "loud"), "a short loud high rasp", "timbre")]
+    write_eval_set(tmp_path / "sound_compositions",
+                   ({"__key__": f"s{i}", "flac": encode_flac(render(sound, rng)), "txt": sound.captions()[0],
+                     "neg.txt": negative, "category.txt": category}
+                    for i, (sound, negative, category) in enumerate(sounds * 2)),
+                   per_shard=4, dataset_type="compositionality")
+    checked = check_config(compose_config([*demo_overrides(small_demo), "eval=none",
+                                           f"+eval.datasets.sounds.root={tmp_path / 'sound_compositions'}",
+                                           "+eval.datasets.sounds.task=compositionality",
+                                           "+eval.datasets.sounds.modality=audio"]))
+    cpu = torch.device("cpu")
+    bundle = build_bundle(checked, cpu)
+    evaluator = Evaluator(checked.cfg.eval, bundle.eval_loaders(), bundle.tokenizer, cpu,
+                          autocast_factory("fp32", cpu))
+    metrics = evaluator.run(bundle.model, 0, None)["sounds"]
+    assert metrics["num_samples"] == 6
+    assert set(metrics) == {"acc", "acc_contour", "acc_pitch", "acc_timbre", "num_samples"}
+    assert all(metrics[k] in (0.0, 0.5, 1.0) for k in ("acc_contour", "acc_pitch", "acc_timbre"))
