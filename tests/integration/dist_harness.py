@@ -57,8 +57,9 @@ def loss_config(mode: str) -> LossConfig:
     if mode == "distill":
         return LossConfig(distill=DistillLossConfig(weight=0.8, teacher="(a fixed tiny model)"))
     if mode == "negatives":
-        return LossConfig(contrastive=ContrastiveLossConfig(
-            hardness=2.0, debias=0.05, decoupled=True, hard_negatives=HardNegativesConfig(source="demo", k=2, weight=1.5)))
+        hard_negatives = HardNegativesConfig(source="demo", k=2, weight=1.5)
+        return LossConfig(contrastive=ContrastiveLossConfig(hardness=2.0, debias=0.05, decoupled=True,
+                                                            hard_negatives=hard_negatives))
     return LossConfig(contrastive=ContrastiveLossConfig(local_loss=mode != "global"))
 
 
