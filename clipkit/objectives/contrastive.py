@@ -89,17 +89,18 @@ def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
         a, b, valid, offset, processes = all_a, all_b, all_valid, 0, 1
     labels = torch.arange(a.shape[0], device=a.device) + offset
     labels = labels.masked_fill(~valid, -100)  # rows without a partner are not scored
-    per_row = (_direction_loss(a @ columns_b.T, logit_scale, labels, columns_b_valid, rule, column_log_weight)
-               + _direction_loss(b @ all_a.T, logit_scale, labels, all_valid, rule)) / 2
+    per_row = (_direction_loss(a, columns_b, logit_scale, labels, columns_b_valid, rule, column_log_weight)
+               + _direction_loss(b, all_a, logit_scale, labels, all_valid, rule)) / 2
     # Averaged over processes (as DDP averages gradients), this is the mean over all valid rows;
     # with none, an exact zero that still depends on a, b and the scale (DDP expects each gradient).
     return per_row * processes / all_valid.sum().clamp(min=1)
 
 
-def _direction_loss(cosines: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor, columns_valid: torch.Tensor,
-                    rule: NegativeRule, column_log_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _direction_loss(rows: torch.Tensor, columns: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor,
+                    columns_valid: torch.Tensor, rule: NegativeRule,
+                    column_log_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Sum over the scored rows (label >= 0) of -log(positive's share), one direction."""
-    logits = scale * cosines
+    logits = scale * rows @ columns.T  # (scale * rows) @ columns.T, as CLIP and open_clip round it
     if column_log_weight is not None:
         logits = logits + column_log_weight
     # Columns without a partner are no negatives. The lowest finite value rather than -inf: a row
@@ -110,16 +111,17 @@ def _direction_loss(cosines: torch.Tensor, scale: torch.Tensor, labels: torch.Te
     if rule.plain:
         return F.cross_entropy(logits.masked_fill(blocked, lowest), labels, reduction="sum", ignore_index=-100)
     scored = labels >= 0
-    rows = torch.arange(labels.shape[0], device=labels.device)
+    row_index = torch.arange(labels.shape[0], device=labels.device)
     positive_column = labels.clamp(min=0)
-    positive = logits[rows, positive_column]
+    positive = logits[row_index, positive_column]
     is_positive = torch.zeros_like(logits, dtype=torch.bool)
-    is_positive[rows, positive_column] = True
+    is_positive[row_index, positive_column] = True
     negative = ~(blocked | is_positive)
     count = negative.sum(dim=1)
     log_count = count.clamp(min=1).to(logits.dtype).log()
     # log of the negatives' sum: M times their weighted mean (plain weights 1/M: the plain sum)
     if rule.hardness:
+        cosines = rows @ columns.T
         log_weights = torch.log_softmax((rule.hardness * cosines).masked_fill(~negative, lowest), dim=1)
         log_negatives = torch.logsumexp((logits + log_weights).masked_fill(~negative, lowest), dim=1) + log_count
     else:

@@ -182,3 +182,18 @@ def test_debiasing_across_its_range_meets_the_floor_where_the_formula_falls_belo
     for debias in torch.linspace(0.02, 0.98, 49).tolist():
         rule = NegativeRule(debias=debias)
         assert torch.allclose(clip_loss(a, b, scale, rule=rule), naive_variant_loss(a, b, scale, rule), atol=1e-10)
+
+
+def test_plain_infonce_is_bit_for_bit_clips_formula():
+    """The default path rounds as CLIP and open_clip do, (scale * a) @ b.T, so that the new rules
+    leave default runs exactly as they were: the same loss and the same gradients, bit for bit."""
+    torch.manual_seed(0)
+    a = F.normalize(torch.randn(64, 32), dim=-1).requires_grad_()
+    b = F.normalize(torch.randn(64, 32), dim=-1)
+    scale = torch.tensor(14.3)
+    labels = torch.arange(64)
+    expected = (F.cross_entropy(scale * a @ b.T, labels, reduction="sum")
+                + F.cross_entropy(scale * b @ a.T, labels, reduction="sum")) / 2 / 64
+    got = clip_loss(a, b, scale)
+    assert torch.equal(got, expected)
+    assert torch.equal(torch.autograd.grad(got, a)[0], torch.autograd.grad(expected, a)[0])
