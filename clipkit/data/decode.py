@@ -126,9 +126,8 @@ class SampleDecoder:
         found = [s.get("text_negatives", []) for s in samples]
         present = torch.tensor([[j < len(f) for j in range(k)] for f in found], dtype=torch.bool)
         texts = [caption for f in found for caption in f]
-        tokens = self.tokenizer(texts or [""])
-        negatives = torch.zeros((len(samples), k, tokens.shape[1]), dtype=tokens.dtype)
+        negatives = torch.zeros((len(samples), k, self.tokenizer.context_length), dtype=torch.long)
         if texts:
-            negatives[present] = tokens
+            negatives[present] = self.tokenizer(texts)
         batch["text_negatives"], batch["has_text_negatives"] = negatives, present
         batch["rows_with_negatives"] = int(present.any(dim=1).sum())

@@ -31,7 +31,7 @@ from clipkit.config.schema import HardNegativesConfig
 from clipkit.registry import Registry
 
 Generator = Callable[[str], List[str]]
-GENERATORS: Registry[Generator] = Registry("hard-negative generator")
+GENERATORS: Registry[List[str]] = Registry("hard-negative generator")  # build: a caption -> its negatives
 SHARD_MEMBERS = ("neg.txt", "neg.json")  # what source=shards reads, in this order
 
 COLOURS = frozenset("""red orange yellow green blue purple pink brown black white grey gray silver gold beige
