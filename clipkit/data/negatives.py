@@ -21,6 +21,7 @@ sample's key, so a resumed run draws the same ones.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import random
@@ -32,7 +33,6 @@ from clipkit.registry import Registry
 
 Generator = Callable[[str], List[str]]
 GENERATORS: Registry[List[str]] = Registry("hard-negative generator")  # build: a caption -> its negatives
-SHARD_MEMBERS = ("neg.txt", "neg.json")  # what source=shards reads, in this order
 
 COLOURS = frozenset("""red orange yellow green blue purple pink brown black white grey gray silver gold beige
     violet teal cyan magenta maroon navy turquoise crimson""".split())
@@ -93,14 +93,16 @@ def replacements(caption: str, choices: Dict[str, Sequence[str]]) -> List[str]:
             for other in choices.get(word, ()) if other != word]
 
 
+RELATION_OPPOSITE = dict([*RELATION_OPPOSITES, *((b, a) for a, b in RELATION_OPPOSITES)])
+# The longest phrase first, so "to the left of" is one match, not "left" inside it.
+RELATION = re.compile(r"\b(" + "|".join(re.escape(p) for p in sorted(RELATION_OPPOSITE, key=len, reverse=True))
+                      + r")\b", re.IGNORECASE)
+
+
 def _relation_flips(caption: str) -> List[str]:
-    """Each relation phrase turned into its opposite (the longest phrase matched first)."""
-    pairs = [(a, b) for a, b in RELATION_OPPOSITES] + [(b, a) for a, b in RELATION_OPPOSITES]
-    pairs.sort(key=lambda pair: -len(pair[0]))
-    pattern = re.compile(r"\b(" + "|".join(re.escape(a) for a, _ in pairs) + r")\b", re.IGNORECASE)
-    opposite = dict(pairs)
-    return [caption[:m.start()] + _like(opposite[m.group().lower()], m.group()) + caption[m.end():]
-            for m in pattern.finditer(caption)]
+    """Each relation phrase turned into its opposite."""
+    return [caption[:m.start()] + _like(RELATION_OPPOSITE[m.group().lower()], m.group()) + caption[m.end():]
+            for m in RELATION.finditer(caption)]
 
 
 def _unique(captions: Iterable[str], original: str) -> List[str]:
@@ -125,6 +127,7 @@ def swap_relations(caption: str) -> List[str]:
     return _unique(_relation_flips(caption), caption)
 
 
+@functools.lru_cache(maxsize=1)  # built once per process, not per caption
 def _demo_vocabulary() -> Dict[str, List[str]]:
     """Each word of the demo's closed vocabulary and the words that can stand in its place."""
     from clipkit.data.demo import COLOURS as DEMO_COLOURS, SHAPES, SIZES
