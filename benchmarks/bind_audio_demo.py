@@ -14,6 +14,7 @@ Prints each run's headline metrics and wall time, whether the bound run's image 
 metric of the shapes and scenes sets) equal its base's exactly, and per recipe mean and spread.
 Finished runs are read again, not redone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,6 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
 
 from demo_seeds import HEADLINE, headline, run
 
@@ -33,12 +33,16 @@ IMAGE_SETS = ("shapes", "scenes")
 def export(run_dir: Path, out: Path) -> None:
     if (out / "open_clip_config.json").is_file():
         return
-    command = [str(Path(sys.executable).parent / "clipkit-export"), f"checkpoint={run_dir}",
-               "format=open_clip", f"out={out}"]
+    command = [
+        str(Path(sys.executable).parent / "clipkit-export"),
+        f"checkpoint={run_dir}",
+        "format=open_clip",
+        f"out={out}",
+    ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
 
-def image_metrics(run_dir: Path) -> Dict[str, dict]:
+def image_metrics(run_dir: Path) -> dict[str, dict]:
     return {name: json.loads((run_dir / "eval" / f"{name}.json").read_text())["metrics"] for name in IMAGE_SETS}
 
 
@@ -49,21 +53,27 @@ def main() -> None:
     parser.add_argument("--base", action="append", choices=sorted(BASES), help="default: both")
     args = parser.parse_args()
     titles = [title for _, _, title in HEADLINE]
-    print(f"{'run':<18} {'seed':>4} " + " ".join(f"{t:>16}" for t in titles)
-          + f" {'seconds':>8} {'image results':>14}", flush=True)
-    rows: Dict[str, List[Dict[str, float]]] = {}
+    print(
+        f"{'run':<18} {'seed':>4} " + " ".join(f"{t:>16}" for t in titles) + f" {'seconds':>8} {'image results':>14}",
+        flush=True,
+    )
+    rows: dict[str, list[dict[str, float]]] = {}
     for base in args.base or list(BASES):
         for seed in args.seeds:
             base_dir = args.out / base / f"seed{seed}"
             bound_dir = args.out / f"{base}_bound" / f"seed{seed}"
             base_seconds = run(base_dir, BASES[base], seed)
             export(base_dir, args.out / f"{base}_export" / f"seed{seed}")
-            bound_seconds = run(bound_dir, ["experiment=demo_bind_audio",
-                                            f"model.init.open_clip={args.out / f'{base}_export' / f'seed{seed}'}"],
-                                seed)
+            bound_seconds = run(
+                bound_dir,
+                ["experiment=demo_bind_audio", f"model.init.open_clip={args.out / f'{base}_export' / f'seed{seed}'}"],
+                seed,
+            )
             same = "equal" if image_metrics(bound_dir) == image_metrics(base_dir) else "DIFFERENT"
-            for name, run_dir, seconds, note in ((base, base_dir, base_seconds, ""),
-                                                 (f"{base}_bound", bound_dir, bound_seconds, same)):
+            for name, run_dir, seconds, note in (
+                (base, base_dir, base_seconds, ""),
+                (f"{base}_bound", bound_dir, bound_seconds, same),
+            ):
                 values = headline(run_dir)
                 rows.setdefault(name, []).append(values)
                 cells = " ".join(f"{values[t]:>16.3f}" if t in values else f"{'-':>16}" for t in titles)

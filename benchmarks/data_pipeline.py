@@ -21,6 +21,7 @@ samples per CPU-second of the whole process tree (loader process and workers, fr
 milliseconds of each stage (read: tar -> raw sample; decode; augment: crop and resize, and
 normalise; tokenise; collate).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,26 +32,33 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
 PARITY_PYTHON = ROOT / ".parity-venv" / "bin" / "python"
 BATCH, SIZE, CONTEXT, SCALE = 64, 224, 77, (0.9, 1.0)
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 PHOTOS = {  # scikit-image's sample photographs, and what they show
-    "astronaut": "an astronaut in a spacesuit in front of a flag", "coffee": "a cup of coffee on a saucer",
-    "chelsea": "a tabby cat looking to the side", "rocket": "a rocket on its launch pad",
+    "astronaut": "an astronaut in a spacesuit in front of a flag",
+    "coffee": "a cup of coffee on a saucer",
+    "chelsea": "a tabby cat looking to the side",
+    "rocket": "a rocket on its launch pad",
     "hubble_deep_field": "galaxies in the deep field of space",
     "immunohistochemistry": "a stained tissue sample under a microscope",
-    "retina": "the back of a human eye", "camera": "a man with a camera on a tripod",
-    "moon": "the cratered surface of the moon", "coins": "old coins laid out on a table",
-    "grass": "a patch of grass", "gravel": "a close view of gravel", "brick": "a brick wall"}
+    "retina": "the back of a human eye",
+    "camera": "a man with a camera on a tripod",
+    "moon": "the cratered surface of the moon",
+    "coins": "old coins laid out on a table",
+    "grass": "a patch of grass",
+    "gravel": "a close view of gravel",
+    "brick": "a brick wall",
+}
 FRAMINGS = ["a photo of {}", "a cropped picture of {}", "{}, seen up close", "a mirrored photo of {}"]
 
 
 # ---------------------------------------------------------------------------------------- shards
-def photo_jpeg(index: int) -> Dict[str, object]:
+def photo_jpeg(index: int) -> dict[str, object]:
     import numpy as np
     import skimage.data
     from PIL import Image
@@ -106,7 +114,7 @@ def tree_cpu_seconds() -> float:
     return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
-def rate(batches, count: int, rows: Callable[[object], int]) -> Dict[str, float]:
+def rate(batches, count: int, rows: Callable[[object], int]) -> dict[str, float]:
     """Samples/s and samples per CPU-second over ``count`` batches after 3 warm-up ones."""
     for _ in range(3):
         next(batches)
@@ -129,11 +137,12 @@ def clipkit_parts(decode_device: str = "cpu"):
     torch.set_num_threads(1)  # the normalisation stands in for the device's: one core, as the rest
     image = ImageTransformConfig(mean=list(MEAN), std=list(STD), train_crop_scale=list(SCALE))
     tokenizer = build_tokenizer(TextTransformerConfig(context_length=CONTEXT))
-    return SampleDecoder(SampleKeysConfig(), build_train_image_loader(image, SIZE, decode_device), tokenizer), \
-        DeviceImages(SIZE, ImageNormalizer(MEAN, STD), torch.device(decode_device))
+    return SampleDecoder(
+        SampleKeysConfig(), build_train_image_loader(image, SIZE, decode_device), tokenizer
+    ), DeviceImages(SIZE, ImageNormalizer(MEAN, STD), torch.device(decode_device))
 
 
-def measure_clipkit(shards: str, workers: int, count: int, decode_device: str = "cpu") -> Dict[str, float]:
+def measure_clipkit(shards: str, workers: int, count: int, decode_device: str = "cpu") -> dict[str, float]:
     """With ``decode_device=cuda`` the GPU decodes (data.decode_device=cuda) and each batch waits
     for it, as a training step that uses the batch would."""
     import torch
@@ -142,8 +151,17 @@ def measure_clipkit(shards: str, workers: int, count: int, decode_device: str = 
     from clipkit.data.shards import resolve_sources
 
     decoder, to_device = clipkit_parts(decode_device)
-    stream = TrainStream(resolve_sources(shards), decoder, BATCH, resampled=True, shuffle_buffer=1000, seed=0,
-                         epoch=0, rank=0, world_size=1)
+    stream = TrainStream(
+        resolve_sources(shards),
+        decoder,
+        BATCH,
+        resampled=True,
+        shuffle_buffer=1000,
+        seed=0,
+        epoch=0,
+        rank=0,
+        world_size=1,
+    )
 
     def rows(batch) -> int:
         to_device(batch["image"], batch["has_image"])
@@ -162,7 +180,7 @@ def open_clip_parts():
     return preprocess, open_clip.get_tokenizer("ViT-B-32")
 
 
-def measure_open_clip(shards: str, workers: int, count: int) -> Dict[str, float]:
+def measure_open_clip(shards: str, workers: int, count: int) -> dict[str, float]:
     from argparse import Namespace
 
     import torch
@@ -170,8 +188,16 @@ def measure_open_clip(shards: str, workers: int, count: int) -> Dict[str, float]
 
     torch.set_num_threads(1)
     preprocess, tokenizer = open_clip_parts()
-    args = Namespace(train_data=shards, train_num_samples=10 ** 7, dataset_resampled=True,
-                     train_data_upsampling_factors=None, seed=0, batch_size=BATCH, workers=workers, world_size=1)
+    args = Namespace(
+        train_data=shards,
+        train_num_samples=10**7,
+        dataset_resampled=True,
+        train_data_upsampling_factors=None,
+        seed=0,
+        batch_size=BATCH,
+        workers=workers,
+        world_size=1,
+    )
     loader = get_wds_dataset(args, preprocess, is_train=True, tokenizer=tokenizer).dataloader
     return rate(iter(loader), count, lambda batch: len(batch[0]))
 
@@ -182,7 +208,7 @@ def per_sample_ms(stage: Callable[[], None], samples: int) -> float:
     return (time.process_time() - start) / samples * 1e3
 
 
-def breakdown(side: str, shards: str, samples: int) -> Dict[str, float]:
+def breakdown(side: str, shards: str, samples: int) -> dict[str, float]:
     """CPU ms per sample of each stage, in this process, over the first ``samples`` samples."""
     import braceexpand
     import torch
@@ -190,7 +216,7 @@ def breakdown(side: str, shards: str, samples: int) -> Dict[str, float]:
 
     torch.set_num_threads(1)
     urls = list(braceexpand.braceexpand(shards))
-    raw: List[dict] = []
+    raw: list[dict] = []
 
     def read() -> None:
         for sample in wds.tarfile_to_samples()(iter({"url": url} for url in urls)):
@@ -211,7 +237,8 @@ def breakdown(side: str, shards: str, samples: int) -> Dict[str, float]:
         ms["augment"] = per_sample_ms(lambda: crops.extend(loader.resize(*d) for d in decoded), samples)
         rows = [{"image": crop, "text": caption} for crop, caption in zip(crops, captions)]
         ms["tokenise+collate"] = per_sample_ms(
-            lambda: [decoder.collate(rows[i:i + BATCH]) for i in range(0, samples, BATCH)], samples)
+            lambda: [decoder.collate(rows[i : i + BATCH]) for i in range(0, samples, BATCH)], samples
+        )
         batch, present = torch.stack(crops[:BATCH]), torch.ones(BATCH, dtype=torch.bool)
         ms["augment"] += per_sample_ms(lambda: [to_device(batch, present) for _ in range(samples // BATCH)], samples)
     else:
@@ -233,22 +260,30 @@ def breakdown(side: str, shards: str, samples: int) -> Dict[str, float]:
         tokens: list = []
         ms["tokenise"] = per_sample_ms(lambda: tokens.extend(tokenizer(c)[0] for c in captions), samples)
         ms["collate"] = per_sample_ms(
-            lambda: [default_collation_fn(list(zip(tensors[i:i + BATCH], tokens[i:i + BATCH])))
-                     for i in range(0, samples, BATCH)], samples)
+            lambda: [
+                default_collation_fn(list(zip(tensors[i : i + BATCH], tokens[i : i + BATCH])))
+                for i in range(0, samples, BATCH)
+            ],
+            samples,
+        )
     return ms
 
 
 # ------------------------------------------------------------------------------------------ main
 def run_side(side: str, *args: str) -> dict:
     python = str(PARITY_PYTHON) if side == "open_clip" else sys.executable
-    result = subprocess.run([python, __file__, "--side", side, *args], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT) if side == "clipkit" else ""})
+    result = subprocess.run(
+        [python, __file__, "--side", side, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT) if side == "clipkit" else ""},
+    )
     if result.returncode != 0:
         sys.exit(f"{side} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def spread(values: List[float]) -> str:
+def spread(values: list[float]) -> str:
     return f"{statistics.median(values):7.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
@@ -261,8 +296,12 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--breakdown-samples", type=int, default=512)
-    parser.add_argument("--decode-device", choices=["cpu", "cuda"], default="cpu",
-                        help="cuda: clipkit decodes on the GPU (data.decode_device=cuda); open_clip as ever")
+    parser.add_argument(
+        "--decode-device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: clipkit decodes on the GPU (data.decode_device=cuda); open_clip as ever",
+    )
     parser.add_argument("--side", choices=["clipkit", "open_clip"], help=argparse.SUPPRESS)
     parser.add_argument("--measure-workers", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -270,24 +309,43 @@ def main() -> None:
         if args.measure_workers is None:
             print(json.dumps(breakdown(args.side, args.shards, args.breakdown_samples)))
         else:
-            print(json.dumps(measure_clipkit(args.shards, args.measure_workers, args.batches, args.decode_device)
-                             if args.side == "clipkit" else
-                             measure_open_clip(args.shards, args.measure_workers, args.batches)))
+            print(
+                json.dumps(
+                    measure_clipkit(args.shards, args.measure_workers, args.batches, args.decode_device)
+                    if args.side == "clipkit"
+                    else measure_open_clip(args.shards, args.measure_workers, args.batches)
+                )
+            )
         return
     if not PARITY_PYTHON.is_file():
         sys.exit(f"no {PARITY_PYTHON}: run `python benchmarks/parity_open_clip.py --setup` first")
     shards = args.shards or write_photo_shards(args.out, args.images)
-    print(f"shards {shards}; batch {BATCH}, {SIZE} px, {args.batches} batches per measurement; clipkit decodes "
-          f"on the {args.decode_device}\n", flush=True)
-    figures: Dict[tuple, List[dict]] = {}
+    print(
+        f"shards {shards}; batch {BATCH}, {SIZE} px, {args.batches} batches per measurement; clipkit decodes "
+        f"on the {args.decode_device}\n",
+        flush=True,
+    )
+    figures: dict[tuple, list[dict]] = {}
     for repeat in range(args.repeats):
         for workers in args.workers:
-            for side in (("clipkit", "open_clip") if repeat % 2 == 0 else ("open_clip", "clipkit")):
-                figure = run_side(side, "--shards", shards, "--measure-workers", str(workers),
-                                  "--batches", str(args.batches), "--decode-device", args.decode_device)
+            for side in ("clipkit", "open_clip") if repeat % 2 == 0 else ("open_clip", "clipkit"):
+                figure = run_side(
+                    side,
+                    "--shards",
+                    shards,
+                    "--measure-workers",
+                    str(workers),
+                    "--batches",
+                    str(args.batches),
+                    "--decode-device",
+                    args.decode_device,
+                )
                 figures.setdefault((workers, side), []).append(figure)
-                print(f"repeat {repeat} workers {workers} {side:<9}: {figure['samples_per_s']:.1f} samples/s, "
-                      f"{figure['samples_per_cpu_s']:.1f} per CPU-second", flush=True)
+                print(
+                    f"repeat {repeat} workers {workers} {side:<9}: {figure['samples_per_s']:.1f} samples/s, "
+                    f"{figure['samples_per_cpu_s']:.1f} per CPU-second",
+                    flush=True,
+                )
     print(f"\nmedian (min-max) over {args.repeats} repeats")
     print(f"{'workers':>7} {'side':<9} {'samples/s':>22} {'samples/CPU-s':>22} {'ratio per CPU-s':>16}")
     for workers in args.workers:
@@ -295,13 +353,16 @@ def main() -> None:
         for side in ("open_clip", "clipkit"):
             runs = figures[(workers, side)]
             per_cpu = [f["samples_per_cpu_s"] for f in runs]
-            print(f"{workers:>7} {side:<9} {spread([f['samples_per_s'] for f in runs]):>22} "
-                  f"{spread(per_cpu):>22} {statistics.median(per_cpu) / base:>15.2f}x")
+            print(
+                f"{workers:>7} {side:<9} {spread([f['samples_per_s'] for f in runs]):>22} "
+                f"{spread(per_cpu):>22} {statistics.median(per_cpu) / base:>15.2f}x"
+            )
     print(f"\nCPU ms per sample by stage (one process, first {args.breakdown_samples} samples)")
     for side in ("open_clip", "clipkit"):
         stages = run_side(side, "--shards", shards, "--breakdown-samples", str(args.breakdown_samples))
-        print(f"{side:<9} " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
-              + f"; total {sum(stages.values()):.2f}")
+        print(
+            f"{side:<9} " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()) + f"; total {sum(stages.values()):.2f}"
+        )
 
 
 if __name__ == "__main__":

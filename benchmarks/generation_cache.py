@@ -6,6 +6,7 @@ A model of model=tiny_coca's shape (77-token context) with random weights. Print
 length, the tokens actually generated (the loop stops once every caption has ended), seconds per
 batch with and without the cache, and their ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,8 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds.append(time.perf_counter() - start)
-        print(f"{length:>4} {tokens.shape[1] - 1:>6} {seconds[0]:>14.3f} {seconds[1]:>13.3f} {seconds[1] / seconds[0]:>6.1f}")
+        generated = tokens.shape[1] - 1
+        print(f"{length:>4} {generated:>6} {seconds[0]:>14.3f} {seconds[1]:>13.3f} {seconds[1] / seconds[0]:>6.1f}")
 
 
 if __name__ == "__main__":

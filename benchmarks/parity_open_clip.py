@@ -26,6 +26,7 @@ shape open_clip's model config (as clipkit-export writes it), so both sides trai
 unless ``--open-clip-own-init`` keeps open_clip_train's own initial logit scale (ln 1/0.07); e.g.
 ``--clipkit model.init_logit_scale=1.9459`` starts both sides at scale 7.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,15 +41,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".parity-venv"
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DIGIT_TEMPLATES = ["a handwritten digit {c}.", "a photo of the number {c}.", "the digit {c}."]
 CAPTIONS = ["a handwritten {c}", "the digit {c}", "a scanned {c}", "number {c} written by hand"]
-PARITY_PACKAGES = ["open_clip_torch==3.3.0", "webdataset==0.2.86", "clip_benchmark==1.6.2", "requests", "pandas", "numpy<2.2",
-                   "torch==2.11.*", "torchvision==0.26.*"]
+PARITY_PACKAGES = [
+    "open_clip_torch==3.3.0",
+    "webdataset==0.2.86",
+    "clip_benchmark==1.6.2",
+    "requests",
+    "pandas",
+    "numpy<2.2",
+    "torch==2.11.*",
+    "torchvision==0.26.*",
+]
 
 
 def setup_venv() -> None:
@@ -74,12 +82,26 @@ def write_digits(root: Path) -> None:
         return buffer.getvalue()
 
     train, test = range(0, 1437), range(1437, len(digits.target))
-    write_shards(({"__key__": f"d{i:05d}", "png": png(digits.images[i]),
-                   "txt": CAPTIONS[i % len(CAPTIONS)].replace("{c}", DIGIT_NAMES[digits.target[i]])}
-                  for i in train), root / "train", "digits", 720)
-    write_eval_set(root / "eval", ({"__key__": f"t{i:05d}", "webp": _webp(png(digits.images[i])),
-                                    "cls": int(digits.target[i])} for i in test),
-                   classnames=DIGIT_NAMES, templates=DIGIT_TEMPLATES, dataset_type="zeroshot_classification")
+    write_shards(
+        (
+            {
+                "__key__": f"d{i:05d}",
+                "png": png(digits.images[i]),
+                "txt": CAPTIONS[i % len(CAPTIONS)].replace("{c}", DIGIT_NAMES[digits.target[i]]),
+            }
+            for i in train
+        ),
+        root / "train",
+        "digits",
+        720,
+    )
+    write_eval_set(
+        root / "eval",
+        ({"__key__": f"t{i:05d}", "webp": _webp(png(digits.images[i])), "cls": int(digits.target[i])} for i in test),
+        classnames=DIGIT_NAMES,
+        templates=DIGIT_TEMPLATES,
+        dataset_type="zeroshot_classification",
+    )
     (root / "COMPLETE").write_text("")
 
 
@@ -91,7 +113,7 @@ def _webp(png: bytes) -> bytes:
     return buffer.getvalue()
 
 
-def data_set(name: str, out: Path) -> Tuple[str, int, Path, int, int]:
+def data_set(name: str, out: Path) -> tuple[str, int, Path, int, int]:
     """(train shard pattern, training samples, zero-shot set root, image size, patch size)."""
     if name == "digits":
         root = out / "data" / "digits"
@@ -106,43 +128,70 @@ def data_set(name: str, out: Path) -> Tuple[str, int, Path, int, int]:
 
 
 # ---------------------------------------------------------------------------------------- model
-def clipkit_overrides(shards: str, samples: int, image_size: int, patch: int, epochs: int) -> List[str]:
+def clipkit_overrides(shards: str, samples: int, image_size: int, patch: int, epochs: int) -> list[str]:
     """open_clip_train's epoch is ceil(samples / batch) steps (its loader starts the next pass to fill
     the last batch); clipkit takes the same number of steps, starting its next pass where one ends."""
     steps = epochs * math.ceil(samples / 64)
-    return ["experiment=demo_image_text", "model=tiny", "data=webdataset", "eval=none",
-            f"data.train.shards='{shards}'", f"data.train.num_samples={samples}", "data.train.resampled=false",
-            "data.batch_size=64", "data.workers=1", "data.image.mean=[0.5,0.5,0.5]", "data.image.std=[0.5,0.5,0.5]",
-            "data.image.train_crop_scale=[0.9,1.0]", "data.image.interpolation=bicubic",
-            "model.embed_dim=128", f"model.towers.image.image_size={image_size}",
-            f"model.towers.image.patch_size={patch}", "model.towers.image.width=128", "model.towers.image.layers=4",
-            "model.towers.image.head_width=32", "model.towers.text.width=128", "model.towers.text.heads=4",
-            "model.towers.text.layers=4", "model.towers.text.context_length=32",
-            "optim.lr=1e-3", "optim.weight_decay=0.1", "optim.betas=[0.9,0.999]", "optim.eps=1e-8",
-            "sched=cosine", "sched.warmup_steps=50", "trainer.grad_clip_norm=null", "trainer.precision=fp32",
-            f"trainer.max_steps={steps}", "trainer.device=cpu", "trainer.log_every_n_steps=50"]
+    return [
+        "experiment=demo_image_text",
+        "model=tiny",
+        "data=webdataset",
+        "eval=none",
+        f"data.train.shards='{shards}'",
+        f"data.train.num_samples={samples}",
+        "data.train.resampled=false",
+        "data.batch_size=64",
+        "data.workers=1",
+        "data.image.mean=[0.5,0.5,0.5]",
+        "data.image.std=[0.5,0.5,0.5]",
+        "data.image.train_crop_scale=[0.9,1.0]",
+        "data.image.interpolation=bicubic",
+        "model.embed_dim=128",
+        f"model.towers.image.image_size={image_size}",
+        f"model.towers.image.patch_size={patch}",
+        "model.towers.image.width=128",
+        "model.towers.image.layers=4",
+        "model.towers.image.head_width=32",
+        "model.towers.text.width=128",
+        "model.towers.text.heads=4",
+        "model.towers.text.layers=4",
+        "model.towers.text.context_length=32",
+        "optim.lr=1e-3",
+        "optim.weight_decay=0.1",
+        "optim.betas=[0.9,0.999]",
+        "optim.eps=1e-8",
+        "sched=cosine",
+        "sched.warmup_steps=50",
+        "trainer.grad_clip_norm=null",
+        "trainer.precision=fp32",
+        f"trainer.max_steps={steps}",
+        "trainer.device=cpu",
+        "trainer.log_every_n_steps=50",
+    ]
 
 
-def open_clip_model_config(overrides: List[str]) -> dict:
+def open_clip_model_config(overrides: list[str]) -> dict:
     """open_clip's config of the model clipkit builds from ``overrides`` (what clipkit-export writes)."""
+    import torch
+
     from clipkit.config.compose import compose_config
     from clipkit.config.validate import check_config
     from clipkit.export.open_clip import open_clip_config
     from clipkit.models.build import build_bundle
-    import torch
 
     checked = check_config(compose_config(overrides))
     return open_clip_config(checked, build_bundle(checked, torch.device("cpu")).model)
 
 
 # ----------------------------------------------------------------------------------------- runs
-def timed(command: List[str], cwd: Path, log: Path) -> Tuple[float, float]:
+def timed(command: list[str], cwd: Path, log: Path) -> tuple[float, float]:
     """Run to completion; (wall seconds, CPU seconds of it and its children)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with open(log, "w") as handle:
-        result = subprocess.run(command, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        result = subprocess.run(
+            command, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
@@ -150,33 +199,96 @@ def timed(command: List[str], cwd: Path, log: Path) -> Tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def run_clipkit(work: Path, overrides: List[str], seed: int) -> Tuple[Path, float, float]:
+def run_clipkit(work: Path, overrides: list[str], seed: int) -> tuple[Path, float, float]:
     bin_dir = Path(sys.executable).parent
-    wall, cpu = timed([str(bin_dir / "clipkit-train"), *overrides, f"seed={seed}", f"hydra.run.dir={work / 'run'}"],
-                      work, work / "train.log")
+    wall, cpu = timed(
+        [str(bin_dir / "clipkit-train"), *overrides, f"seed={seed}", f"hydra.run.dir={work / 'run'}"],
+        work,
+        work / "train.log",
+    )
     export = work / "open_clip"
-    timed([str(bin_dir / "clipkit-export"), f"checkpoint={work / 'run'}", "format=open_clip", f"out={export}"],
-          work, work / "export.log")
+    timed(
+        [str(bin_dir / "clipkit-export"), f"checkpoint={work / 'run'}", "format=open_clip", f"out={export}"],
+        work,
+        work / "export.log",
+    )
     return export, wall, cpu
 
 
-def run_open_clip(work: Path, shards: str, samples: int, epochs: int, seed: int,
-                  model_cfg: dict) -> Tuple[Path, float, float]:
+def run_open_clip(
+    work: Path, shards: str, samples: int, epochs: int, seed: int, model_cfg: dict
+) -> tuple[Path, float, float]:
     import torch
     from safetensors.torch import save_file
 
     python = str(VENV / "bin" / "python")
-    args = [python, "-m", "open_clip_train.main", "--train-data", shards, "--train-num-samples", str(samples),
-            "--dataset-type", "webdataset", "--batch-size", "64", "--epochs", str(epochs), "--lr", "1e-3",
-            "--wd", "0.1", "--beta1", "0.9", "--beta2", "0.999", "--eps", "1e-8", "--warmup", "50",
-            "--workers", "1", "--model", "clipkit_parity", "--precision", "fp32", "--device", "cpu",
-            "--seed", str(seed), "--image-mean", "0.5", "0.5", "0.5", "--image-std", "0.5", "0.5", "0.5",
-            "--image-interpolation", "bicubic", "--aug-cfg", "scale=(0.9,1.0)", "--zeroshot-frequency", "0",
-            "--val-frequency", "0", "--save-frequency", str(epochs), "--report-to", "",
-            "--log-every-n-steps", "50", "--logs", str(work / "logs"), "--name", "run"]
+    args = [
+        python,
+        "-m",
+        "open_clip_train.main",
+        "--train-data",
+        shards,
+        "--train-num-samples",
+        str(samples),
+        "--dataset-type",
+        "webdataset",
+        "--batch-size",
+        "64",
+        "--epochs",
+        str(epochs),
+        "--lr",
+        "1e-3",
+        "--wd",
+        "0.1",
+        "--beta1",
+        "0.9",
+        "--beta2",
+        "0.999",
+        "--eps",
+        "1e-8",
+        "--warmup",
+        "50",
+        "--workers",
+        "1",
+        "--model",
+        "clipkit_parity",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--seed",
+        str(seed),
+        "--image-mean",
+        "0.5",
+        "0.5",
+        "0.5",
+        "--image-std",
+        "0.5",
+        "0.5",
+        "0.5",
+        "--image-interpolation",
+        "bicubic",
+        "--aug-cfg",
+        "scale=(0.9,1.0)",
+        "--zeroshot-frequency",
+        "0",
+        "--val-frequency",
+        "0",
+        "--save-frequency",
+        str(epochs),
+        "--report-to",
+        "",
+        "--log-every-n-steps",
+        "50",
+        "--logs",
+        str(work / "logs"),
+        "--name",
+        "run",
+    ]
     wall, cpu = timed(args, work, work / "train.log")
-    checkpoint = torch.load(work / "logs" / "run" / "checkpoints" / f"epoch_{epochs}.pt", map_location="cpu",
-                            weights_only=False)
+    checkpoint = torch.load(
+        work / "logs" / "run" / "checkpoints" / f"epoch_{epochs}.pt", map_location="cpu", weights_only=False
+    )
     state = {k.removeprefix("module."): v.contiguous() for k, v in checkpoint["state_dict"].items()}
     export = work / "open_clip"
     export.mkdir(exist_ok=True)
@@ -188,24 +300,53 @@ def run_open_clip(work: Path, shards: str, samples: int, epochs: int, seed: int,
 
 def clip_benchmark_acc1(export: Path, eval_root: Path, work: Path) -> float:
     out = work / "clip_benchmark.json"
-    timed([str(VENV / "bin" / "clip_benchmark"), "eval", "--model", f"local-dir:{export}", "--pretrained", "",
-           "--dataset", "wds/parity", "--dataset_root", str(eval_root), "--task", "zeroshot_classification",
-           "--batch_size", "128", "--num_workers", "0", "--no_amp", "--output", str(out)],
-          work, work / "clip_benchmark.log")
+    timed(
+        [
+            str(VENV / "bin" / "clip_benchmark"),
+            "eval",
+            "--model",
+            f"local-dir:{export}",
+            "--pretrained",
+            "",
+            "--dataset",
+            "wds/parity",
+            "--dataset_root",
+            str(eval_root),
+            "--task",
+            "zeroshot_classification",
+            "--batch_size",
+            "128",
+            "--num_workers",
+            "0",
+            "--no_amp",
+            "--output",
+            str(out),
+        ],
+        work,
+        work / "clip_benchmark.log",
+    )
     return json.loads(out.read_text())["metrics"]["acc1"]
 
 
 def clipkit_eval_acc1(work: Path, eval_root: Path) -> float:
     out = work / "clipkit_eval"
-    timed([str(Path(sys.executable).parent / "clipkit-eval"), f"checkpoint={work / 'run'}", f"out={out}",
-           f"eval.datasets.parity.root={eval_root}", "eval.datasets.parity.task=zeroshot_classification"],
-          work, work / "clipkit_eval.log")
+    timed(
+        [
+            str(Path(sys.executable).parent / "clipkit-eval"),
+            f"checkpoint={work / 'run'}",
+            f"out={out}",
+            f"eval.datasets.parity.root={eval_root}",
+            "eval.datasets.parity.task=zeroshot_classification",
+        ],
+        work,
+        work / "clipkit_eval.log",
+    )
     return json.loads((out / "parity.json").read_text())["metrics"]["acc1"]
 
 
-def summary(values: List[float]) -> str:
+def summary(values: list[float]) -> str:
     spread = max(values) - min(values)
-    return (f"{statistics.mean(values):.3f} (spread {spread:.3f}; " + ", ".join(f"{v:.3f}" for v in values) + ")")
+    return f"{statistics.mean(values):.3f} (spread {spread:.3f}; " + ", ".join(f"{v:.3f}" for v in values) + ")"
 
 
 def main() -> None:
@@ -216,8 +357,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="passes over the training set (default: 15 digits, 1 demo)")
     parser.add_argument("--sides", nargs="+", choices=["clipkit", "open_clip"], default=["clipkit", "open_clip"])
     parser.add_argument("--clipkit", nargs="*", default=[], help="extra overrides for clipkit's side")
-    parser.add_argument("--open-clip-own-init", action="store_true",
-                        help="open_clip's initial logit scale (ln 1/0.07) whatever model.init_logit_scale says")
+    parser.add_argument(
+        "--open-clip-own-init",
+        action="store_true",
+        help="open_clip's initial logit scale (ln 1/0.07) whatever model.init_logit_scale says",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "parity")
     args = parser.parse_args()
     if args.setup:
@@ -229,12 +373,24 @@ def main() -> None:
     config = open_clip_model_config([*overrides, *args.clipkit])  # model overrides shape both sides' model
     if args.open_clip_own_init:
         config["model_cfg"].pop("init_logit_scale", None)
-    configs = Path(subprocess.run([str(VENV / "bin" / "python"), "-c", "import open_clip, os; "
-                                   "print(os.path.dirname(open_clip.__file__))"], capture_output=True, text=True,
-                                  check=True).stdout.strip()) / "model_configs"
+    configs = (
+        Path(
+            subprocess.run(
+                [
+                    str(VENV / "bin" / "python"),
+                    "-c",
+                    "import open_clip, os; print(os.path.dirname(open_clip.__file__))",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
+        / "model_configs"
+    )
     (configs / "clipkit_parity.json").write_text(json.dumps(config["model_cfg"]))
     tag = "_".join(o.replace("/", "-").replace("=", "-") for o in args.clipkit) or "base"
-    results: Dict[str, Dict[str, List[float]]] = {side: {"acc1": [], "wall": [], "cpu": []} for side in args.sides}
+    results: dict[str, dict[str, list[float]]] = {side: {"acc1": [], "wall": [], "cpu": []} for side in args.sides}
     for seed in args.seeds:
         for side in args.sides:
             own = "open_clip_own_init" if args.open_clip_own_init else "open_clip"
@@ -252,11 +408,15 @@ def main() -> None:
             print(line, flush=True)
             for key, value in (("acc1", acc1), ("wall", wall), ("cpu", cpu)):
                 results[side][key].append(value)
-    print(f"\n{args.set}, {epochs} epoch(s), seeds {args.seeds}, clipkit overrides: {args.clipkit or 'none'}, "
-          f"open_clip's initial logit scale: {'its own' if args.open_clip_own_init else 'as clipkit'}")
+    print(
+        f"\n{args.set}, {epochs} epoch(s), seeds {args.seeds}, clipkit overrides: {args.clipkit or 'none'}, "
+        f"open_clip's initial logit scale: {'its own' if args.open_clip_own_init else 'as clipkit'}"
+    )
     for side, r in results.items():
-        print(f"{side:<10} acc1 {summary(r['acc1'])}; wall {statistics.mean(r['wall']):.0f} s, "
-              f"CPU {statistics.mean(r['cpu']):.0f} s")
+        print(
+            f"{side:<10} acc1 {summary(r['acc1'])}; wall {statistics.mean(r['wall']):.0f} s, "
+            f"CPU {statistics.mean(r['cpu']):.0f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ the 50 warm-up steps and 120 steps in all (~50 s a seed on 2 cores), and prints 
 50, 80, 100 and 120 per seed. A run still near ln 64 = 4.16 at step 100 is one that the full
 schedule may leave in a poor solution. Extra ``--set KEY=VALUE`` overrides name the variant.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,19 +33,32 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], help="the variant's overrides")
     args = parser.parse_args()
     shards = str(args.data / "train" / "digits-{000000..000001}.tar")
-    fixed = [o for o in clipkit_overrides(shards, 1437, 32, 4, 15)
-             if not o.startswith(("trainer.max_steps", "sched", "trainer.log_every"))]
-    fixed += ["trainer.max_steps=120", "sched=constant", "sched.warmup_steps=50", "trainer.log_every_n_steps=10",
-              "trainer.ckpt_every_n_steps=1000"]
+    fixed = [
+        o
+        for o in clipkit_overrides(shards, 1437, 32, 4, 15)
+        if not o.startswith(("trainer.max_steps", "sched", "trainer.log_every"))
+    ]
+    fixed += [
+        "trainer.max_steps=120",
+        "sched=constant",
+        "sched.warmup_steps=50",
+        "trainer.log_every_n_steps=10",
+        "trainer.ckpt_every_n_steps=1000",
+    ]
     train = Path(sys.executable).parent / "clipkit-train"
     for seed in args.seeds:
         run_dir = args.out / f"seed{seed}"
-        subprocess.run([str(train), *fixed, *args.overrides, f"seed={seed}", f"hydra.run.dir={run_dir}"],
-                       check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        subprocess.run(
+            [str(train), *fixed, *args.overrides, f"seed={seed}", f"hydra.run.dir={run_dir}"],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         loss = {r["step"]: r["loss/total"] for r in records if "loss/total" in r}
-        print(f"seed {seed}: loss at steps {STEPS_SHOWN}: " + " ".join(f"{loss[s]:.2f}" for s in STEPS_SHOWN),
-              flush=True)
+        print(
+            f"seed {seed}: loss at steps {STEPS_SHOWN}: " + " ".join(f"{loss[s]:.2f}" for s in STEPS_SHOWN), flush=True
+        )
 
 
 if __name__ == "__main__":

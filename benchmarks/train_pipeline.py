@@ -16,6 +16,7 @@ which matters here, unlike what they show). Then measures, with the same config:
 Compare with `train_step_vs_open_clip.py` on the same model and batch (the step alone, fixed batch):
 when the pipeline's rate is near the loader's and well under the step's, the loader sets the pace.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,16 +30,27 @@ import tempfile
 import time
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-WORDS = ["a dog", "two cats", "a red car", "a mountain lake", "a city street", "a plate of food",
-         "a child", "an old bridge", "a field of flowers", "a boat", "a snowy forest", "a bicycle"]
+WORDS = [
+    "a dog",
+    "two cats",
+    "a red car",
+    "a mountain lake",
+    "a city street",
+    "a plate of food",
+    "a child",
+    "an old bridge",
+    "a field of flowers",
+    "a boat",
+    "a snowy forest",
+    "a bicycle",
+]
 
 
-def photo_like_jpeg(seed: int) -> Dict[str, object]:
+def photo_like_jpeg(seed: int) -> dict[str, object]:
     rng = np.random.default_rng(seed)
     width, height = (int(v) for v in rng.integers(400, 641, size=2))
     field = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((width, height), Image.BICUBIC)
@@ -71,10 +83,18 @@ def shard_pattern(out: Path) -> str:
     return f"{out}/photos-{{000000..{count - 1:06d}}}.tar"
 
 
-def overrides(args: argparse.Namespace) -> List[str]:
-    return ["experiment=demo_image_text", f"model={args.model}", "data=webdataset", "eval=none",
-            f"data.train.shards='{shard_pattern(args.shards)}'", "data.train.resampled=true",
-            f"data.batch_size={args.batch}", f"data.workers={args.workers}", f"data.decode_device={args.decode_device}"]
+def overrides(args: argparse.Namespace) -> list[str]:
+    return [
+        "experiment=demo_image_text",
+        f"model={args.model}",
+        "data=webdataset",
+        "eval=none",
+        f"data.train.shards='{shard_pattern(args.shards)}'",
+        "data.train.resampled=true",
+        f"data.batch_size={args.batch}",
+        f"data.workers={args.workers}",
+        f"data.decode_device={args.decode_device}",
+    ]
 
 
 def loader_alone(args: argparse.Namespace, batches: int) -> float:
@@ -91,8 +111,7 @@ def loader_alone(args: argparse.Namespace, batches: int) -> float:
     cfg = checked.cfg
     bundle = build_bundle(checked, torch.device("cpu"))
     decoder = SampleDecoder(cfg.data.keys, bundle.train_image_loader, bundle.tokenizer, bundle.train_audio_loader)
-    stream = TrainStream(sources, decoder, cfg.data.batch_size, True, cfg.data.train.shuffle_buffer, cfg.seed,
-                         0, 0, 1)
+    stream = TrainStream(sources, decoder, cfg.data.batch_size, True, cfg.data.train.shuffle_buffer, cfg.seed, 0, 0, 1)
     records = iter(make_loader(stream, cfg.data.workers))
     for _ in range(2):  # workers started, queues filled
         next(records)
@@ -101,11 +120,18 @@ def loader_alone(args: argparse.Namespace, batches: int) -> float:
     return rows / (time.perf_counter() - start)
 
 
-def train_run(args: argparse.Namespace) -> Dict[str, float]:
+def train_run(args: argparse.Namespace) -> dict[str, float]:
     run_dir = Path(tempfile.mkdtemp(prefix="pipeline_"))
-    command = [str(Path(sys.executable).parent / "clipkit-train"), *overrides(args), f"hydra.run.dir={run_dir}",
-               f"trainer.max_steps={args.steps}", "trainer.log_every_n_steps=10", "trainer.ckpt_every_n_steps=100000",
-               f"trainer.precision={args.precision}", f"trainer.compile={str(args.compile).lower()}"]
+    command = [
+        str(Path(sys.executable).parent / "clipkit-train"),
+        *overrides(args),
+        f"hydra.run.dir={run_dir}",
+        f"trainer.max_steps={args.steps}",
+        "trainer.log_every_n_steps=10",
+        "trainer.ckpt_every_n_steps=100000",
+        f"trainer.precision={args.precision}",
+        f"trainer.compile={str(args.compile).lower()}",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if result.returncode != 0:
         sys.exit(f"clipkit-train failed:\n{result.stderr[-3000:]}")
@@ -115,8 +141,11 @@ def train_run(args: argparse.Namespace) -> Dict[str, float]:
         sys.exit("too few logged windows: raise --steps")
     rate = statistics.median(r["samples_per_second"] for r in windows)
     waiting = statistics.mean(r["data_time"] * r["samples_per_second"] / args.batch for r in windows)
-    return {"samples_per_second": rate, "data_wait_share": waiting,
-            "all_windows": [round(r["samples_per_second"], 1) for r in windows]}
+    return {
+        "samples_per_second": rate,
+        "data_wait_share": waiting,
+        "all_windows": [round(r["samples_per_second"], 1) for r in windows],
+    }
 
 
 def main() -> None:
@@ -126,9 +155,13 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
-    parser.add_argument("--decode-device", default="cpu", choices=["cpu", "cuda"],
-                        help="where JPEGs are decoded (data.decode_device); with cuda the loader alone only reads "
-                             "headers and draws crops")
+    parser.add_argument(
+        "--decode-device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="where JPEGs are decoded (data.decode_device); with cuda the loader alone only reads "
+        "headers and draws crops",
+    )
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--loader-batches", type=int, default=20)
     parser.add_argument("--shards", type=Path, default=Path("runs/bench_photos"))
@@ -140,10 +173,12 @@ def main() -> None:
     loader = loader_alone(args, args.loader_batches)
     print(f"loader alone, {args.workers} workers: {loader:.0f} samples/s", flush=True)
     train = train_run(args)
-    print(f"clipkit-train {args.model} batch {args.batch} {args.precision} compile={args.compile}, "
-          f"decode on {args.decode_device}, "
-          f"{args.workers} workers: {train['samples_per_second']:.0f} samples/s "
-          f"(windows {train['all_windows']}), waiting for data {100 * train['data_wait_share']:.0f}% of the time")
+    print(
+        f"clipkit-train {args.model} batch {args.batch} {args.precision} compile={args.compile}, "
+        f"decode on {args.decode_device}, "
+        f"{args.workers} workers: {train['samples_per_second']:.0f} samples/s "
+        f"(windows {train['all_windows']}), waiting for data {100 * train['data_wait_share']:.0f}% of the time"
+    )
 
 
 if __name__ == "__main__":

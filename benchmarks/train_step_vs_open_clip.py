@@ -29,6 +29,7 @@ with local_loss and gather_with_grad): clipkit wrapped in DDP or sharded by FSDP
 `trainer.parallel` does, open_clip in DDP (open_clip_torch 3.3.0 has no FSDP). Peak memory is the
 largest over the processes; samples/s counts every process's rows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from collections.abc import Callable
 
 import torch
 from torch.distributed.tensor import DTensor
@@ -64,8 +65,15 @@ from clipkit.train.step import forward_backward
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
 SHAPES = ["circle", "square", "triangle", "cross"]
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' datasheets, matched on the device name.
-BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "GH200": 989.4, "A100": 312.0,
-                    "L40S": 362.1, "A10G": 70.0}
+BF16_PEAK_TFLOPS = {
+    "H100 PCIe": 756.0,
+    "H100": 989.4,
+    "H200": 989.4,
+    "GH200": 989.4,
+    "A100": 312.0,
+    "L40S": 362.1,
+    "A10G": 70.0,
+}
 
 Step = Callable[[], torch.Tensor]
 Optim = torch.optim.Optimizer
@@ -76,21 +84,28 @@ def training_state_mb(optimizer: Optim) -> float:
     tensors = []
     for group in optimizer.param_groups:
         for param in group["params"]:
-            tensors += [param, *([param.grad] if param.grad is not None else []),
-                        *(v for v in optimizer.state.get(param, {}).values() if torch.is_tensor(v))]
+            tensors += [
+                param,
+                *([param.grad] if param.grad is not None else []),
+                *(v for v in optimizer.state.get(param, {}).values() if torch.is_tensor(v)),
+            ]
     local = [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
     return sum(t.numel() * t.element_size() for t in local) / 2**20
 
 
-def _batch(tokenizer, size: int, image_size: int, device: torch.device) -> Dict[str, torch.Tensor]:
+def _batch(tokenizer, size: int, image_size: int, device: torch.device) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    captions = [f"a {COLOURS[i % 6]} {SHAPES[i % 4]} left of a {COLOURS[(i // 6) % 6]} {SHAPES[(i // 4) % 4]}"
-                for i in range(size)]
-    return {"image": torch.randn(size, 3, image_size, image_size, generator=generator).to(device),
-            "text": tokenizer(captions).to(device)}
+    captions = [
+        f"a {COLOURS[i % 6]} {SHAPES[i % 4]} left of a {COLOURS[(i // 6) % 6]} {SHAPES[(i // 4) % 4]}"
+        for i in range(size)
+    ]
+    return {
+        "image": torch.randn(size, 3, image_size, image_size, generator=generator).to(device),
+        "text": tokenizer(captions).to(device),
+    }
 
 
-def _clipkit_step(checked, core, batch, device, parallel: Optional[str]) -> tuple[Step, Callable[[], None], Optim]:
+def _clipkit_step(checked, core, batch, device, parallel: str | None) -> tuple[Step, Callable[[], None], Optim]:
     model = core
     if parallel:
         model = wrap(core, parallel, FSDPConfig(), checked.cfg.trainer.precision)
@@ -108,10 +123,11 @@ def _clipkit_step(checked, core, batch, device, parallel: Optional[str]) -> tupl
         scaler.update()
         core.clamp_logit_scales()
         return losses["total"].detach()
+
     return step, lambda: compile_towers(core), optimizer
 
 
-def _open_clip_step(checked, core, batch, device, parallel: Optional[str]) -> tuple[Step, Callable[[], None], Optim]:
+def _open_clip_step(checked, core, batch, device, parallel: str | None) -> tuple[Step, Callable[[], None], Optim]:
     import open_clip
 
     model_cfg = dict(open_clip_config(checked, core)["model_cfg"])
@@ -119,17 +135,24 @@ def _open_clip_step(checked, core, batch, device, parallel: Optional[str]) -> tu
     model = open_clip.CustomTextCLIP(**model_cfg).to(device)
     model.load_state_dict(open_clip_state_dict(core))
     world = distributed_world()
-    loss_fn = open_clip.ClipLoss(local_loss=world > 1, gather_with_grad=world > 1,
-                                 rank=torch.distributed.get_rank() if world > 1 else 0, world_size=world)
+    loss_fn = open_clip.ClipLoss(
+        local_loss=world > 1,
+        gather_with_grad=world > 1,
+        rank=torch.distributed.get_rank() if world > 1 else 0,
+        world_size=world,
+    )
     optim_cfg = checked.cfg.optim
     # open_clip_train/main.py: no weight decay on gains, biases, embeddings and logit_scale.
     exclude, include = [], []
     for n, p in model.named_parameters():
         no_decay = p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n
         (exclude if no_decay else include).append(p)
-    optimizer = torch.optim.AdamW([{"params": exclude, "weight_decay": 0.0},
-                                   {"params": include, "weight_decay": optim_cfg.weight_decay}],
-                                  lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
+    optimizer = torch.optim.AdamW(
+        [{"params": exclude, "weight_decay": 0.0}, {"params": include, "weight_decay": optim_cfg.weight_decay}],
+        lr=optim_cfg.lr,
+        betas=tuple(optim_cfg.betas),
+        eps=optim_cfg.eps,
+    )
     bf16 = checked.cfg.trainer.precision == "bf16"
     forward = {"model": DistributedDataParallel(model) if parallel else model}
 
@@ -146,6 +169,7 @@ def _open_clip_step(checked, core, batch, device, parallel: Optional[str]) -> tu
 
     def compile_model() -> None:  # open_clip_train/main.py: model = torch.compile(original_model)
         forward["model"] = torch.compile(forward["model"])
+
     return step, compile_model, optimizer
 
 
@@ -153,19 +177,29 @@ def distributed_world() -> int:
     return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
-def measure(framework: str, args: argparse.Namespace) -> Dict[str, float]:
+def measure(framework: str, args: argparse.Namespace) -> dict[str, float]:
     device = torch.device(args.device)
     if args.parallel:
         device = init_distributed(args.device).device
-    checked = check_config(compose_config(["experiment=demo_image_text", f"model={args.model}",
-                                           f"trainer.precision={args.precision}", "eval=none", *args.set]))
+    checked = check_config(
+        compose_config(
+            [
+                "experiment=demo_image_text",
+                f"model={args.model}",
+                f"trainer.precision={args.precision}",
+                "eval=none",
+                *args.set,
+            ]
+        )
+    )
     torch.manual_seed(0)
     bundle = build_bundle(checked, device)
     batch = _batch(bundle.tokenizer, args.batch, checked.towers["image"].image_size, device)
     core = bundle.model
     del bundle  # open_clip's step keeps no reference to clipkit's model
     step, compile_now, optimizer = (_clipkit_step if framework == "clipkit" else _open_clip_step)(
-        checked, core, batch, device, args.parallel)
+        checked, core, batch, device, args.parallel
+    )
     del core
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with FlopCounterMode(display=False) as counter:  # the first step, eager: the model's FLOPs
@@ -184,8 +218,11 @@ def measure(framework: str, args: argparse.Namespace) -> Dict[str, float]:
         step()
     sync()
     seconds = (time.perf_counter() - start) / args.steps
-    peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
-               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak_mb = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     flops = counter.get_total_flops()
     world = distributed_world()
     if world > 1:  # the largest process's memory, every process's rows and FLOPs
@@ -194,15 +231,20 @@ def measure(framework: str, args: argparse.Namespace) -> Dict[str, float]:
         peak_mb = float(peak.item())
         first_loss = float(all_reduce_mean(torch.tensor([first_loss])).item())
         flops *= world
-    return {"first_loss": first_loss, "seconds_per_step": seconds,
-            "samples_per_second": args.batch * world / seconds,
-            "peak_mb": peak_mb, "state_mb": training_state_mb(optimizer),
-            "tflop_per_step": flops / 1e12, "achieved_tflops": flops / seconds / 1e12,
-            "warmup_seconds": warmup_seconds,
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    return {
+        "first_loss": first_loss,
+        "seconds_per_step": seconds,
+        "samples_per_second": args.batch * world / seconds,
+        "peak_mb": peak_mb,
+        "state_mb": training_state_mb(optimizer),
+        "tflop_per_step": flops / 1e12,
+        "achieved_tflops": flops / seconds / 1e12,
+        "warmup_seconds": warmup_seconds,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    }
 
 
-def peak_tflops(args: argparse.Namespace, device_name: str) -> Optional[float]:
+def peak_tflops(args: argparse.Namespace, device_name: str) -> float | None:
     if args.peak_tflops:
         return args.peak_tflops
     if args.device != "cuda" or args.precision != "bf16":
@@ -211,7 +253,7 @@ def peak_tflops(args: argparse.Namespace, device_name: str) -> Optional[float]:
     return BF16_PEAK_TFLOPS[max(matches, key=len)] if matches else None
 
 
-def _span(values: List[float], digits: int) -> str:
+def _span(values: list[float], digits: int) -> str:
     low, high = min(values), max(values)
     return f"{low:.{digits}f}" if f"{low:.{digits}f}" == f"{high:.{digits}f}" else f"{low:.{digits}f}–{high:.{digits}f}"
 
@@ -226,11 +268,19 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile both sides")
     parser.add_argument("--repeats", type=int, default=1, help="alternating runs of each framework")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense peak for MFU")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="clipkit config overrides for the model on both sides, e.g. model.embed_dim=128")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="clipkit config overrides for the model on both sides, e.g. model.embed_dim=128",
+    )
     parser.add_argument("--out", help="append each run's figures as a JSON line to this file")
-    parser.add_argument("--parallel", choices=["ddp", "fsdp"],
-                        help="run each side under torchrun: clipkit in DDP or FSDP, open_clip in DDP")
+    parser.add_argument(
+        "--parallel",
+        choices=["ddp", "fsdp"],
+        help="run each side under torchrun: clipkit in DDP or FSDP, open_clip in DDP",
+    )
     parser.add_argument("--processes", type=int, default=2, help="processes with --parallel")
     parser.add_argument("--framework", choices=["clipkit", "open_clip"], help="(internal) measure one side")
     args = parser.parse_args()
@@ -239,41 +289,54 @@ def main() -> None:
         if distributed_world() == 1 or torch.distributed.get_rank() == 0:
             print(json.dumps(result))
         return
-    setting = (f"model={args.model} {' '.join(args.set)} batch={args.batch} device={args.device} "
-               f"precision={args.precision} compile={args.compile}"
-               + (f" parallel={args.parallel} (open_clip: ddp) processes={args.processes}" if args.parallel else ""))
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.processes}"] \
-        if args.parallel else [sys.executable]
+    setting = (
+        f"model={args.model} {' '.join(args.set)} batch={args.batch} device={args.device} "
+        f"precision={args.precision} compile={args.compile}"
+        + (f" parallel={args.parallel} (open_clip: ddp) processes={args.processes}" if args.parallel else "")
+    )
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.processes}"]
+        if args.parallel
+        else [sys.executable]
+    )
     print(f"{setting}, mean of {args.steps} steps after 3, {args.repeats} alternating run(s)", flush=True)
-    runs: Dict[str, List[Dict[str, float]]] = {"open_clip": [], "clipkit": []}
+    runs: dict[str, list[dict[str, float]]] = {"open_clip": [], "clipkit": []}
     order = ["open_clip", "clipkit"]
     for repeat in range(args.repeats):
         for framework in order if repeat % 2 == 0 else order[::-1]:
-            child = subprocess.run([*launcher, __file__, *sys.argv[1:], "--framework", framework],
-                                   capture_output=True, text=True)
+            child = subprocess.run(
+                [*launcher, __file__, *sys.argv[1:], "--framework", framework], capture_output=True, text=True
+            )
             if child.returncode != 0:
                 sys.exit(f"{framework} failed:\n{child.stderr[-3000:]}")
             result = json.loads(child.stdout.strip().splitlines()[-1])
             runs[framework].append(result)
-            print(f"  run {repeat + 1} {framework}: {result['samples_per_second']:.1f} samples/s, "
-                  f"peak {result['peak_mb']:.0f} MB, training state {result['state_mb']:.0f} MB", flush=True)
+            print(
+                f"  run {repeat + 1} {framework}: {result['samples_per_second']:.1f} samples/s, "
+                f"peak {result['peak_mb']:.0f} MB, training state {result['state_mb']:.0f} MB",
+                flush=True,
+            )
             if args.out:
                 with open(args.out, "a", encoding="utf-8") as out:
                     out.write(json.dumps({"setting": setting, "framework": framework, **result}) + "\n")
     peak = peak_tflops(args, runs["clipkit"][0]["device_name"])
-    print(f"device: {runs['clipkit'][0]['device_name']}; bf16 dense peak for MFU: "
-          f"{f'{peak:.0f} TFLOP/s' if peak else 'n/a'}; {runs['clipkit'][0]['tflop_per_step']:.2f} TFLOP per step")
-    print(f"{'':<10} {'first loss':>10} {'s/step':>13} {'samples/s':>15} {'peak MB':>11} {'state MB':>9} "
-          f"{'MFU %':>11}")
+    print(
+        f"device: {runs['clipkit'][0]['device_name']}; bf16 dense peak for MFU: "
+        f"{f'{peak:.0f} TFLOP/s' if peak else 'n/a'}; {runs['clipkit'][0]['tflop_per_step']:.2f} TFLOP per step"
+    )
+    print(f"{'':<10} {'first loss':>10} {'s/step':>13} {'samples/s':>15} {'peak MB':>11} {'state MB':>9} {'MFU %':>11}")
     for framework, results in runs.items():
-        mfu = (_span([100 * r["achieved_tflops"] / peak for r in results], 1) if peak else "n/a")
-        print(f"{framework:<10} {results[0]['first_loss']:>10.4f} "
-              f"{_span([r['seconds_per_step'] for r in results], 4):>13} "
-              f"{_span([r['samples_per_second'] for r in results], 0):>15} "
-              f"{_span([r['peak_mb'] for r in results], 0):>11} {_span([r['state_mb'] for r in results], 0):>9} "
-              f"{mfu:>11}")
-    ratio = (statistics.median(r["samples_per_second"] for r in runs["clipkit"])
-             / statistics.median(r["samples_per_second"] for r in runs["open_clip"]))
+        mfu = _span([100 * r["achieved_tflops"] / peak for r in results], 1) if peak else "n/a"
+        print(
+            f"{framework:<10} {results[0]['first_loss']:>10.4f} "
+            f"{_span([r['seconds_per_step'] for r in results], 4):>13} "
+            f"{_span([r['samples_per_second'] for r in results], 0):>15} "
+            f"{_span([r['peak_mb'] for r in results], 0):>11} {_span([r['state_mb'] for r in results], 0):>9} "
+            f"{mfu:>11}"
+        )
+    ratio = statistics.median(r["samples_per_second"] for r in runs["clipkit"]) / statistics.median(
+        r["samples_per_second"] for r in runs["open_clip"]
+    )
     print(f"clipkit / open_clip samples/s (medians): {ratio:.2f}")
 
 

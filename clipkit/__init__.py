@@ -1,5 +1,6 @@
 """clipkit: CLIP-style pretraining over images, text and audio. ``clipkit.load(path)`` opens a
 trained model (see :mod:`clipkit.api`)."""
+
 from typing import Any
 
 

@@ -8,10 +8,11 @@
 
 Every ``encode_*`` returns L2-normalised embeddings (N, embed_dim), computed without gradient.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -24,18 +25,18 @@ from clipkit.eval.zeroshot import zero_shot_classifier
 from clipkit.models.multimodal import MultiModalModel
 from clipkit.saved import load_checkpoint
 
-Images = Union[Image.Image, Sequence[Image.Image], torch.Tensor]
-Texts = Union[str, Sequence[str], torch.Tensor]
-Waveforms = Union[np.ndarray, torch.Tensor, Sequence[Union[np.ndarray, torch.Tensor]]]
+Images = Image.Image | Sequence[Image.Image] | torch.Tensor
+Texts = str | Sequence[str] | torch.Tensor
+Waveforms = np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor]
 
 
 @dataclass
 class ClipkitModel:
     model: MultiModalModel
-    tokenizer: Optional[Callable]
-    preprocess_image: Optional[Callable]  # PIL image -> (3, H, W) tensor, as evaluation does
-    sample_rate: Optional[int]  # the audio tower's rate and clip length (samples)
-    clip_samples: Optional[int]
+    tokenizer: Callable | None
+    preprocess_image: Callable | None  # PIL image -> (3, H, W) tensor, as evaluation does
+    sample_rate: int | None  # the audio tower's rate and clip length (samples)
+    clip_samples: int | None
     config: CheckedConfig
     device: torch.device
 
@@ -64,15 +65,17 @@ class ClipkitModel:
         return self.model.encode("text", texts.to(self.device)).float()
 
     @torch.no_grad()
-    def encode_audio(self, waveforms: Waveforms, sample_rate: Optional[int] = None) -> torch.Tensor:
+    def encode_audio(self, waveforms: Waveforms, sample_rate: int | None = None) -> torch.Tensor:
         """Waveforms at ``sample_rate`` (default: the tower's): one (T,) array or tensor, an
         (N, T) batch, or a list of (T,) or (channels, T) ones. Each is down-mixed, resampled and
         centre-cropped or repeat-padded to the tower's clip length, as in evaluation."""
         self._tower("audio")
         if isinstance(waveforms, (np.ndarray, torch.Tensor)) and np.ndim(waveforms) == 1:
             waveforms = [waveforms]
-        clips = [self._audio_clip(torch.as_tensor(w, dtype=torch.float32), sample_rate or self.sample_rate)
-                 for w in waveforms]
+        clips = [
+            self._audio_clip(torch.as_tensor(w, dtype=torch.float32), sample_rate or self.sample_rate)
+            for w in waveforms
+        ]
         return self.model.encode("audio", torch.stack(clips).to(self.device)).float()
 
     def _audio_clip(self, wave: torch.Tensor, rate: int) -> torch.Tensor:
@@ -83,19 +86,25 @@ class ClipkitModel:
         return fit_length(wave, self.clip_samples, random_crop=False)
 
     @torch.no_grad()
-    def zero_shot_classifier(self, classnames: List[str], templates: List[str]) -> torch.Tensor:
+    def zero_shot_classifier(self, classnames: list[str], templates: list[str]) -> torch.Tensor:
         """(embed_dim, classes): per class the normalised mean of its templates' text embeddings
         (each template with a ``{c}`` placeholder); ``embeddings @ classifier`` gives the logits."""
-        return zero_shot_classifier(lambda tokens: self.encode_text(tokens), self.tokenizer, classnames,
-                                    templates, self.device)
+        return zero_shot_classifier(
+            lambda tokens: self.encode_text(tokens), self.tokenizer, classnames, templates, self.device
+        )
 
 
-def load(path: str, device: Union[str, torch.device] = "cpu", overrides: Sequence[str] = ()) -> ClipkitModel:
+def load(path: str, device: str | torch.device = "cpu", overrides: Sequence[str] = ()) -> ClipkitModel:
     """A checkpoint folder or a run folder (its latest checkpoint), ready to embed."""
     device = torch.device(device)
     _, checked, bundle = load_checkpoint(path, device, overrides)
     audio = checked.towers.get("audio")
-    return ClipkitModel(model=bundle.model, tokenizer=bundle.tokenizer,
-                        preprocess_image=bundle.eval_image_transform,
-                        sample_rate=audio.sample_rate if audio else None,
-                        clip_samples=audio.clip_samples if audio else None, config=checked, device=device)
+    return ClipkitModel(
+        model=bundle.model,
+        tokenizer=bundle.tokenizer,
+        preprocess_image=bundle.eval_image_transform,
+        sample_rate=audio.sample_rate if audio else None,
+        clip_samples=audio.clip_samples if audio else None,
+        config=checked,
+        device=device,
+    )

@@ -7,13 +7,14 @@ from the job id. A launched process joins a process group even when it is the on
 1-GPU torchrun run then trains under DDP on NCCL exactly as a larger one does); a process started
 by neither runs alone, with no process group.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, List, Optional, Tuple
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -42,7 +43,7 @@ class DistEnv:
         return self.rank == 0
 
 
-def _launcher_env() -> Optional[Tuple[int, int, int]]:
+def _launcher_env() -> tuple[int, int, int] | None:
     """(rank, world size, local rank) from torchrun or SLURM, or None when started alone."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
@@ -92,11 +93,21 @@ def init_distributed(device_name: str, backend: str = "auto", timeout_s: int = 1
         os.environ.setdefault("RANK", str(rank))
         os.environ.setdefault("WORLD_SIZE", str(world_size))
         os.environ.setdefault("LOCAL_RANK", str(local_rank))
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
-                                timeout=timedelta(seconds=timeout_s),
-                                device_id=device if device.type == "cuda" else None)
-        log.info("process group: rank %d of %d (local %d), backend %s, device %s",
-                 rank, world_size, local_rank, backend, device)
+        dist.init_process_group(
+            backend=backend,
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=timeout_s),
+            device_id=device if device.type == "cuda" else None,
+        )
+        log.info(
+            "process group: rank %d of %d (local %d), backend %s, device %s",
+            rank,
+            world_size,
+            local_rank,
+            backend,
+            device,
+        )
     return DistEnv(rank, world_size, local_rank, device, joined=True)
 
 
@@ -109,7 +120,7 @@ def _initialised() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def gather_with_grad(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Every rank's rows concatenated in rank order, differentiable (the backward sums each
     rank's gradient into the rows it contributed), and the offset of this rank's rows.
     Assumes the same number of rows on every rank."""
@@ -138,8 +149,7 @@ class _RingPass(torch.autograd.Function):
 def _exchange(x: torch.Tensor, step: int) -> torch.Tensor:
     rank, world = dist.get_rank(), dist.get_world_size()
     received = torch.empty_like(x)
-    ops = [dist.P2POp(dist.isend, x, (rank + step) % world),
-           dist.P2POp(dist.irecv, received, (rank - step) % world)]
+    ops = [dist.P2POp(dist.isend, x, (rank + step) % world), dist.P2POp(dist.irecv, received, (rank - step) % world)]
     for request in dist.batch_isend_irecv(ops):
         request.wait()
     return received
@@ -176,8 +186,9 @@ def all_ranks_max(value: int) -> int:
     """The largest of the ranks' integers, on every rank (host tensors, as above)."""
     if not _initialised():
         return value
-    box = torch.tensor([value], dtype=torch.int64,
-                       device=torch.cuda.current_device() if dist.get_backend() == "nccl" else "cpu")
+    box = torch.tensor(
+        [value], dtype=torch.int64, device=torch.cuda.current_device() if dist.get_backend() == "nccl" else "cpu"
+    )
     dist.all_reduce(box, op=dist.ReduceOp.MAX)
     return int(box.item())
 
@@ -197,11 +208,11 @@ def gather_rows(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return torch.cat([p[: int(c.item())] for p, c in zip(parts, counts)]).to(x.device)
 
 
-def gather_objects(obj: Any) -> List[Any]:
+def gather_objects(obj: Any) -> list[Any]:
     """Every rank's picklable object, in rank order, on every rank."""
     if not _initialised():
         return [obj]
-    out: List[Any] = [None] * dist.get_world_size()
+    out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
 

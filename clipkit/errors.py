@@ -1,4 +1,5 @@
 """User-facing errors: each is reported as one line naming the problem, with exit status 2."""
+
 from __future__ import annotations
 
 

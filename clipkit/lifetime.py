@@ -5,6 +5,7 @@ stop at the next step with a checkpoint; the trainer's processes handle them
 (:mod:`clipkit.train.preemption`). Their data-loader workers ignore them and die with their
 process, as the processes torchrun starts die with torchrun: never an orphan that goes on running.
 """
+
 from __future__ import annotations
 
 import atexit

@@ -4,10 +4,12 @@ Each entry pairs a builder with the dataclass describing its config, so a config
 entry can be checked field by field before anything is built. Names are looked up exactly: no
 substring or prefix matching.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Generic, List, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -22,7 +24,7 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self._entries: Dict[str, Entry[T]] = {}
+        self._entries: dict[str, Entry[T]] = {}
 
     def register(self, name: str, config_class: type) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def decorate(build: Callable[..., T]) -> Callable[..., T]:
@@ -39,7 +41,7 @@ class Registry(Generic[T]):
         except KeyError:
             raise KeyError(f"unknown {self.kind} '{name}'; known: {', '.join(self.names())}") from None
 
-    def names(self) -> List[str]:
+    def names(self) -> list[str]:
         return sorted(self._entries)
 
     def __contains__(self, name: Any) -> bool:

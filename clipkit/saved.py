@@ -1,9 +1,10 @@
 """A saved checkpoint back as a model: its own config (with optional overrides) and its weights."""
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Tuple
 
 import torch
 from omegaconf import OmegaConf
@@ -31,7 +32,9 @@ def load_config(folder: Path, overrides: Sequence[str] = ()) -> CheckedConfig:
     return check_config(raw)
 
 
-def load_checkpoint(path: str, device: torch.device, overrides: Sequence[str] = ()) -> Tuple[Path, CheckedConfig, ModelBundle]:
+def load_checkpoint(
+    path: str, device: torch.device, overrides: Sequence[str] = ()
+) -> tuple[Path, CheckedConfig, ModelBundle]:
     """A checkpoint folder, or a run folder (its latest checkpoint): the folder, the config and
     the model bundle with the saved weights, in eval mode."""
     folder = ckpt.resolve_checkpoint(path)

@@ -1,10 +1,10 @@
 """``clipkit-data``: write webdataset shards (the demo set, or your own image/sound-caption pairs)."""
+
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 from clipkit.cli.errors import USER_ERRORS, fail
 from clipkit.cli.launch import run_main
@@ -17,7 +17,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="write the built-in demo data set (train shards + eval sets)")
     demo.add_argument("out", type=Path)
-    folder = commands.add_parser("folder", help="shards from a folder of images or sounds with same-named .txt captions")
+    folder = commands.add_parser(
+        "folder", help="shards from a folder of images or sounds with same-named .txt captions"
+    )
     folder.add_argument("src", type=Path)
     folder.add_argument("out", type=Path)
     table = commands.add_parser("table", help="shards from a .csv or .jsonl of (path, caption) rows")
@@ -31,21 +33,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.command == "demo":
             from clipkit.data.demo import write_demo
 
             root = write_demo(args.out)
-            print(f"demo data in {root}: train/{{image_text,audio_text,trimodal}} (shards + sizes.json), "
-                  "eval/{shapes,scenes,sounds,sound_captions,scene_sounds}")
+            print(
+                f"demo data in {root}: train/{{image_text,audio_text,trimodal}} (shards + sizes.json), "
+                "eval/{shapes,scenes,sounds,sound_captions,scene_sounds}"
+            )
             return
         from clipkit.data.ingest import folder_pairs, samples_from_pairs, table_pairs
         from clipkit.data.write import write_shards
 
-        pairs = (folder_pairs(args.src) if args.command == "folder"
-                 else table_pairs(args.src, args.path_column, args.caption_column))
+        pairs = (
+            folder_pairs(args.src)
+            if args.command == "folder"
+            else table_pairs(args.src, args.path_column, args.caption_column)
+        )
         paths = write_shards(samples_from_pairs(pairs), args.out, args.prefix, args.per_shard)
         pattern = f"{args.out}/{args.prefix}-{{000000..{len(paths) - 1:06d}}}.tar"
         print(f"wrote {len(paths)} shards; use data.train.shards='{pattern}'")

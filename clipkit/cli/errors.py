@@ -1,9 +1,10 @@
 """Reporting user errors as one line on stderr with exit status 2, never a traceback."""
+
 from __future__ import annotations
 
 import sys
 from dataclasses import fields, is_dataclass
-from typing import NoReturn, Optional
+from typing import NoReturn
 
 from hydra.errors import HydraException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
@@ -14,7 +15,7 @@ from clipkit.errors import ClipkitError
 USER_ERRORS = (ClipkitError, HydraException, OmegaConfBaseException)
 
 
-def _omegaconf_cause(exc: BaseException) -> Optional[OmegaConfBaseException]:
+def _omegaconf_cause(exc: BaseException) -> OmegaConfBaseException | None:
     while exc is not None:
         if isinstance(exc, OmegaConfBaseException):
             return exc

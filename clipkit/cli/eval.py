@@ -7,13 +7,13 @@ change it (e.g. ``eval.datasets.mine.root=/data/mine eval.datasets.mine.task=ret
 figures (default OUT: the checkpoint's eval/). With several checkpoints, each is evaluated into
 ``OUT/<run>_<step>/`` and ``OUT/comparison.md`` holds one table of them all.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 from clipkit.cli.errors import USER_ERRORS, fail
 from clipkit.cli.launch import run_main
@@ -23,7 +23,7 @@ PROGRAM = "clipkit-eval"
 USAGE = "usage: clipkit-eval checkpoint=PATH [checkpoint=PATH ...] [out=DIR] [KEY=VALUE ...]"
 
 
-def _parse(argv: List[str]) -> Tuple[List[str], Optional[str], List[str]]:
+def _parse(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
     checkpoints, out, overrides = [], None, []
     for arg in argv:
         key, sep, value = arg.partition("=")
@@ -42,7 +42,7 @@ def _parse(argv: List[str]) -> Tuple[List[str], Optional[str], List[str]]:
     return checkpoints, out, overrides
 
 
-def evaluate_checkpoint(checkpoint: str, overrides: List[str], out: Optional[str]) -> Dict[str, Dict[str, float]]:
+def evaluate_checkpoint(checkpoint: str, overrides: list[str], out: str | None) -> dict[str, dict[str, float]]:
     from clipkit import distributed
     from clipkit.eval.report import write_report
     from clipkit.eval.runner import Evaluator
@@ -55,22 +55,34 @@ def evaluate_checkpoint(checkpoint: str, overrides: List[str], out: Optional[str
     env = distributed.init_distributed(trainer.device, trainer.dist_backend)
     try:
         folder, checked, bundle = load_checkpoint(checkpoint, env.device, overrides)
-        evaluator = Evaluator(checked.cfg.eval, bundle.eval_loaders(), bundle.tokenizer, env.device,
-                              autocast_factory(checked.cfg.trainer.precision, env.device), env)
+        evaluator = Evaluator(
+            checked.cfg.eval,
+            bundle.eval_loaders(),
+            bundle.tokenizer,
+            env.device,
+            autocast_factory(checked.cfg.trainer.precision, env.device),
+            env,
+        )
         if not evaluator.sets:
             raise ConfigError("eval.datasets", "no eval sets configured")
         step = ckpt.checkpoint_step(folder)
         out_dir = Path(out) if out else folder / "eval"
         results = evaluator.run(bundle.model, step, out_dir if env.is_main else None)
         if env.is_main:
-            write_report(out_dir, f"clipkit eval: {folder}", results, evaluator.pairs,
-                         folder.parent.parent / "metrics.jsonl", [f"- step: {step}", ""])
+            write_report(
+                out_dir,
+                f"clipkit eval: {folder}",
+                results,
+                evaluator.pairs,
+                folder.parent.parent / "metrics.jsonl",
+                [f"- step: {step}", ""],
+            )
         return results
     finally:
         distributed.shutdown(env)
 
 
-def _label(checkpoint: str, taken: Dict[str, object]) -> str:
+def _label(checkpoint: str, taken: dict[str, object]) -> str:
     """'<run folder>_<step folder>', unique among the labels taken."""
     from clipkit.train import checkpoint as ckpt
 
@@ -82,7 +94,7 @@ def _label(checkpoint: str, taken: Dict[str, object]) -> str:
     return label
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     try:
         checkpoints, out, overrides = _parse(sys.argv[1:] if argv is None else argv)

@@ -4,12 +4,12 @@ open_clip: ``open_clip_config.json`` + ``open_clip_model.safetensors`` for the i
 loadable with ``open_clip.create_model_and_transforms('local-dir:DIR')``. onnx: one file per
 tower, checked against PyTorch with onnxruntime after writing.
 """
+
 from __future__ import annotations
 
 import logging
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
 
 from clipkit.cli.errors import USER_ERRORS, fail
 from clipkit.cli.launch import run_main
@@ -20,8 +20,8 @@ FORMATS = ("open_clip", "onnx")
 USAGE = "usage: clipkit-export checkpoint=PATH format=open_clip|onnx out=DIR [KEY=VALUE ...]"
 
 
-def _parse(argv: List[str]) -> Dict[str, object]:
-    args: Dict[str, object] = {"overrides": []}
+def _parse(argv: list[str]) -> dict[str, object]:
+    args: dict[str, object] = {"overrides": []}
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep:
@@ -40,7 +40,7 @@ def _parse(argv: List[str]) -> Dict[str, object]:
     return args
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     logging.getLogger("clipkit").setLevel(logging.INFO)  # not the ONNX tools' own INFO lines
     try:

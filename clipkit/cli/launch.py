@@ -7,12 +7,13 @@ exit ~0.9 s of a one-step ``clipkit-train`` (~7 s). Frozen (``gc.freeze``), they
 again, and forked data workers do not copy their pages by writing the collector's bookkeeping
 (the use the ``gc`` documentation gives for it). Imports make no garbage worth collecting.
 """
+
 from __future__ import annotations
 
 import functools
 import gc
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 
 def run_main(main: Callable[[], None]) -> None:

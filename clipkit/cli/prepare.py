@@ -1,19 +1,19 @@
 """From a composed config to what training needs, checked: typed config, demo data, shards."""
+
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import List, Tuple
 
 from omegaconf import DictConfig
 
 from clipkit.config.validate import CheckedConfig, check_config
-from clipkit.data.demo import write_demo
 from clipkit.data.decode import MODALITIES
+from clipkit.data.demo import write_demo
 from clipkit.data.pipeline import check_reader_slots
+from clipkit.data.shards import ShardSource, check_sources_feed_pairs, resolve_sources
 from clipkit.distributed import launched, launched_world_size
 from clipkit.errors import ConfigError
-from clipkit.data.shards import ShardSource, check_sources_feed_pairs, resolve_sources
 from clipkit.eval.datasets import open_eval_set
 from clipkit.models.open_clip_init import weights_file
 
@@ -25,14 +25,16 @@ def demo_pending(checked: CheckedConfig) -> bool:
     return root is not None and not (Path(root).expanduser() / "COMPLETE").is_file()
 
 
-def check_inputs(checked: CheckedConfig) -> List[ShardSource]:
+def check_inputs(checked: CheckedConfig) -> list[ShardSource]:
     """Shards and eval sets exist and are well formed, each source's samples feed some pair of the
     model, there are enough shards for every process (as the launcher's environment says) and
     data worker, FSDP has processes to shard over, and the weights to start from exist."""
     cfg = checked.cfg
     if cfg.trainer.parallel == "fsdp" and not launched():
-        raise ConfigError("trainer.parallel", "fsdp needs a process group: start with torchrun or srun "
-                          "(torchrun --nproc_per_node=1 for one process)")
+        raise ConfigError(
+            "trainer.parallel",
+            "fsdp needs a process group: start with torchrun or srun (torchrun --nproc_per_node=1 for one process)",
+        )
     sources = resolve_sources(cfg.data.train.shards)
     keys = {modality: getattr(cfg.data.keys, modality) for modality in MODALITIES}
     check_sources_feed_pairs(sources, keys, cfg.model.pairs)
@@ -54,7 +56,7 @@ def precheck(raw: DictConfig) -> None:
         check_inputs(checked)
 
 
-def prepare(raw: DictConfig, is_main: bool = True) -> Tuple[CheckedConfig, List[ShardSource]]:
+def prepare(raw: DictConfig, is_main: bool = True) -> tuple[CheckedConfig, list[ShardSource]]:
     """Checked config and shard sources; the main process generates missing demo data, and the
     others must only call this after it has (see clipkit.cli.train)."""
     checked = check_config(raw)

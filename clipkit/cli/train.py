@@ -1,10 +1,10 @@
 """``clipkit-train [overrides]``: a Hydra app. With no arguments it trains the demo experiment."""
+
 from __future__ import annotations
 
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
 
 import hydra
 from hydra._internal.utils import get_args_parser
@@ -36,8 +36,7 @@ def _check_override_syntax(overrides: list) -> None:
         except OverrideParseException as exc:
             key, _, value = override.partition("=")
             hint = f"; quote the value: '{key}=\"{value}\"'" if "{" in value or "[" in value else ""
-            raise ConfigError(key, f"cannot parse override '{override}' ({str(exc).splitlines()[0]})"
-                                   f"{hint}") from None
+            raise ConfigError(key, f"cannot parse override '{override}' ({str(exc).splitlines()[0]}){hint}") from None
 
 
 def _precheck_argv(argv: list) -> None:
@@ -67,7 +66,7 @@ def _train(raw: DictConfig) -> None:
     from clipkit.train.trainer import Trainer
 
     env = None
-    preempted: Optional[Preempted] = None
+    preempted: Preempted | None = None
     try:
         env = distributed.init_distributed(raw.trainer.device, raw.trainer.dist_backend)
         if not env.is_main:

@@ -3,10 +3,10 @@
 ``config.yaml`` lists ``clipkit_schema`` first in its defaults, so every group file is merged into
 the typed dataclasses: unknown keys and wrong types fail while composing.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -40,7 +40,7 @@ def register_schema() -> None:
             store.store(group="model/arch", name=name, node=arch.as_model_node(name), package="model")
 
 
-def arch_shorthand(overrides: List[str]) -> List[str]:
+def arch_shorthand(overrides: list[str]) -> list[str]:
     """``model.arch=NAME`` as Hydra's choice ``model/arch=NAME`` (with ``model=open_clip`` unless
     another model is chosen), so that the architecture's values come before every other override;
     an architecture clipkit cannot build is refused here, with the reason."""
@@ -55,8 +55,9 @@ def arch_shorthand(overrides: List[str]) -> List[str]:
     except KeyError:
         import open_clip
 
-        raise ConfigError("model.arch", f"'{name}' is not one of open_clip.list_models()"
-                          f"{did_you_mean(name, open_clip.list_models())}") from None
+        raise ConfigError(
+            "model.arch", f"'{name}' is not one of open_clip.list_models(){did_you_mean(name, open_clip.list_models())}"
+        ) from None
     except ArchRefused as refused:
         raise ConfigError("model.arch", f"clipkit cannot build open_clip's '{name}': {refused}") from None
     rest = [o for o in overrides if not o.startswith("model.arch=")]
@@ -65,8 +66,9 @@ def arch_shorthand(overrides: List[str]) -> List[str]:
     return [*rest, f"model/arch={name}"]
 
 
-def compose_config(overrides: Optional[List[str]] = None, config_dir: Optional[str] = None,
-                   config_name: str = "config") -> DictConfig:
+def compose_config(
+    overrides: list[str] | None = None, config_dir: str | None = None, config_name: str = "config"
+) -> DictConfig:
     """The config ``clipkit-train`` would run with, composed without starting a run.
 
     ``config_dir`` is a user's extra config folder, searched like ``--config-dir``.

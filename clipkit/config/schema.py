@@ -6,10 +6,11 @@ configs are the one polymorphic part: their fields depend on the registry entry 
 selects, so ``model.towers`` is an open mapping here and each entry is checked against its
 registered dataclass in :mod:`clipkit.config.validate`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -21,7 +22,7 @@ class CaptionHeadConfig:
     tower) that captions a source modality by cross-attending to its tower's token features,
     pooled to n_queries by attention. No sources: no decoder."""
 
-    sources: List[str] = field(default_factory=list)  # e.g. [image, audio]
+    sources: list[str] = field(default_factory=list)  # e.g. [image, audio]
     layers: int = 2
     heads: int = 8
     n_queries: int = 64
@@ -36,22 +37,22 @@ class ModelInitConfig:
     # An open_clip model on disk: a local-dir folder (as clipkit-export writes it), a training
     # checkpoint (epoch_N.pt), or an open_clip_pytorch_model.bin / open_clip_model.safetensors file.
     # Its image and text towers, projections and logit scale (SigLIP: and bias) load exactly.
-    open_clip: Optional[str] = None
+    open_clip: str | None = None
     # Which of its towers to take: [image] starts LiT (a pretrained image tower, a new text tower);
     # the logit scale comes with both.
-    towers: List[str] = field(default_factory=lambda: ["image", "text"])
+    towers: list[str] = field(default_factory=lambda: ["image", "text"])
 
 
 @dataclass
 class ModelConfig:
     # open_clip's architecture the towers were filled from (model=open_clip model.arch=NAME);
     # informational once composed: the towers below are what is built.
-    arch: Optional[str] = None
+    arch: str | None = None
     embed_dim: int = 512
     # name -> tower config; each needs a `name:` naming a registry entry (see clipkit.registry).
-    towers: Dict[str, Any] = field(default_factory=dict)
+    towers: dict[str, Any] = field(default_factory=dict)
     # Modality pairs trained contrastively, written "a_b"; each gets its own learnable logit scale.
-    pairs: List[str] = field(default_factory=lambda: ["image_text"])
+    pairs: list[str] = field(default_factory=lambda: ["image_text"])
     init_logit_scale: float = 2.6592600369262695  # log(1 / 0.07), as CLIP
     max_logit_scale: float = 100.0
     caption: CaptionHeadConfig = field(default_factory=CaptionHeadConfig)
@@ -66,29 +67,29 @@ class TrainDataConfig:
     shards: Any = MISSING
     # Samples per epoch over all processes. Required with `resampled` or `trainer.epochs`, unless a
     # sizes.json beside the shards gives it (open_clip's convention).
-    num_samples: Optional[int] = None
+    num_samples: int | None = None
     resampled: bool = False
     shuffle_buffer: int = 1000
 
 
 @dataclass
 class ImageTransformConfig:
-    mean: List[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
-    std: List[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
+    mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
+    std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
     # bicubic | bilinear | nearest: the eval resize (training crops are bicubic, as open_clip's)
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"  # shortest | longest | squash (eval resize, as open_clip)
     # RandomResizedCrop scale range for training; eval uses resize + center crop.
-    train_crop_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])
+    train_crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])
 
 
 @dataclass
 class SampleKeysConfig:
     """Which file extensions in a webdataset sample carry which modality."""
 
-    image: List[str] = field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
-    text: List[str] = field(default_factory=lambda: ["txt", "json"])
-    audio: List[str] = field(default_factory=lambda: ["flac", "wav", "mp3", "ogg"])
+    image: list[str] = field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
+    text: list[str] = field(default_factory=lambda: ["txt", "json"])
+    audio: list[str] = field(default_factory=lambda: ["flac", "wav", "mp3", "ogg"])
     caption_field: str = "caption"  # the field holding the caption in a `json` member
 
 
@@ -103,7 +104,7 @@ class DataConfig:
     decode_device: str = "cpu"
     keys: SampleKeysConfig = field(default_factory=SampleKeysConfig)
     # When set, the built-in demo data set is generated here first if it is absent.
-    demo_root: Optional[str] = None
+    demo_root: str | None = None
 
 
 # ------------------------------------------------------------------------------------------ loss
@@ -112,7 +113,7 @@ class DataConfig:
 class PairTermConfig:
     weight: float = 0.0
     # Relative weight per pair of model.pairs (e.g. {audio_text: 0.5}); pairs not listed weigh 1.
-    pair_weights: Dict[str, float] = field(default_factory=dict)
+    pair_weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -122,7 +123,7 @@ class HardNegativesConfig:
 
     # shards (a neg.txt / neg.json member of each sample) | swap_attributes | swap_relations | demo
     # (generators, from the caption); None: off
-    source: Optional[str] = None
+    source: str | None = None
     k: int = 1
     weight: float = 1.0  # each hard-negative column's share of the denominator is multiplied by this
 
@@ -188,8 +189,8 @@ class DistillLossConfig(PairTermConfig):
 
     # A clipkit run or checkpoint folder, an open_clip local-dir folder, or an open_clip weights
     # file (epoch_N.pt, .bin, .safetensors) with teacher_arch naming its architecture.
-    teacher: Optional[str] = None
-    teacher_arch: Optional[str] = None
+    teacher: str | None = None
+    teacher_arch: str | None = None
 
 
 @dataclass
@@ -197,7 +198,7 @@ class CaptionLossConfig:
     """Next-token cross-entropy of model.caption's decoder (padding ignored), per source."""
 
     weight: float = 0.0
-    source_weights: Dict[str, float] = field(default_factory=dict)  # e.g. {audio: 0.5}; others 1
+    source_weights: dict[str, float] = field(default_factory=dict)  # e.g. {audio: 0.5}; others 1
 
 
 PAIR_TERMS = ("contrastive", "sigmoid", "uniformity", "alignment", "cross_uniformity", "distill")  # LossConfig's
@@ -215,7 +216,7 @@ class LossConfig:
     # pair -> the modality its terms treat as a fixed target: no gradient flows into that side from
     # this pair, e.g. {image_audio: image} binds audio to the image space without moving it
     # (ImageBind's image anchor, here learned in the same run).
-    anchors: Dict[str, str] = field(default_factory=dict)
+    anchors: dict[str, str] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------- optim/sched
@@ -234,7 +235,7 @@ class OptimConfig:
     name: str = "adamw"
     lr: float = 5e-4
     weight_decay: float = 0.2
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     layer_decay: LayerDecayConfig = field(default_factory=LayerDecayConfig)
 
@@ -265,8 +266,8 @@ class EMAConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: Optional[int] = None
-    epochs: Optional[int] = None
+    max_steps: int | None = None
+    epochs: int | None = None
     precision: str = "fp32"  # fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda (each process takes the GPU of its local rank)
     dist_backend: str = "auto"  # auto (nccl on GPU, plus gloo for host values; gloo on CPU) | nccl | gloo
@@ -278,7 +279,7 @@ class TrainerConfig:
     # unmasked tuning; see clipkit.train.patch_dropout)
     unmasked_final_steps: int = 0
     accum_steps: int = 1
-    grad_clip_norm: Optional[float] = 1.0
+    grad_clip_norm: float | None = 1.0
     # updates with non-finite gradients are skipped; this many in a row stop the run
     max_nonfinite_steps: int = 10
     log_every_n_steps: int = 10
@@ -286,7 +287,7 @@ class TrainerConfig:
     keep_last_k: int = 3
     # write checkpoints in a background thread while training goes on (a host copy is taken first)
     ckpt_async: bool = False
-    resume: Optional[str] = "auto"  # auto | PATH (a checkpoint folder) | null
+    resume: str | None = "auto"  # auto | PATH (a checkpoint folder) | null
 
 
 # ---------------------------------------------------------------------------------------- logger
@@ -333,7 +334,7 @@ class EvalConfig:
     workers: int = 0
     # name -> EvalDatasetConfig fields; typed by clipkit.config.validate (an open mapping here, so
     # that `+eval.datasets.NAME.root=...` can add a set from the command line)
-    datasets: Dict[str, Any] = field(default_factory=dict)
+    datasets: dict[str, Any] = field(default_factory=dict)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     # Embedding geometry (modality gap, uniformity, alignment, ...) on at most this many pairs
     # per set, drawn with a fixed seed (its pairwise terms cost O(n^2)); 0: no geometry.

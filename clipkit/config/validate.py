@@ -2,19 +2,27 @@
 
 Everything raises :class:`ConfigError` naming the offending key.
 """
+
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from clipkit.config.schema import (PAIR_TERMS, CaptionHeadConfig, ClipkitConfig, ContrastiveLossConfig,
-                                   EvalDatasetConfig, GenerationConfig, LossConfig)
+from clipkit.config.schema import (
+    PAIR_TERMS,
+    CaptionHeadConfig,
+    ClipkitConfig,
+    ContrastiveLossConfig,
+    EvalDatasetConfig,
+    GenerationConfig,
+    LossConfig,
+)
 from clipkit.data.negatives import GENERATORS
 from clipkit.errors import ConfigError
 from clipkit.models.multimodal import split_pair
@@ -22,12 +30,12 @@ from clipkit.models.towers import TOWERS, TowerConfig
 from clipkit.train.precision import PRECISIONS
 
 
-def did_you_mean(key: str, candidates: List[str]) -> str:
+def did_you_mean(key: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(key, candidates, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def omegaconf_problem(exc: OmegaConfBaseException, prefix: str = "", schema: Optional[type] = None) -> ConfigError:
+def omegaconf_problem(exc: OmegaConfBaseException, prefix: str = "", schema: type | None = None) -> ConfigError:
     """One-line ConfigError from an OmegaConf error, with the full dotted key."""
     key = getattr(exc, "full_key", "") or ""
     message = str(getattr(exc, "msg", "") or exc).strip().splitlines()[0]
@@ -49,8 +57,11 @@ def _tower_config(modality: str, node: Any) -> TowerConfig:
     schema = TOWERS.get(name).config_class
     selected = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
     if isinstance(selected, type) and issubclass(selected, TowerConfig) and selected is not schema:
-        raise ConfigError(f"{key}.name", f"tower '{name}' has its own fields: select it with "
-                                         f"model/towers/{modality}={name} instead of setting the name")
+        raise ConfigError(
+            f"{key}.name",
+            f"tower '{name}' has its own fields: select it with "
+            f"model/towers/{modality}={name} instead of setting the name",
+        )
     if schema.MODALITY != modality:
         raise ConfigError(f"{key}.name", f"tower '{name}' encodes {schema.MODALITY}, not {modality}")
     return _typed(schema, node, key)
@@ -64,7 +75,7 @@ def _typed(schema: type, node: Any, key: str) -> Any:
         raise omegaconf_problem(exc, key, schema) from None
 
 
-def _positive(key: str, value: Optional[float], allow_zero: bool = False) -> None:
+def _positive(key: str, value: float | None, allow_zero: bool = False) -> None:
     if value is not None and (value < 0 or (value == 0 and not allow_zero)):
         raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
@@ -94,7 +105,7 @@ class CheckedConfig:
     """The config as typed objects, towers included."""
 
     cfg: ClipkitConfig
-    towers: Dict[str, TowerConfig]
+    towers: dict[str, TowerConfig]
 
 
 def check_config(raw: DictConfig) -> CheckedConfig:
@@ -113,15 +124,17 @@ def check_config(raw: DictConfig) -> CheckedConfig:
         first, second = split_pair(pair)
         for modality in (first, second):
             if modality not in towers:
-                raise ConfigError(f"model.pairs[{i}]", f"pair '{pair}' needs a '{modality}' tower "
-                                  f"(configured: {', '.join(towers)})")
+                raise ConfigError(
+                    f"model.pairs[{i}]", f"pair '{pair}' needs a '{modality}' tower (configured: {', '.join(towers)})"
+                )
         if first == second:
             raise ConfigError(f"model.pairs[{i}]", f"pair '{pair}' joins a modality with itself")
 
     _check_caption_head(cfg.model.caption, towers)
     _check_loss(cfg.loss, cfg.model.pairs, cfg.model.caption.sources)
-    _check_anchors(cfg.loss.anchors, cfg.model.pairs, cfg.model.caption.sources,
-                   {m for m, tower in towers.items() if tower.lock})
+    _check_anchors(
+        cfg.loss.anchors, cfg.model.pairs, cfg.model.caption.sources, {m for m, tower in towers.items() if tower.lock}
+    )
 
     data = cfg.data
     _positive("data.batch_size", data.batch_size)
@@ -146,13 +159,17 @@ def check_config(raw: DictConfig) -> CheckedConfig:
     if trainer.parallel not in ("ddp", "fsdp"):
         raise ConfigError("trainer.parallel", f"'{trainer.parallel}' is not one of ddp, fsdp")
     if trainer.parallel == "fsdp" and trainer.precision == "fp16":
-        raise ConfigError("trainer.precision", "fp16 loss scaling is not supported with trainer.parallel=fsdp; "
-                          "use bf16 (FSDP gathers bf16 weights and reduces gradients in fp32)")
+        raise ConfigError(
+            "trainer.precision",
+            "fp16 loss scaling is not supported with trainer.parallel=fsdp; "
+            "use bf16 (FSDP gathers bf16 weights and reduces gradients in fp32)",
+        )
     if not 0.0 <= trainer.ema.decay < 1.0:
         raise ConfigError("trainer.ema.decay", f"must lie in [0, 1) (0: off), got {trainer.ema.decay}")
     if trainer.ema.decay > 0 and trainer.parallel == "fsdp":
-        raise ConfigError("trainer.ema.decay", "the moving average is not sharded yet: use trainer.parallel=ddp, "
-                          "or no trainer.ema")
+        raise ConfigError(
+            "trainer.ema.decay", "the moving average is not sharded yet: use trainer.parallel=ddp, or no trainer.ema"
+        )
     _positive("trainer.unmasked_final_steps", trainer.unmasked_final_steps, allow_zero=True)
     for key in ("accum_steps", "log_every_n_steps", "ckpt_every_n_steps", "keep_last_k", "max_nonfinite_steps"):
         _positive(f"trainer.{key}", getattr(trainer, key))
@@ -180,12 +197,18 @@ def check_config(raw: DictConfig) -> CheckedConfig:
     _check_generation(cfg.eval.generation)
     # An open mapping in the schema, so that `+eval.datasets.NAME.root=...` can add a set (OmegaConf
     # cannot add a dict to a mapping typed with a dataclass); typed here, each entry.
-    cfg.eval.datasets = {str(name): _typed(EvalDatasetConfig, node, f"eval.datasets.{name}")
-                         for name, node in cfg.eval.datasets.items() if node is not None}  # null: dropped
+    cfg.eval.datasets = {
+        str(name): _typed(EvalDatasetConfig, node, f"eval.datasets.{name}")
+        for name, node in cfg.eval.datasets.items()
+        if node is not None
+    }  # null: dropped
     for name, dataset in cfg.eval.datasets.items():
         if dataset.task == "captioning" and dataset.modality not in cfg.model.caption.sources:
-            raise ConfigError(f"eval.datasets.{name}.task", f"captioning {dataset.modality} needs "
-                              f"'{dataset.modality}' in model.caption.sources {cfg.model.caption.sources}")
+            raise ConfigError(
+                f"eval.datasets.{name}.task",
+                f"captioning {dataset.modality} needs "
+                f"'{dataset.modality}' in model.caption.sources {cfg.model.caption.sources}",
+            )
     return CheckedConfig(cfg, towers)
 
 
@@ -194,8 +217,9 @@ def _check_decode_device(decode_device: str, training_device: str) -> None:
         raise ConfigError("data.decode_device", f"'{decode_device}' is not one of cpu, cuda")
     if decode_device == "cuda" and (training_device == "cpu" or not torch.cuda.is_available()):
         where = "trainer.device=cpu" if training_device == "cpu" else "no CUDA device is available"
-        raise ConfigError("data.decode_device", f"cuda decodes JPEGs on the training GPU, but {where}; "
-                          "use data.decode_device=cpu")
+        raise ConfigError(
+            "data.decode_device", f"cuda decodes JPEGs on the training GPU, but {where}; use data.decode_device=cpu"
+        )
 
 
 def _check_generation(generation: GenerationConfig) -> None:
@@ -208,34 +232,40 @@ def _check_generation(generation: GenerationConfig) -> None:
         raise ConfigError("eval.generation.top_p", f"must lie in (0, 1], got {generation.top_p}")
 
 
-def _check_caption_head(head: CaptionHeadConfig, towers: Dict[str, Any]) -> None:
+def _check_caption_head(head: CaptionHeadConfig, towers: dict[str, Any]) -> None:
     for source in head.sources:
         if source == "text" or source not in towers:
-            raise ConfigError("model.caption.sources", f"cannot caption from '{source}': sources are "
-                              f"non-text towers (configured: {', '.join(towers)})")
+            raise ConfigError(
+                "model.caption.sources",
+                f"cannot caption from '{source}': sources are non-text towers (configured: {', '.join(towers)})",
+            )
     if head.sources and "text" not in towers:
         raise ConfigError("model.caption.sources", "captioning needs a text tower")
     for key in ("layers", "heads", "n_queries", "pooler_heads"):
         _positive(f"model.caption.{key}", getattr(head, key))
 
 
-def _check_loss(loss: LossConfig, pairs: List[str], caption_sources: List[str]) -> None:
+def _check_loss(loss: LossConfig, pairs: list[str], caption_sources: list[str]) -> None:
     _positive("loss.contrastive.scale_warmup_steps", loss.contrastive.scale_warmup_steps, allow_zero=True)
     if not 0 < loss.contrastive.scale_warmup_start <= 1:
-        raise ConfigError("loss.contrastive.scale_warmup_start",
-                          f"must lie in (0, 1], got {loss.contrastive.scale_warmup_start}")
+        raise ConfigError(
+            "loss.contrastive.scale_warmup_start", f"must lie in (0, 1], got {loss.contrastive.scale_warmup_start}"
+        )
     _check_hard_negatives(loss.contrastive, pairs)
     _positive("loss.contrastive.hardness", loss.contrastive.hardness, allow_zero=True)
     if not 0 <= loss.contrastive.debias < 1:
-        raise ConfigError("loss.contrastive.debias",
-                          f"a share of false negatives in [0, 1), got {loss.contrastive.debias}")
+        raise ConfigError(
+            "loss.contrastive.debias", f"a share of false negatives in [0, 1), got {loss.contrastive.debias}"
+        )
     for term in PAIR_TERMS:
         term_cfg = getattr(loss, term)
         _positive(f"loss.{term}.weight", term_cfg.weight, allow_zero=True)
         for pair, weight in term_cfg.pair_weights.items():
             if pair not in pairs:
-                raise ConfigError(f"loss.{term}.pair_weights.{pair}", f"not a pair of model.pairs "
-                                  f"{pairs}; remove the weight or add the pair")
+                raise ConfigError(
+                    f"loss.{term}.pair_weights.{pair}",
+                    f"not a pair of model.pairs {pairs}; remove the weight or add the pair",
+                )
             _positive(f"loss.{term}.pair_weights.{pair}", weight, allow_zero=True)
     _positive("loss.uniformity.t", loss.uniformity.t)
     _positive("loss.cross_uniformity.t", loss.cross_uniformity.t)
@@ -243,49 +273,68 @@ def _check_loss(loss: LossConfig, pairs: List[str], caption_sources: List[str]) 
     _positive("loss.caption.weight", loss.caption.weight, allow_zero=True)
     for source, weight in loss.caption.source_weights.items():
         if source not in caption_sources:
-            raise ConfigError(f"loss.caption.source_weights.{source}",
-                              f"not a source of model.caption.sources {caption_sources}")
+            raise ConfigError(
+                f"loss.caption.source_weights.{source}", f"not a source of model.caption.sources {caption_sources}"
+            )
         _positive(f"loss.caption.source_weights.{source}", weight, allow_zero=True)
     if loss.caption.weight > 0 and not caption_sources:
-        raise ConfigError("loss.caption.weight", "a caption loss needs a decoder: set model.caption.sources "
-                          "(e.g. [image]) or pick model=tiny_coca")
+        raise ConfigError(
+            "loss.caption.weight",
+            "a caption loss needs a decoder: set model.caption.sources (e.g. [image]) or pick model=tiny_coca",
+        )
     if caption_sources and loss.caption.weight == 0:
-        raise ConfigError("model.caption.sources", "the caption decoder would not train with "
-                          "loss.caption.weight=0; set a weight or drop the sources")
+        raise ConfigError(
+            "model.caption.sources",
+            "the caption decoder would not train with loss.caption.weight=0; set a weight or drop the sources",
+        )
     if loss.distill.weight > 0 and not loss.distill.teacher:
-        raise ConfigError("loss.distill.teacher", "distillation needs a teacher: a clipkit run or checkpoint "
-                          "folder, an open_clip local-dir folder, or an open_clip weights file")
+        raise ConfigError(
+            "loss.distill.teacher",
+            "distillation needs a teacher: a clipkit run or checkpoint "
+            "folder, an open_clip local-dir folder, or an open_clip weights file",
+        )
     if not any(getattr(loss, term).weight > 0 for term in (*PAIR_TERMS, "caption")):
         raise ConfigError("loss", "every loss term has weight 0; nothing would train")
 
 
-def _check_hard_negatives(contrastive: ContrastiveLossConfig, pairs: List[str]) -> None:
+def _check_hard_negatives(contrastive: ContrastiveLossConfig, pairs: list[str]) -> None:
     hard = contrastive.hard_negatives
     if hard.source is None:
         return
     key = "loss.contrastive.hard_negatives"
     if hard.source != "shards" and hard.source not in GENERATORS:
-        raise ConfigError(f"{key}.source", f"unknown source '{hard.source}'; known: shards (a neg.txt / neg.json "
-                          f"member per sample), {', '.join(GENERATORS.names())}")
+        raise ConfigError(
+            f"{key}.source",
+            f"unknown source '{hard.source}'; known: shards (a neg.txt / neg.json "
+            f"member per sample), {', '.join(GENERATORS.names())}",
+        )
     _positive(f"{key}.k", hard.k)
     _positive(f"{key}.weight", hard.weight)
     if contrastive.weight == 0 or not any("text" in split_pair(pair) for pair in pairs):
-        raise ConfigError(f"{key}.source", "hard-negative captions join the contrastive terms of the pairs with "
-                          f"text; this run has none (model.pairs {pairs}, loss.contrastive.weight "
-                          f"{contrastive.weight})")
+        raise ConfigError(
+            f"{key}.source",
+            "hard-negative captions join the contrastive terms of the pairs with "
+            f"text; this run has none (model.pairs {pairs}, loss.contrastive.weight "
+            f"{contrastive.weight})",
+        )
 
 
-def _check_anchors(anchors: Dict[str, str], pairs: List[str], caption_sources: List[str],
-                   locked: Set[str]) -> None:
+def _check_anchors(anchors: dict[str, str], pairs: list[str], caption_sources: list[str], locked: set[str]) -> None:
     for pair, modality in anchors.items():
         if pair not in pairs:
-            raise ConfigError(f"loss.anchors.{pair}", f"not a pair of model.pairs {pairs}; remove the anchor "
-                              f"(~loss.anchors.{pair}) or add the pair")
+            raise ConfigError(
+                f"loss.anchors.{pair}",
+                f"not a pair of model.pairs {pairs}; remove the anchor (~loss.anchors.{pair}) or add the pair",
+            )
         if modality not in split_pair(pair):
-            raise ConfigError(f"loss.anchors.{pair}", f"{modality!r} is not one of the pair's modalities "
-                              f"{list(split_pair(pair))}")
+            raise ConfigError(
+                f"loss.anchors.{pair}", f"{modality!r} is not one of the pair's modalities {list(split_pair(pair))}"
+            )
     for modality in sorted({m for pair in pairs for m in split_pair(pair)}):
         trained_by = [p for p in pairs if modality in split_pair(p) and anchors.get(p) != modality]
         if not trained_by and modality not in caption_sources and modality not in locked:
-            raise ConfigError("loss.anchors", f"every pair anchors {modality}, so its tower would get no "
-                              f"gradient; freeze it with model.towers.{modality}.lock=true instead")
+            raise ConfigError(
+                "loss.anchors",
+                f"every pair anchors {modality}, so its tower would get no "
+                f"gradient; freeze it with model.towers.{modality}.lock=true instead",
+            )

@@ -1,4 +1,5 @@
 """Audio samples: decode (libsndfile via soundfile), down-mix, resample, fit to a fixed length."""
+
 from __future__ import annotations
 
 import io
@@ -30,7 +31,7 @@ def fit_length(wave: torch.Tensor, length: int, random_crop: bool) -> torch.Tens
     n = wave.shape[0]
     if n >= length:
         start = int(torch.randint(0, n - length + 1, ())) if random_crop else (n - length) // 2
-        return wave[start:start + length]
+        return wave[start : start + length]
     repeated = wave.repeat(length // n)
     return torch.nn.functional.pad(repeated, (0, length - repeated.shape[0]))
 

@@ -2,18 +2,18 @@
 
 A sample that cannot be decoded raises :class:`CorruptSample`; the pipeline skips it and counts it.
 """
+
 from __future__ import annotations
 
 import io
 import json
-from typing import Callable, Dict, List, Optional, Union
+from collections.abc import Callable
 
 import torch
 from PIL import Image
 
 from clipkit.config.schema import SampleKeysConfig
 from clipkit.data.negatives import NegativeCaptions
-
 
 MODALITIES = ("image", "text", "audio")
 
@@ -22,7 +22,7 @@ class CorruptSample(Exception):
     pass
 
 
-def _first_member(sample: Dict[str, object], extensions) -> Optional[str]:
+def _first_member(sample: dict[str, object], extensions) -> str | None:
     return next((ext for ext in extensions if ext in sample), None)
 
 
@@ -56,17 +56,22 @@ class SampleDecoder:
     """Decodes the modalities a model uses; absent ones are simply not in the output. Captions stay
     strings until :meth:`collate` tokenises a batch's in one call."""
 
-    def __init__(self, keys: SampleKeysConfig, image_loader: Optional[Callable[[bytes], torch.Tensor]] = None,
-                 tokenizer: Optional[Callable] = None, audio_loader: Optional[Callable] = None,
-                 negatives: Optional[NegativeCaptions] = None) -> None:
+    def __init__(
+        self,
+        keys: SampleKeysConfig,
+        image_loader: Callable[[bytes], torch.Tensor] | None = None,
+        tokenizer: Callable | None = None,
+        audio_loader: Callable | None = None,
+        negatives: NegativeCaptions | None = None,
+    ) -> None:
         self.keys = keys
         self.image_loader = image_loader
         self.tokenizer = tokenizer
         self.audio_loader = audio_loader
         self.negatives = negatives  # hard-negative captions (loss.contrastive.hard_negatives)
 
-    def __call__(self, sample: Dict[str, object]) -> Dict[str, Union[torch.Tensor, str]]:
-        out: Dict[str, Union[torch.Tensor, str]] = {}
+    def __call__(self, sample: dict[str, object]) -> dict[str, torch.Tensor | str]:
+        out: dict[str, torch.Tensor | str] = {}
         key = sample.get("__key__", "?")
         try:
             if self.image_loader is not None:
@@ -89,11 +94,13 @@ class SampleDecoder:
         except Exception as exc:  # any decoder failure means this one sample is unusable
             raise CorruptSample(f"sample {key} in {sample.get('__url__', '?')}: {exc}") from exc
         if not out:
-            raise CorruptSample(f"sample {key} in {sample.get('__url__', '?')} has none of the "
-                                f"configured members ({', '.join(k for k in sample if not k.startswith('__'))})")
+            raise CorruptSample(
+                f"sample {key} in {sample.get('__url__', '?')} has none of the "
+                f"configured members ({', '.join(k for k in sample if not k.startswith('__'))})"
+            )
         return out
 
-    def collate(self, samples: List[Dict[str, Union[torch.Tensor, str]]]) -> dict:
+    def collate(self, samples: list[dict[str, torch.Tensor | str]]) -> dict:
         """Decoded samples -> a batch: per modality the stacked rows (zeros where a row lacks it;
         a loader with a ``collate`` of its own makes its modality's) and the row mask
         ``has_<modality>``."""
@@ -118,7 +125,7 @@ class SampleDecoder:
             self._collate_negatives(samples, batch)
         return batch
 
-    def _collate_negatives(self, samples: List[Dict[str, object]], batch: dict) -> None:
+    def _collate_negatives(self, samples: list[dict[str, object]], batch: dict) -> None:
         """``text_negatives`` (rows x k x context tokens) and ``has_text_negatives`` (rows x k), also
         when no row has one (every process then makes the same collective calls), and
         ``rows_with_negatives``."""

@@ -16,15 +16,16 @@ Layout under ROOT (generated atomically: a temporary folder renamed into place w
   caption against one with its colours or sizes exchanged or its relation turned round), all in
   CLIP_benchmark's layout.
 """
+
 from __future__ import annotations
 
 import io
 import random
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
 
 from PIL import Image, ImageDraw
 
@@ -33,15 +34,24 @@ from clipkit.data.write import fsync_tree, numbered, write_eval_set, write_shard
 
 VERSION = 3  # bump when the generated content changes; the folder name carries it
 SHARDS = {"image_text": 16, "audio_text": 6, "trimodal": 4}  # conf/data/demo.yaml names these
-COLOURS: Dict[str, Tuple[int, int, int]] = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 225),
-    "yellow": (235, 215, 40), "purple": (150, 60, 195), "orange": (245, 140, 30),
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 225),
+    "yellow": (235, 215, 40),
+    "purple": (150, 60, 195),
+    "orange": (245, 140, 30),
 }
 SHAPES = ("circle", "square", "triangle", "cross")
 SIZES = {"small": (6, 9), "large": (12, 16)}  # radius range in pixels
 TEMPLATES = (
-    "a {c}.", "a photo of a {c}.", "a drawing of a {c}.", "a {c} on a plain background.",
-    "a small {c}.", "a large {c}.", "a picture showing the {c}.",
+    "a {c}.",
+    "a photo of a {c}.",
+    "a drawing of a {c}.",
+    "a {c} on a plain background.",
+    "a small {c}.",
+    "a large {c}.",
+    "a picture showing the {c}.",
 )
 RELATIONS = {"left": ("to the left of", "to the right of"), "above": ("above", "below")}
 
@@ -90,8 +100,9 @@ def _draw(draw: ImageDraw.ImageDraw, shape: Shape) -> None:
         draw.rectangle([x - w, y - r, x + w, y + r], fill=fill)
 
 
-def _random_shape(rng: random.Random, size: int, region: Tuple[int, int, int, int],
-                  colour: str = "", kind: str = "") -> Shape:
+def _random_shape(
+    rng: random.Random, size: int, region: tuple[int, int, int, int], colour: str = "", kind: str = ""
+) -> Shape:
     size_name = rng.choice(list(SIZES))
     radius = rng.randint(*SIZES[size_name])
     x0, y0, x1, y1 = region
@@ -100,7 +111,7 @@ def _random_shape(rng: random.Random, size: int, region: Tuple[int, int, int, in
     return Shape(colour or rng.choice(list(COLOURS)), kind or rng.choice(SHAPES), size_name, x, y, radius)
 
 
-def _render(rng: random.Random, shapes: List[Shape], size: int) -> bytes:
+def _render(rng: random.Random, shapes: list[Shape], size: int) -> bytes:
     grey = rng.randint(90, 200)
     background = tuple(min(255, max(0, grey + rng.randint(-25, 25))) for _ in range(3))
     image = Image.new("RGB", (size, size), background)
@@ -112,7 +123,7 @@ def _render(rng: random.Random, shapes: List[Shape], size: int) -> bytes:
     return buffer.getvalue()
 
 
-def _two_shapes(rng: random.Random, size: int) -> Tuple[List[Shape], str]:
+def _two_shapes(rng: random.Random, size: int) -> tuple[list[Shape], str]:
     """Two shapes split left/right or top/bottom; returns them and the relation axis."""
     axis = rng.choice(list(RELATIONS))
     half = size // 2
@@ -127,20 +138,21 @@ def _two_shapes(rng: random.Random, size: int) -> Tuple[List[Shape], str]:
     return [first, second], axis
 
 
-def _single_captions(shape: Shape) -> List[str]:
-    return [shape.phrase(True), f"a picture of {shape.phrase(False)}",
-            f"{shape.phrase(True)} on a plain background"]
+def _single_captions(shape: Shape) -> list[str]:
+    return [shape.phrase(True), f"a picture of {shape.phrase(False)}", f"{shape.phrase(True)} on a plain background"]
 
 
-def _pair_captions(shapes: List[Shape], axis: str) -> List[str]:
+def _pair_captions(shapes: list[Shape], axis: str) -> list[str]:
     first, second = shapes
     forward, backward = RELATIONS[axis]
-    return [f"{first.phrase(True)} {forward} {second.phrase(True)}",
-            f"{second.phrase(False)} {backward} {first.phrase(False)}",
-            f"{first.phrase(False)} and {second.phrase(False)}"]
+    return [
+        f"{first.phrase(True)} {forward} {second.phrase(True)}",
+        f"{second.phrase(False)} {backward} {first.phrase(False)}",
+        f"{first.phrase(False)} and {second.phrase(False)}",
+    ]
 
 
-def _image_text_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
+def _image_text_samples(spec: DemoSpec) -> Iterator[dict[str, object]]:
     rng = random.Random(f"{spec.seed}/train")
     full = (0, 0, spec.image_size, spec.image_size)
     for _ in range(spec.image_text_samples):
@@ -153,11 +165,11 @@ def _image_text_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
         yield {"png": _render(rng, shapes, spec.image_size), "txt": caption}
 
 
-def zeroshot_classnames() -> List[str]:
+def zeroshot_classnames() -> list[str]:
     return [f"{colour} {kind}" for colour in COLOURS for kind in SHAPES]
 
 
-def _zeroshot_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
+def _zeroshot_samples(spec: DemoSpec) -> Iterator[dict[str, object]]:
     rng = random.Random(f"{spec.seed}/zeroshot")
     full = (0, 0, spec.image_size, spec.image_size)
     for label, name in enumerate(zeroshot_classnames()):
@@ -167,14 +179,14 @@ def _zeroshot_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
             yield {"webp": _render(rng, [shape], spec.image_size), "cls": label}
 
 
-def _retrieval_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
+def _retrieval_samples(spec: DemoSpec) -> Iterator[dict[str, object]]:
     rng = random.Random(f"{spec.seed}/retrieval")
     for _ in range(spec.retrieval_images):
         shapes, axis = _two_shapes(rng, spec.image_size)
         yield {"webp": _render(rng, shapes, spec.image_size), "txt": "\n".join(_pair_captions(shapes, axis))}
 
 
-def _png_to_webp(samples: Iterator[Dict[str, object]]) -> Iterator[Dict[str, object]]:
+def _png_to_webp(samples: Iterator[dict[str, object]]) -> Iterator[dict[str, object]]:
     """CLIP_benchmark's exports store images as lossless webp."""
     for sample in samples:
         image = Image.open(io.BytesIO(sample["webp"]))
@@ -187,37 +199,43 @@ TIMBRE_OF_SHAPE = dict(zip(SHAPES, TIMBRES))
 PITCH_OF_SIZE = {"small": "high", "large": "low"}
 
 
-def _scene_with_sound(rng: random.Random, spec: DemoSpec) -> Tuple[Shape, Sound]:
+def _scene_with_sound(rng: random.Random, spec: DemoSpec) -> tuple[Shape, Sound]:
     shape = _random_shape(rng, spec.image_size, (0, 0, spec.image_size, spec.image_size))
     sound = random_sound(rng, TIMBRE_OF_SHAPE[shape.kind], PITCH_OF_SIZE[shape.size])
     return shape, sound
 
 
-def _audio_text_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
+def _audio_text_samples(spec: DemoSpec) -> Iterator[dict[str, object]]:
     rng = random.Random(f"{spec.seed}/audio_text")
     for _ in range(spec.audio_text_samples):
         sound = random_sound(rng)
         yield {"flac": encode_flac(render(sound, rng)), "txt": rng.choice(sound.captions())}
 
 
-def _trimodal_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
+def _trimodal_samples(spec: DemoSpec) -> Iterator[dict[str, object]]:
     rng = random.Random(f"{spec.seed}/trimodal")
     for _ in range(spec.trimodal_samples):
         shape, sound = _scene_with_sound(rng, spec)
         caption = f"{rng.choice(_single_captions(shape))} with {rng.choice(sound.captions())}"
-        yield {"png": _render(rng, [shape], spec.image_size), "flac": encode_flac(render(sound, rng)),
-               "txt": caption}
+        yield {"png": _render(rng, [shape], spec.image_size), "flac": encode_flac(render(sound, rng)), "txt": caption}
 
 
-def sound_classnames() -> List[str]:
+def sound_classnames() -> list[str]:
     return [f"{pitch} {timbre}" for pitch in PITCHES for timbre in TIMBRES]
 
 
-SOUND_TEMPLATES = ("a {c}.", "the sound of a {c}.", "a recording of a {c}.", "a short {c}.",
-                   "a long {c}.", "a loud {c}.", "a quiet {c}.")
+SOUND_TEMPLATES = (
+    "a {c}.",
+    "the sound of a {c}.",
+    "a recording of a {c}.",
+    "a short {c}.",
+    "a long {c}.",
+    "a loud {c}.",
+    "a quiet {c}.",
+)
 
 
-def _sound_zeroshot_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
+def _sound_zeroshot_samples(spec: DemoSpec) -> Iterator[dict[str, object]]:
     rng = random.Random(f"{spec.seed}/sounds")
     for label, name in enumerate(sound_classnames()):
         pitch, timbre = name.split()
@@ -225,14 +243,14 @@ def _sound_zeroshot_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
             yield {"flac": encode_flac(render(random_sound(rng, timbre, pitch), rng)), "cls": label}
 
 
-def _sound_retrieval_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
+def _sound_retrieval_samples(spec: DemoSpec) -> Iterator[dict[str, object]]:
     rng = random.Random(f"{spec.seed}/sound_captions")
     for _ in range(spec.retrieval_sounds):
         sound = random_sound(rng)
         yield {"flac": encode_flac(render(sound, rng)), "txt": "\n".join(sound.captions())}
 
 
-def _scene_sound_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
+def _scene_sound_samples(spec: DemoSpec) -> Iterator[dict[str, object]]:
     rng = random.Random(f"{spec.seed}/scene_sounds")
     for _ in range(spec.retrieval_sounds):
         shape, sound = _scene_with_sound(rng, spec)
@@ -242,7 +260,7 @@ def _scene_sound_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
 COMPOSITION_CATEGORIES = ("swap_colours", "swap_sizes", "swap_positions")
 
 
-def _composition_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
+def _composition_samples(spec: DemoSpec) -> Iterator[dict[str, object]]:
     """Two shapes of different colours and sizes, their caption, and one that contradicts it by
     exchanging the colours, exchanging the sizes, or turning the relation round (SugarCrepe's
     layout: ``txt``, ``neg.txt``, ``category.txt``)."""
@@ -260,12 +278,15 @@ def _composition_samples(spec: DemoSpec) -> Iterator[Dict[str, object]]:
             first, second = replace(first, size=second.size), replace(second, size=first.size)
         else:
             forward = backward
-        yield {"webp": _render(rng, shapes, spec.image_size),  # png bytes, made webp by _png_to_webp
-               "txt": f"{shapes[0].phrase(True)} {RELATIONS[axis][0]} {shapes[1].phrase(True)}",
-               "neg.txt": f"{first.phrase(True)} {forward} {second.phrase(True)}", "category.txt": category}
+        yield {
+            "webp": _render(rng, shapes, spec.image_size),  # png bytes, made webp by _png_to_webp
+            "txt": f"{shapes[0].phrase(True)} {RELATIONS[axis][0]} {shapes[1].phrase(True)}",
+            "neg.txt": f"{first.phrase(True)} {forward} {second.phrase(True)}",
+            "category.txt": category,
+        }
 
 
-def _write_source(samples: Iterator[Dict[str, object]], count: int, out_dir: Path, source: str) -> None:
+def _write_source(samples: Iterator[dict[str, object]], count: int, out_dir: Path, source: str) -> None:
     per_shard = -(-count // SHARDS[source])
     written = write_shards(numbered(source, samples), out_dir, "demo", per_shard)
     if len(written) != SHARDS[source]:
@@ -285,18 +306,44 @@ def write_demo(root: Path, spec: DemoSpec = DemoSpec()) -> Path:
         _write_source(_audio_text_samples(spec), spec.audio_text_samples, train / "audio_text", "audio_text")
         _write_source(_trimodal_samples(spec), spec.trimodal_samples, train / "trimodal", "trimodal")
         evals, per_shard = staging / "eval", spec.eval_per_shard
-        write_eval_set(evals / "shapes", _png_to_webp(numbered("zs", _zeroshot_samples(spec))),
-                       per_shard=per_shard, classnames=zeroshot_classnames(), templates=TEMPLATES)
-        write_eval_set(evals / "scenes", _png_to_webp(numbered("rt", _retrieval_samples(spec))),
-                       per_shard=per_shard, dataset_type="retrieval")
-        write_eval_set(evals / "sounds", numbered("szs", _sound_zeroshot_samples(spec)),
-                       per_shard=per_shard, classnames=sound_classnames(), templates=SOUND_TEMPLATES)
-        write_eval_set(evals / "sound_captions", numbered("srt", _sound_retrieval_samples(spec)),
-                       per_shard=per_shard, dataset_type="retrieval")
-        write_eval_set(evals / "scene_sounds", _png_to_webp(numbered("iat", _scene_sound_samples(spec))),
-                       per_shard=per_shard, dataset_type="retrieval")
-        write_eval_set(evals / "compositions", _png_to_webp(numbered("cmp", _composition_samples(spec))),
-                       per_shard=per_shard, dataset_type="compositionality")
+        write_eval_set(
+            evals / "shapes",
+            _png_to_webp(numbered("zs", _zeroshot_samples(spec))),
+            per_shard=per_shard,
+            classnames=zeroshot_classnames(),
+            templates=TEMPLATES,
+        )
+        write_eval_set(
+            evals / "scenes",
+            _png_to_webp(numbered("rt", _retrieval_samples(spec))),
+            per_shard=per_shard,
+            dataset_type="retrieval",
+        )
+        write_eval_set(
+            evals / "sounds",
+            numbered("szs", _sound_zeroshot_samples(spec)),
+            per_shard=per_shard,
+            classnames=sound_classnames(),
+            templates=SOUND_TEMPLATES,
+        )
+        write_eval_set(
+            evals / "sound_captions",
+            numbered("srt", _sound_retrieval_samples(spec)),
+            per_shard=per_shard,
+            dataset_type="retrieval",
+        )
+        write_eval_set(
+            evals / "scene_sounds",
+            _png_to_webp(numbered("iat", _scene_sound_samples(spec))),
+            per_shard=per_shard,
+            dataset_type="retrieval",
+        )
+        write_eval_set(
+            evals / "compositions",
+            _png_to_webp(numbered("cmp", _composition_samples(spec))),
+            per_shard=per_shard,
+            dataset_type="compositionality",
+        )
         (staging / "COMPLETE").write_text(f"clipkit demo v{VERSION} {spec}\n")
         fsync_tree(staging)
         if root.exists() and not (root / "COMPLETE").is_file():  # an incomplete earlier attempt

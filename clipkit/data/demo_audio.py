@@ -3,12 +3,12 @@
 "three short high beeps", "a long quiet low buzz slowly rising": every word is audible, so an
 audio tower can learn them from the captions alone.
 """
+
 from __future__ import annotations
 
 import io
 import random
 from dataclasses import dataclass
-from typing import List
 
 import numpy as np
 import soundfile
@@ -31,24 +31,33 @@ class Sound:
     loudness: str
     contour: str = "steady"  # long sounds only
 
-    def captions(self) -> List[str]:
+    def captions(self) -> list[str]:
         """Three phrasings: full, without loudness, and 'the sound of ...'."""
         if self.count == "long":
             tail = {"steady": "", "rising": " slowly rising", "falling": " slowly falling"}[self.contour]
-            return [f"a long {self.loudness} {self.pitch} {self.timbre}{tail}",
-                    f"a long {self.pitch} {self.timbre}{tail}",
-                    f"the sound of a {self.loudness} {self.pitch} {self.timbre}{tail}"]
+            return [
+                f"a long {self.loudness} {self.pitch} {self.timbre}{tail}",
+                f"a long {self.pitch} {self.timbre}{tail}",
+                f"the sound of a {self.loudness} {self.pitch} {self.timbre}{tail}",
+            ]
         noun = self.timbre if self.count == "one" else PLURAL[self.timbre]
         article = "a" if self.count == "one" else self.count
-        return [f"{article} short {self.loudness} {self.pitch} {noun}",
-                f"{article} {self.pitch} {noun}",
-                f"the sound of {article} short {self.pitch} {noun}"]
+        return [
+            f"{article} short {self.loudness} {self.pitch} {noun}",
+            f"{article} {self.pitch} {noun}",
+            f"the sound of {article} short {self.pitch} {noun}",
+        ]
 
 
 def random_sound(rng: random.Random, timbre: str = "", pitch: str = "") -> Sound:
     count = rng.choice(COUNTS)
-    return Sound(timbre or rng.choice(TIMBRES), pitch or rng.choice(list(PITCHES)), count,
-                 rng.choice(list(LOUDNESS)), rng.choice(CONTOURS) if count == "long" else "steady")
+    return Sound(
+        timbre or rng.choice(TIMBRES),
+        pitch or rng.choice(list(PITCHES)),
+        count,
+        rng.choice(list(LOUDNESS)),
+        rng.choice(CONTOURS) if count == "long" else "steady",
+    )
 
 
 def _oscillator(timbre: str, freq: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -77,13 +86,13 @@ def render(sound: Sound, rng: random.Random) -> np.ndarray:
     tone = _oscillator(sound.timbre, base * factor, generator, n)
     envelope = np.zeros(n)
     if sound.count == "long":
-        envelope[int(0.05 * n):int(0.95 * n)] = 1.0
+        envelope[int(0.05 * n) : int(0.95 * n)] = 1.0
     else:
         pulses = COUNTS.index(sound.count) + 1
         length = int(0.12 * n)
         for i in range(pulses):
             start = int((0.08 + 0.3 * i) * n)
-            envelope[start:start + length] = 1.0
+            envelope[start : start + length] = 1.0
     wave = LOUDNESS[sound.loudness] * tone * envelope
     wave += 0.005 * generator.standard_normal(n)  # a faint noise floor
     return wave.astype(np.float32)

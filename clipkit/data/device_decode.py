@@ -9,11 +9,12 @@ batch to float as before. The GPU decodes at full size: the DCT scaling that sav
 of its decode does not apply there. Images that nvJPEG cannot take (other formats, CMYK JPEGs) are
 decoded in the worker as on the CPU path and travel as pixels in the same batch.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
 
 import simplejpeg
 import torch
@@ -25,7 +26,7 @@ from clipkit.models.multimodal import to_device_async
 
 log = logging.getLogger(__name__)
 
-Box = Tuple[int, int, int, int]  # top, left, height, width in full-size pixels
+Box = tuple[int, int, int, int]  # top, left, height, width in full-size pixels
 _NVJPEG_COLOURSPACES = ("YCbCr", "Gray")  # what a JPEG may hold for nvJPEG to decode it to RGB
 
 
@@ -45,15 +46,15 @@ class EncodedImages:
 
     pixels: torch.Tensor  # (rows, 3, size, size) uint8
     jpeg_bytes: torch.Tensor  # 1-D uint8
-    jpeg_lengths: List[int]
-    boxes: List[Box]
-    rows: List[int]
+    jpeg_lengths: list[int]
+    boxes: list[Box]
+    rows: list[int]
 
     @property
-    def jpegs(self) -> List[torch.Tensor]:
+    def jpegs(self) -> list[torch.Tensor]:
         return list(torch.split(self.jpeg_bytes, self.jpeg_lengths)) if self.jpeg_lengths else []
 
-    def pin_memory(self) -> "EncodedImages":
+    def pin_memory(self) -> EncodedImages:
         """Called by a pinning DataLoader: only ``pixels`` is copied to the device as it is (the
         JPEG bytes are read by nvJPEG's host stage)."""
         return EncodedImages(self.pixels.pin_memory(), self.jpeg_bytes, self.jpeg_lengths, self.boxes, self.rows)
@@ -63,7 +64,7 @@ class DeferredImageDecoder(TrainImageDecoder):
     """The worker's side: image bytes -> :class:`EncodedJpeg`, or the uint8 crop of the CPU path
     for an image nvJPEG cannot decode."""
 
-    def __call__(self, data: bytes) -> Union[EncodedJpeg, torch.Tensor]:
+    def __call__(self, data: bytes) -> EncodedJpeg | torch.Tensor:
         try:
             height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data)
         except ValueError:
@@ -74,7 +75,7 @@ class DeferredImageDecoder(TrainImageDecoder):
             raise ValueError("truncated JPEG (no end-of-image marker)")
         return EncodedJpeg(data, self.crop_box(height, width))
 
-    def collate(self, rows: Sequence[Optional[Union[EncodedJpeg, torch.Tensor]]]) -> EncodedImages:
+    def collate(self, rows: Sequence[EncodedJpeg | torch.Tensor | None]) -> EncodedImages:
         """A batch's rows (None where a row has no image) -> :class:`EncodedImages`."""
         pixels = torch.zeros((len(rows), 3, self.size, self.size), dtype=torch.uint8)
         encoded = [(i, r) for i, r in enumerate(rows) if isinstance(r, EncodedJpeg)]
@@ -83,8 +84,9 @@ class DeferredImageDecoder(TrainImageDecoder):
                 pixels[i] = row
         joined = bytearray(b"".join(r.data for _, r in encoded))
         jpeg_bytes = torch.frombuffer(joined, dtype=torch.uint8) if joined else torch.empty(0, dtype=torch.uint8)
-        return EncodedImages(pixels, jpeg_bytes, [len(r.data) for _, r in encoded], [r.box for _, r in encoded],
-                             [i for i, _ in encoded])
+        return EncodedImages(
+            pixels, jpeg_bytes, [len(r.data) for _, r in encoded], [r.box for _, r in encoded], [i for i, _ in encoded]
+        )
 
 
 class DeviceImages:
@@ -97,8 +99,11 @@ class DeviceImages:
         self.normalize = normalize
         self.device = device
 
-    def __call__(self, images: Union[torch.Tensor, EncodedImages], present: torch.Tensor,
-                 ) -> Tuple[torch.Tensor, int]:
+    def __call__(
+        self,
+        images: torch.Tensor | EncodedImages,
+        present: torch.Tensor,
+    ) -> tuple[torch.Tensor, int]:
         """The batch's images on the device, and how many rows were dropped (cleared in ``present``)."""
         if not isinstance(images, EncodedImages):
             return self.normalize(to_device_async(images, self.device)), 0
@@ -112,7 +117,7 @@ class DeviceImages:
                 pixels[row] = self._crop(decoded, box)
         return self.normalize(pixels), dropped
 
-    def _decode(self, jpegs: List[torch.Tensor]) -> List[Optional[torch.Tensor]]:
+    def _decode(self, jpegs: list[torch.Tensor]) -> list[torch.Tensor | None]:
         """All in one call; if that fails, one by one, to find the images at fault."""
         if not jpegs:
             return []
@@ -121,7 +126,7 @@ class DeviceImages:
         except RuntimeError:
             return [self._decode_one(jpeg) for jpeg in jpegs]
 
-    def _decode_one(self, jpeg: torch.Tensor) -> Optional[torch.Tensor]:
+    def _decode_one(self, jpeg: torch.Tensor) -> torch.Tensor | None:
         """On the device, else on the host (a JPEG nvJPEG rejects may still be sound), else None."""
         for device in (self.device, torch.device("cpu")):
             try:
@@ -134,6 +139,6 @@ class DeviceImages:
     def _crop(self, image: torch.Tensor, box: Box) -> torch.Tensor:
         """The CPU path's crop and resize; in float, as CUDA's antialiased kernel has no uint8 form."""
         top, left, height, width = box
-        crop = image[:, top:top + height, left:left + width].unsqueeze(0).float()
+        crop = image[:, top : top + height, left : left + width].unsqueeze(0).float()
         resized = F.interpolate(crop, size=(self.size, self.size), mode="bicubic", antialias=True)[0]
         return resized.round_().clamp_(0, 255).to(torch.uint8)

@@ -13,11 +13,12 @@ float's bytes between processes and to the device; the one conversion to float, 
 normalisation, runs on the whole batch on the training device (:class:`ImageNormalizer`).
 Evaluation keeps open_clip's transform as it is, so exported models score the same everywhere.
 """
+
 from __future__ import annotations
 
 import io
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import simplejpeg
@@ -37,15 +38,18 @@ def dct_reduction(crop_width: int, crop_height: int, size: int) -> int:
     return next((k for k in DCT_SCALES if crop_width >= k * size and crop_height >= k * size), 1)
 
 
-def _scaled_box(crop: Tuple[int, int, int, int], shape: Tuple[int, ...], full_height: int,
-                full_width: int) -> Tuple[slice, slice]:
+def _scaled_box(
+    crop: tuple[int, int, int, int], shape: tuple[int, ...], full_height: int, full_width: int
+) -> tuple[slice, slice]:
     """A crop (top, left, height, width) in full-size pixels -> its rows and columns in the
     decoded image of ``shape``, which may be reduced."""
     top, left, height, width = crop
     sy, sx = shape[0] / full_height, shape[1] / full_width
     first_row, first_col = round(top * sy), round(left * sx)
-    return (slice(first_row, max(round((top + height) * sy), first_row + 1)),
-            slice(first_col, max(round((left + width) * sx), first_col + 1)))
+    return (
+        slice(first_row, max(round((top + height) * sy), first_row + 1)),
+        slice(first_col, max(round((left + width) * sx), first_col + 1)),
+    )
 
 
 class TrainImageDecoder:
@@ -56,7 +60,7 @@ class TrainImageDecoder:
         self.size = size
         self.scale = [float(scale[0]), float(scale[1])]
 
-    def crop_box(self, height: int, width: int) -> Tuple[int, int, int, int]:
+    def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
         """(top, left, height, width) in full-size pixels: torchvision's draw from torch's generator
         (it reads only the image's shape: here a tensor of that shape that holds no memory)."""
         return RandomResizedCrop.get_params(_NO_MEMORY.expand(3, height, width), self.scale, list(RATIO))
@@ -64,7 +68,7 @@ class TrainImageDecoder:
     def __call__(self, data: bytes) -> torch.Tensor:
         return self.resize(*self.decode(data))
 
-    def decode(self, data: bytes) -> Tuple[torch.Tensor, Tuple[slice, slice]]:
+    def decode(self, data: bytes) -> tuple[torch.Tensor, tuple[slice, slice]]:
         """The decoded pixels (H, W, 3), at a DCT scale where one applies, and the crop's rows and
         columns in them. A JPEG goes from libjpeg-turbo straight into an array (simplejpeg); other
         formats, and JPEGs that it cannot turn into RGB (CMYK), go through Pillow."""
@@ -75,14 +79,18 @@ class TrainImageDecoder:
         crop = self.crop_box(full_height, full_width)
         reduction = dct_reduction(crop[3], crop[2], self.size)
         try:
-            pixels = simplejpeg.decode_jpeg(data, "RGB", min_height=math.ceil(full_height / reduction),
-                                            min_width=math.ceil(full_width / reduction))
+            pixels = simplejpeg.decode_jpeg(
+                data, "RGB", min_height=math.ceil(full_height / reduction), min_width=math.ceil(full_width / reduction)
+            )
         except ValueError:  # CMYK, or damaged: Pillow converts the one and names what is wrong with the other
             return self._decode_with_pillow(data, crop)
         return torch.from_numpy(pixels), _scaled_box(crop, pixels.shape, full_height, full_width)
 
-    def _decode_with_pillow(self, data: bytes, crop: Optional[Tuple[int, int, int, int]] = None,
-                            ) -> Tuple[torch.Tensor, Tuple[slice, slice]]:
+    def _decode_with_pillow(
+        self,
+        data: bytes,
+        crop: tuple[int, int, int, int] | None = None,
+    ) -> tuple[torch.Tensor, tuple[slice, slice]]:
         image = Image.open(io.BytesIO(data))  # reads the header only
         full_width, full_height = image.size
         crop = crop or self.crop_box(full_height, full_width)
@@ -95,7 +103,7 @@ class TrainImageDecoder:
         pixels = np.array(image)  # a copy: Pillow's own array is read-only
         return torch.from_numpy(pixels), _scaled_box(crop, pixels.shape, full_height, full_width)
 
-    def resize(self, pixels: torch.Tensor, box: Tuple[slice, slice]) -> torch.Tensor:
+    def resize(self, pixels: torch.Tensor, box: tuple[slice, slice]) -> torch.Tensor:
         crop = pixels[box].permute(2, 0, 1).unsqueeze(0)  # channels-last: the fast kernel's layout
         return F.interpolate(crop, size=(self.size, self.size), mode="bicubic", antialias=True)[0]
 
@@ -108,7 +116,7 @@ class ImageNormalizer:
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self._on_device: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8:

@@ -1,21 +1,21 @@
 """Shards from a user's files: a folder of images or sounds with same-named .txt captions, or a
 CSV/JSONL table of (path, caption) rows. Files are stored as they are, under their extension."""
+
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
-
-from clipkit.errors import DataError
 
 from clipkit.data.audio import AUDIO_EXTENSIONS
+from clipkit.errors import DataError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + AUDIO_EXTENSIONS
 
 
-def _media_sample(path: Path, caption: str) -> Dict[str, object]:
+def _media_sample(path: Path, caption: str) -> dict[str, object]:
     ext = path.suffix.lower().lstrip(".")
     if ext not in MEDIA_EXTENSIONS:
         raise DataError(f"{path}: unsupported file type '.{ext}' (supported: {', '.join(MEDIA_EXTENSIONS)})")
@@ -24,7 +24,7 @@ def _media_sample(path: Path, caption: str) -> Dict[str, object]:
     return {"__key__": path.stem, ext: path.read_bytes(), "txt": caption}
 
 
-def folder_pairs(folder: Path) -> Iterator[Tuple[Path, str]]:
+def folder_pairs(folder: Path) -> Iterator[tuple[Path, str]]:
     """Every media file under ``folder`` that has a ``<same name>.txt`` caption beside it."""
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
@@ -38,12 +38,12 @@ def folder_pairs(folder: Path) -> Iterator[Tuple[Path, str]]:
         raise DataError(f"{folder}: no media file with a same-named .txt caption")
 
 
-def table_pairs(table: Path, path_column: str, caption_column: str) -> Iterator[Tuple[Path, str]]:
+def table_pairs(table: Path, path_column: str, caption_column: str) -> Iterator[tuple[Path, str]]:
     """Rows of a .csv (with a header) or .jsonl file; relative paths are relative to the table."""
     if not table.is_file():
         raise DataError(f"{table}: file not found")
     if table.suffix == ".jsonl":
-        rows: List[dict] = [json.loads(line) for line in table.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows: list[dict] = [json.loads(line) for line in table.read_text(encoding="utf-8").splitlines() if line.strip()]
     elif table.suffix == ".csv":
         with open(table, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
@@ -56,7 +56,7 @@ def table_pairs(table: Path, path_column: str, caption_column: str) -> Iterator[
         yield (path if path.is_absolute() else table.parent / path), str(row[caption_column]).strip()
 
 
-def samples_from_pairs(pairs: Iterator[Tuple[Path, str]]) -> Iterator[Dict[str, object]]:
+def samples_from_pairs(pairs: Iterator[tuple[Path, str]]) -> Iterator[dict[str, object]]:
     for index, (path, caption) in enumerate(pairs):
         sample = _media_sample(path, caption)
         sample["__key__"] = f"{index:09d}"  # unique even when file stems repeat across folders

@@ -19,14 +19,15 @@ shared memory when it starts (``TrainStream.set_epoch``). Starting workers anew 
 a fork of the trainer and a copy of every page it writes afterwards, which on a small data set
 slowed each step by a fifth.
 """
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import logging
 import random
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
 import webdataset as wds
@@ -39,6 +40,7 @@ from clipkit.lifetime import data_worker_init, end_workers_at_exit
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class StreamState:
     """Where this process's stream is: the epoch, the raw samples taken per source by each
@@ -48,11 +50,11 @@ class StreamState:
     workers: int = 0
     endless: bool = False  # resampled with no pass length: a resume cannot replay it
     epoch: int = 0
-    taken: Dict[int, List[int]] = field(default_factory=dict)
+    taken: dict[int, list[int]] = field(default_factory=dict)
     skipped: int = 0
     unreadable_shards: int = 0
     last_worker: int = -1  # the worker of the last record taken in this pass
-    replay: Dict[int, List[int]] = field(default_factory=dict)
+    replay: dict[int, list[int]] = field(default_factory=dict)
     replay_first_worker: int = 0
 
     def consume(self, record: dict) -> None:
@@ -62,17 +64,22 @@ class StreamState:
         self.skipped += record["num_skipped"]
         self.unreadable_shards += record["num_unreadable_shards"]
 
-    def state_dict(self) -> Dict[str, object]:
-        return {"epoch": self.epoch, "taken": {str(k): v for k, v in self.taken.items()},
-                "last_worker": self.last_worker, "skipped": self.skipped,
-                "unreadable_shards": self.unreadable_shards, "workers": self.workers}
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "epoch": self.epoch,
+            "taken": {str(k): v for k, v in self.taken.items()},
+            "last_worker": self.last_worker,
+            "skipped": self.skipped,
+            "unreadable_shards": self.unreadable_shards,
+            "workers": self.workers,
+        }
 
     def next_pass(self) -> None:
         self.epoch += 1
         self.taken = {}
         self.last_worker = -1
 
-    def load_process_states(self, states: List[dict], rank: int, world_size: int) -> None:
+    def load_process_states(self, states: list[dict], rank: int, world_size: int) -> None:
         """Rank 0 carries the run's counts of skipped samples and unreadable shards. The resumed
         epoch is replayed exactly when the processes and workers are as saved, else restarted from
         its beginning; an endless stream continues with fresh draws."""
@@ -88,9 +95,14 @@ class StreamState:
             if self.workers:
                 self.replay_first_worker = (int(states[rank].get("last_worker", -1)) + 1) % self.workers
         elif rank == 0:
-            log.warning("processes x data.workers changed (%d x %d -> %d x %d): restarting epoch %d "
-                        "from its beginning", len(states), states[0]["workers"], world_size, self.workers,
-                        self.epoch)
+            log.warning(
+                "processes x data.workers changed (%d x %d -> %d x %d): restarting epoch %d from its beginning",
+                len(states),
+                states[0]["workers"],
+                world_size,
+                self.workers,
+                self.epoch,
+            )
 
 
 class _DataLosses:
@@ -99,7 +111,7 @@ class _DataLosses:
     how many a shard holds; such shards are also counted, and named in a warning. ``muted`` while
     a resumed run replays what the interrupted one had read (and counted) already."""
 
-    def __init__(self, sizes: Dict[str, int]) -> None:
+    def __init__(self, sizes: dict[str, int]) -> None:
         self.sizes = sizes
         self.samples = 0
         self.shards = 0
@@ -110,15 +122,18 @@ class _DataLosses:
             self.samples += 1
             log.warning("skipping a corrupt sample: %s", exc)
 
-    def shard_read(self, url: str, samples_read: int, error: Optional[str]) -> None:
+    def shard_read(self, url: str, samples_read: int, error: str | None) -> None:
         expected = self.sizes.get(url)
         lost = max(0, expected - samples_read) if expected is not None else 0
         if self.muted or (error is None and not lost):
             return
         self.shards += 1
         self.samples += lost
-        read = f"read {samples_read} of its {expected} samples" if expected is not None else \
-            f"read {samples_read} samples (no sizes.json entry: how many were lost is unknown)"
+        read = (
+            f"read {samples_read} of its {expected} samples"
+            if expected is not None
+            else f"read {samples_read} samples (no sizes.json entry: how many were lost is unknown)"
+        )
         log.warning("unreadable shard %s: %s%s", url, read, f" ({error})" if error else "")
 
 
@@ -126,7 +141,7 @@ class _DataLosses:
 class _OpenedShard:
     url: str
     read: int = 0
-    error: Optional[str] = None
+    error: str | None = None
 
 
 def _read_shards(urls: Iterator[str], losses: _DataLosses) -> Iterator[dict]:
@@ -134,7 +149,7 @@ def _read_shards(urls: Iterator[str], losses: _DataLosses) -> Iterator[dict]:
     each gave. webdataset opens a shard once the previous one is exhausted, but hands out the
     previous one's last sample only after that (when a new key starts): a shard is judged when
     a sample of a later one arrives, or at the end."""
-    opened: List[_OpenedShard] = []
+    opened: list[_OpenedShard] = []
 
     def urls_opened() -> Iterator[dict]:
         for url in urls:
@@ -185,7 +200,7 @@ def seeded_draws(seed: int) -> Iterator[None]:
         random.setstate(python_state)
 
 
-def pick_source(weights: Sequence[float], exhausted: Set[int], rng: random.Random) -> int:
+def pick_source(weights: Sequence[float], exhausted: set[int], rng: random.Random) -> int:
     """A source drawn with probability proportional to its weight among those not exhausted.
 
     The draw orders all sources (Efraimidis-Spirakis: key u^(1/w), largest first) and takes the
@@ -195,13 +210,16 @@ def pick_source(weights: Sequence[float], exhausted: Set[int], rng: random.Rando
     return next(i for i in sorted(range(len(weights)), key=lambda j: -keys[j]) if i not in exhausted)
 
 
-def _position(worker: int, taken: List[int], losses: _DataLosses, reported: Tuple[int, int]) -> dict:
+def _position(worker: int, taken: list[int], losses: _DataLosses, reported: tuple[int, int]) -> dict:
     """A record's bookkeeping: where the worker is, and what it lost since its previous record."""
-    return {"position": (worker, list(taken)), "num_skipped": losses.samples - reported[0],
-            "num_unreadable_shards": losses.shards - reported[1]}
+    return {
+        "position": (worker, list(taken)),
+        "num_skipped": losses.samples - reported[0],
+        "num_unreadable_shards": losses.shards - reported[1],
+    }
 
 
-def _slot_urls(urls: Sequence[str], epoch: int, seed: int, slot: int, slots: int) -> List[str]:
+def _slot_urls(urls: Sequence[str], epoch: int, seed: int, slot: int, slots: int) -> list[str]:
     order = list(urls)
     seeded_rng(seed, epoch, "shards").shuffle(order)
     return order[slot::slots]
@@ -216,10 +234,21 @@ class TrainStream(IterableDataset):
     samples, as open_clip's epochs of a resampled stream are: then a resume replays at most one
     pass."""
 
-    def __init__(self, sources: Sequence[ShardSource], decoder: SampleDecoder, batch_size: int,
-                 resampled: bool, shuffle_buffer: int, seed: int, epoch: int, rank: int,
-                 world_size: int, skip: Optional[Dict[int, List[int]]] = None, first_worker: int = 0,
-                 pass_samples: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        sources: Sequence[ShardSource],
+        decoder: SampleDecoder,
+        batch_size: int,
+        resampled: bool,
+        shuffle_buffer: int,
+        seed: int,
+        epoch: int,
+        rank: int,
+        world_size: int,
+        skip: dict[int, list[int]] | None = None,
+        first_worker: int = 0,
+        pass_samples: int | None = None,
+    ) -> None:
         super().__init__()
         self.sources = list(sources)
         self.decoder = decoder
@@ -276,13 +305,18 @@ class TrainStream(IterableDataset):
                 taken[i] += 1
         losses.muted = False
         weights = [source.weight for source in self.sources]
-        exhausted: Set[int] = set()
-        samples: List[dict] = []
+        exhausted: set[int] = set()
+        samples: list[dict] = []
         reported = (0, 0)
         while len(exhausted) < len(streams) and (self.pass_samples is None or sum(taken) < self.pass_samples):
             position = sum(taken)  # raw samples this slot took before this one, in this pass
-            i = 0 if len(streams) == 1 else \
-                pick_source(weights, exhausted, random.Random(position_seed(self.seed, epoch, slot, "mix", position)))
+            i = (
+                0
+                if len(streams) == 1
+                else pick_source(
+                    weights, exhausted, random.Random(position_seed(self.seed, epoch, slot, "mix", position))
+                )
+            )
             raw = next(streams[i], None)
             if raw is None:
                 exhausted.add(i)
@@ -312,7 +346,8 @@ def check_reader_slots(sources: Sequence[ShardSource], world_size: int, workers:
             raise DataError(
                 f"data.train.shards: source {i} has {len(source.urls)} shards, fewer than the "
                 f"{slots} reader slots (processes x data.workers); write more, smaller shards, "
-                "lower data.workers, or set data.train.resampled=true")
+                "lower data.workers, or set data.train.resampled=true"
+            )
 
 
 def make_loader(stream: TrainStream, workers: int, pin_memory: bool = False) -> DataLoader:
@@ -325,13 +360,21 @@ def make_loader(stream: TrainStream, workers: int, pin_memory: bool = False) -> 
         end_workers_at_exit()
     # A generator of its own: each pass's iter() draws the workers' base seed from it, never from
     # the process's, whose stream (dropout, SpecAugment) a resumed run must continue unmoved.
-    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
-                      worker_init_fn=data_worker_init, generator=torch.Generator().manual_seed(stream.seed))
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers else None,
+        worker_init_fn=data_worker_init,
+        generator=torch.Generator().manual_seed(stream.seed),
+    )
 
 
-def batches(loader: DataLoader, state: StreamState,
-            all_have_batch: Callable[[bool], bool] = lambda have: have) -> Iterator[dict]:
+def batches(
+    loader: DataLoader, state: StreamState, all_have_batch: Callable[[bool], bool] = lambda have: have
+) -> Iterator[dict]:
     """Batches of ``loader`` (over a :class:`TrainStream`) across epochs, from ``state.epoch`` on,
     updating ``state`` as each is handed out.
 
@@ -355,6 +398,8 @@ def batches(loader: DataLoader, state: StreamState,
             produced += 1
             yield batch
         if produced == 0:
-            raise DataError("data.train.shards: a full pass over the shards produced no complete "
-                            "batch (too few samples for data.batch_size, or every sample corrupt)")
+            raise DataError(
+                "data.train.shards: a full pass over the shards produced no complete "
+                "batch (too few samples for data.batch_size, or every sample corrupt)"
+            )
         state.next_pass()

@@ -1,11 +1,13 @@
 """Resolving ``data.train.shards`` into weighted lists of shard files, with clear errors."""
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import braceexpand
 import webdataset as wds
@@ -15,14 +17,14 @@ from clipkit.errors import ConfigError
 
 @dataclass(frozen=True)
 class ShardSource:
-    urls: List[str]
+    urls: list[str]
     weight: float = 1.0
 
 
-def _expand(pattern: str, key: str) -> List[str]:
+def _expand(pattern: str, key: str) -> list[str]:
     if not isinstance(pattern, str) or not pattern.strip():
         raise ConfigError(key, "empty shard pattern")
-    urls: List[str] = []
+    urls: list[str] = []
     for part in pattern.split("::"):  # webdataset's separator for several patterns in one string
         try:
             urls.extend(os.path.expanduser(u) for u in braceexpand.braceexpand(part.strip()))
@@ -42,7 +44,7 @@ def _check_exist(urls: Sequence[str], key: str) -> None:
         raise ConfigError(key, f"shard not found: {missing[0]}{more}")
 
 
-def resolve_sources(spec: Any, key: str = "data.train.shards") -> List[ShardSource]:
+def resolve_sources(spec: Any, key: str = "data.train.shards") -> list[ShardSource]:
     """A brace pattern, a list of patterns (one source), or a list of {shards, weight} sources.
 
     Local shard paths must exist; remote URLs (pipe:, http://, s3://) are left to the reader.
@@ -72,11 +74,11 @@ def resolve_sources(spec: Any, key: str = "data.train.shards") -> List[ShardSour
     return sources
 
 
-def shard_sizes(urls: Sequence[str]) -> Dict[str, int]:
+def shard_sizes(urls: Sequence[str]) -> dict[str, int]:
     """Samples per shard, from the ``sizes.json`` files beside them (open_clip's convention), for
     the local shards that one lists."""
-    sizes: Dict[str, int] = {}
-    listings: Dict[Path, Optional[dict]] = {}
+    sizes: dict[str, int] = {}
+    listings: dict[Path, dict | None] = {}
     for url in urls:
         if not _is_local(url):
             continue
@@ -90,22 +92,23 @@ def shard_sizes(urls: Sequence[str]) -> Dict[str, int]:
     return sizes
 
 
-def count_samples(sources: Sequence[ShardSource]) -> Optional[int]:
+def count_samples(sources: Sequence[ShardSource]) -> int | None:
     """Total samples from ``sizes.json`` files beside the shards, or None where one is missing."""
     urls = [url for source in sources for url in source.urls]
     sizes = shard_sizes(urls)
     return sum(sizes[url] for url in urls) if all(url in sizes for url in urls) else None
 
 
-def first_samples_members(url: str, count: int = 8) -> List[List[str]]:
+def first_samples_members(url: str, count: int = 8) -> list[list[str]]:
     """The member extensions of the first ``count`` samples of a shard, as the training stream
     groups and names them (unreadable parts are left to the stream, which counts them)."""
     samples = wds.tarfile_to_samples(handler=wds.ignore_and_continue)([{"url": url}])
     return [sorted(k for k in sample if not k.startswith("__")) for _, sample in zip(range(count), samples)]
 
 
-def check_sources_feed_pairs(sources: Sequence[ShardSource], keys: Dict[str, Sequence[str]],
-                             pairs: Sequence[str], key: str = "data.train.shards") -> None:
+def check_sources_feed_pairs(
+    sources: Sequence[ShardSource], keys: dict[str, Sequence[str]], pairs: Sequence[str], key: str = "data.train.shards"
+) -> None:
     """Every local source's first samples carry both modalities of some pair of the model (the
     members ``keys`` names for each modality); else the source trains on nothing, as when
     ``data.keys.image=[jpg]`` meets shards of ``png``."""
@@ -121,6 +124,8 @@ def check_sources_feed_pairs(sources: Sequence[ShardSource], keys: Dict[str, Seq
             continue
         seen = sorted({ext for sample in members for ext in sample})
         wanted = "; ".join(f"data.keys.{m}={list(keys[m])}" for m in sorted({m for p in pairs for m in p.split("_")}))
-        raise ConfigError(key if len(sources) == 1 else f"{key}[{i}]",
-                          f"the first {len(members)} samples of {url} have members {seen}, which give no pair "
-                          f"of model.pairs={list(pairs)} both its modalities ({wanted})")
+        raise ConfigError(
+            key if len(sources) == 1 else f"{key}[{i}]",
+            f"the first {len(members)} samples of {url} have members {seen}, which give no pair "
+            f"of model.pairs={list(pairs)} both its modalities ({wanted})",
+        )

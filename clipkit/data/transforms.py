@@ -1,8 +1,9 @@
 """Image preprocessing. Evaluation's is open_clip's own transform, so that exported models declare
 exactly what was used; training's is the uint8 crop of clipkit.data.image_crop (open_clip's crops)."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from open_clip.transform import image_transform
 
@@ -13,12 +14,21 @@ from clipkit.data.image_crop import TrainImageDecoder
 
 def build_eval_image_transform(cfg: ImageTransformConfig, image_size: int) -> Callable:
     """PIL image -> float tensor: resize, centre crop, mean/std normalisation (open_clip's)."""
-    return image_transform(image_size, is_train=False, mean=tuple(cfg.mean), std=tuple(cfg.std),
-                           resize_mode=cfg.resize_mode, interpolation=cfg.interpolation)
+    return image_transform(
+        image_size,
+        is_train=False,
+        mean=tuple(cfg.mean),
+        std=tuple(cfg.std),
+        resize_mode=cfg.resize_mode,
+        interpolation=cfg.interpolation,
+    )
 
 
-def build_train_image_loader(cfg: ImageTransformConfig, image_size: int, decode_device: str = "cpu",
-                             ) -> TrainImageDecoder:
+def build_train_image_loader(
+    cfg: ImageTransformConfig,
+    image_size: int,
+    decode_device: str = "cpu",
+) -> TrainImageDecoder:
     """Image bytes -> a training crop in uint8 (see clipkit.data.image_crop), or with
     ``decode_device=cuda`` the JPEG and its crop box, for the device to decode (clipkit.data.
     device_decode). As in open_clip, the crop is resized bicubic whatever ``cfg.interpolation``

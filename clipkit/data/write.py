@@ -1,23 +1,24 @@
 """Writing webdataset shards: training shards with sizes.json, and eval sets in CLIP_benchmark's layout."""
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import webdataset as wds
 
-Sample = Dict[str, object]  # "__key__" plus one entry per member: bytes, str or int
+Sample = dict[str, object]  # "__key__" plus one entry per member: bytes, str or int
 
 
-def write_shards(samples: Iterable[Sample], out_dir: Path, prefix: str, per_shard: int) -> List[Path]:
+def write_shards(samples: Iterable[Sample], out_dir: Path, prefix: str, per_shard: int) -> list[Path]:
     """Write ``prefix-000000.tar, ...`` with at most ``per_shard`` samples each, plus ``sizes.json``
     (shard name -> sample count, open_clip's convention) so that epoch lengths are known."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    sizes: Dict[str, int] = {}
-    paths: List[Path] = []
-    writer: Optional[wds.TarWriter] = None
+    sizes: dict[str, int] = {}
+    paths: list[Path] = []
+    writer: wds.TarWriter | None = None
     for index, sample in enumerate(samples):
         if index % per_shard == 0:
             if writer is not None:
@@ -38,9 +39,9 @@ def write_eval_set(
     samples: Iterable[Sample],
     split: str = "test",
     per_shard: int = 1000,
-    classnames: Optional[Sequence[str]] = None,
-    templates: Optional[Sequence[str]] = None,
-    dataset_type: Optional[str] = None,
+    classnames: Sequence[str] | None = None,
+    templates: Sequence[str] | None = None,
+    dataset_type: str | None = None,
 ) -> None:
     """An eval set as ``clip_benchmark_export_wds`` writes it: ROOT/split/{0..N-1}.tar + nshards.txt,
     ROOT/classnames.txt, ROOT/zeroshot_classification_templates.txt, ROOT/dataset_type.txt; and
@@ -48,8 +49,8 @@ def write_eval_set(
     tells when it read fewer samples than the set holds."""
     split_dir = root / split
     split_dir.mkdir(parents=True, exist_ok=True)
-    sizes: Dict[str, int] = {}
-    writer: Optional[wds.TarWriter] = None
+    sizes: dict[str, int] = {}
+    writer: wds.TarWriter | None = None
     for index, sample in enumerate(samples):
         if index % per_shard == 0:
             if writer is not None:
@@ -71,7 +72,7 @@ def write_eval_set(
         (root / "dataset_type.txt").write_text(dataset_type + "\n")
 
 
-def numbered(prefix: str, items: Iterable[Dict[str, object]]) -> Iterator[Sample]:
+def numbered(prefix: str, items: Iterable[dict[str, object]]) -> Iterator[Sample]:
     """Give each sample a stable ``__key__``."""
     for index, item in enumerate(items):
         yield {"__key__": f"{prefix}{index:07d}", **item}

@@ -5,6 +5,7 @@ pycocoevalcap (the coco-caption code): PTB tokenization, BLEU-1..4, METEOR 1.5, 
 The tokenizer and METEOR run on Java. Without Java, captions are tokenized in Python the way the
 PTB tokenizer's post-processing does (lower case, punctuation dropped) and METEOR is left out.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +13,6 @@ import io
 import logging
 import re
 import shutil
-from typing import Dict, List
 
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
@@ -26,16 +26,17 @@ log = logging.getLogger(__name__)
 _PUNCTUATION = re.compile(r"''|'|``|`|-LRB-|-RRB-|-LCB-|-RCB-|[.?!,:\-;]")
 
 
-def _python_tokenize(captions: Dict[int, List[str]]) -> Dict[int, List[str]]:
-    return {key: [" ".join(_PUNCTUATION.sub(" ", c.lower()).split()) for c in values]
-            for key, values in captions.items()}
+def _python_tokenize(captions: dict[int, list[str]]) -> dict[int, list[str]]:
+    return {
+        key: [" ".join(_PUNCTUATION.sub(" ", c.lower()).split()) for c in values] for key, values in captions.items()
+    }
 
 
 def java_available() -> bool:
     return shutil.which("java") is not None
 
 
-def caption_scores(references: Dict[int, List[str]], generated: Dict[int, str]) -> Dict[str, float]:
+def caption_scores(references: dict[int, list[str]], generated: dict[int, str]) -> dict[str, float]:
     """references: per sample its reference captions; generated: per sample one caption."""
     candidates = {key: [caption] for key, caption in generated.items()}
     references = {key: references[key] for key in generated}
@@ -48,10 +49,12 @@ def caption_scores(references: Dict[int, List[str]], generated: Dict[int, str]) 
             cands = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in candidates.items()})
             scorers.append((["meteor"], Meteor()))
         else:
-            log.warning("java not found: METEOR and the PTB tokenizer need it (apt install "
-                        "default-jre-headless); scoring BLEU, ROUGE-L and CIDEr-D on a Python tokenization")
+            log.warning(
+                "java not found: METEOR and the PTB tokenizer need it (apt install "
+                "default-jre-headless); scoring BLEU, ROUGE-L and CIDEr-D on a Python tokenization"
+            )
             refs, cands = _python_tokenize(references), _python_tokenize(candidates)
-        scores: Dict[str, float] = {}
+        scores: dict[str, float] = {}
         for names, scorer in scorers:
             value, _ = scorer.compute_score(refs, cands)
             values = value if isinstance(value, list) else [value]

@@ -1,15 +1,15 @@
 """Compositionality (SugarCrepe, ARO): does an item's true caption score above captions that use
 the same words to say something else ("a blue circle left of a red square" for "a red circle left
 of a blue square")? A bag-of-words model cannot tell them apart, so it scores about chance."""
-from __future__ import annotations
 
-from typing import Dict, List
+from __future__ import annotations
 
 import torch
 
 
-def true_caption_wins(items: torch.Tensor, captions: torch.Tensor, negatives: torch.Tensor,
-                      owner: torch.Tensor) -> torch.Tensor:
+def true_caption_wins(
+    items: torch.Tensor, captions: torch.Tensor, negatives: torch.Tensor, owner: torch.Tensor
+) -> torch.Tensor:
     """Per item (row of ``items``, normalised), whether its caption's similarity is above every
     one of its perturbed captions'; ``owner[j]`` is the item of ``negatives[j]``. Ties lose."""
     true = (items * captions).sum(dim=-1)
@@ -18,7 +18,7 @@ def true_caption_wins(items: torch.Tensor, captions: torch.Tensor, negatives: to
     return true > best
 
 
-def compositionality_metrics(wins: List[bool], categories: List[str]) -> Dict[str, float]:
+def compositionality_metrics(wins: list[bool], categories: list[str]) -> dict[str, float]:
     """``acc`` over every sample, and ``acc_<category>`` per category."""
     metrics = {"acc": sum(wins) / len(wins)}
     for category in sorted(set(categories)):

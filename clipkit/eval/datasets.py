@@ -10,12 +10,13 @@ caption score above captions that use the same words to say something else?) hol
 item, ``txt`` (its true caption, the first line), ``neg.txt`` (one or more perturbed captions, one
 per line) and optionally ``category.txt`` (e.g. swap_att, replace_rel; "all" where absent).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import webdataset as wds
@@ -37,14 +38,14 @@ class EvalSet:
     name: str
     task: str
     modality: str
-    shards: List[str]
+    shards: list[str]
     against: str = "text"
-    classnames: Optional[List[str]] = None
-    templates: Optional[List[str]] = None
-    expected_samples: Optional[int] = None  # from sizes.json beside the shards, if it lists them all
+    classnames: list[str] | None = None
+    templates: list[str] | None = None
+    expected_samples: int | None = None  # from sizes.json beside the shards, if it lists them all
 
 
-def _lines(path: Path) -> List[str]:
+def _lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -57,8 +58,7 @@ def open_eval_set(name: str, cfg: EvalDatasetConfig) -> EvalSet:
         raise ConfigError(f"{key}.modality", f"unsupported modality '{cfg.modality}' (supported: image, audio)")
     partners = ("text", *MEMBERS) if cfg.task == "retrieval" else ("text",)
     if cfg.against not in partners or cfg.against == cfg.modality:
-        raise ConfigError(f"{key}.against", f"'{cfg.against}' cannot be matched with {cfg.modality} "
-                                            f"in {cfg.task}")
+        raise ConfigError(f"{key}.against", f"'{cfg.against}' cannot be matched with {cfg.modality} in {cfg.task}")
     nshards_file = root / cfg.split / "nshards.txt"
     if not nshards_file.is_file():
         raise ConfigError(f"{key}.root", f"not a CLIP_benchmark webdataset: {nshards_file} is missing")
@@ -74,8 +74,7 @@ def open_eval_set(name: str, cfg: EvalDatasetConfig) -> EvalSet:
     expected = sum(sizes.values()) if len(sizes) == len(shards) else None
     eval_set = EvalSet(name, cfg.task, cfg.modality, shards, cfg.against, expected_samples=expected)
     if cfg.task == "zeroshot_classification":
-        for attr, file in (("classnames", "classnames.txt"),
-                           ("templates", "zeroshot_classification_templates.txt")):
+        for attr, file in (("classnames", "classnames.txt"), ("templates", "zeroshot_classification_templates.txt")):
             path = root / file
             if not path.is_file():
                 raise ConfigError(f"{key}.root", f"zero-shot classification needs {path}")
@@ -93,11 +92,11 @@ class Composition:
     """A compositionality sample's texts: the true caption, the perturbed ones, their category."""
 
     caption: str
-    negatives: List[str]
+    negatives: list[str]
     category: str
 
 
-Target = Union[int, List[str], torch.Tensor, Composition]
+Target = int | list[str] | torch.Tensor | Composition
 Loader = Callable[[bytes], torch.Tensor]  # a sample member's bytes -> model input
 
 
@@ -112,15 +111,16 @@ class _EvalStream(IterableDataset):
     """(item input, target) per sample, the target being a class index, the caption list or the
     partner modality's input; corrupt samples are skipped with a warning."""
 
-    def __init__(self, shards: List[str], eval_set: EvalSet, loaders: Dict[str, Loader]) -> None:
+    def __init__(self, shards: list[str], eval_set: EvalSet, loaders: dict[str, Loader]) -> None:
         super().__init__()
         self.shards = shards
         self.eval_set = eval_set
         self.loaders = loaders
 
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, Target]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Target]]:
         info = get_worker_info()
-        shards = self.shards[info.id::info.num_workers] if info else self.shards
+        shards = self.shards[info.id :: info.num_workers] if info else self.shards
+
         def unreadable(exc: Exception) -> bool:
             log.warning("eval set %s: skipping unreadable shard data: %s", self.eval_set.name, exc)
             return True
@@ -139,8 +139,7 @@ class _EvalStream(IterableDataset):
                 else:
                     target = self.loaders[self.eval_set.against](_member(sample, self.eval_set.against))
             except Exception as exc:  # skip the one bad sample, as in training
-                log.warning("eval set %s: skipping sample %s: %s", self.eval_set.name,
-                            sample.get("__key__"), exc)
+                log.warning("eval set %s: skipping sample %s: %s", self.eval_set.name, sample.get("__key__"), exc)
                 continue
             yield item, target
 
@@ -154,18 +153,24 @@ def _composition(sample: dict) -> Composition:
     return Composition(caption, negatives, category)
 
 
-def _collate(rows: List[Tuple[torch.Tensor, Target]]) -> Tuple[torch.Tensor, Union[List[Target], torch.Tensor]]:
+def _collate(rows: list[tuple[torch.Tensor, Target]]) -> tuple[torch.Tensor, list[Target] | torch.Tensor]:
     targets = [r[1] for r in rows]
     if targets and isinstance(targets[0], torch.Tensor):
         return torch.stack([r[0] for r in rows]), torch.stack(targets)
     return torch.stack([r[0] for r in rows]), targets
 
 
-def eval_loader(eval_set: EvalSet, loaders: Dict[str, Loader], batch_size: int, workers: int,
-                rank: int = 0, world_size: int = 1) -> DataLoader:
+def eval_loader(
+    eval_set: EvalSet, loaders: dict[str, Loader], batch_size: int, workers: int, rank: int = 0, world_size: int = 1
+) -> DataLoader:
     """This process's share of the eval shards (every world_size-th from its rank)."""
     shards = eval_set.shards[rank::world_size]
     # A generator of its own, so that evaluating never moves the training process's random stream.
-    return DataLoader(_EvalStream(shards, eval_set, loaders), batch_size=batch_size,
-                      num_workers=min(workers, len(shards)), collate_fn=_collate,
-                      worker_init_fn=data_worker_init, generator=torch.Generator())
+    return DataLoader(
+        _EvalStream(shards, eval_set, loaders),
+        batch_size=batch_size,
+        num_workers=min(workers, len(shards)),
+        collate_fn=_collate,
+        worker_init_fn=data_worker_init,
+        generator=torch.Generator(),
+    )

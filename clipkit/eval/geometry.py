@@ -11,9 +11,8 @@ For n pairs (x_i, y_i) of L2-normalised embeddings:
 - ``linear_separability``: held-out accuracy of a logistic regression telling x from y (0.5: the
   clouds overlap, 1.0: a hyperplane splits the modalities).
 """
-from __future__ import annotations
 
-from typing import Dict
+from __future__ import annotations
 
 import numpy as np
 import torch
@@ -32,13 +31,14 @@ def _separability(x: torch.Tensor, y: torch.Tensor, seed: int) -> float:
     features = torch.cat([x, y]).numpy()
     labels = np.r_[np.zeros(len(x)), np.ones(len(y))]
     order = np.random.default_rng(seed).permutation(len(labels))
-    train, test = order[: len(order) // 2], order[len(order) // 2:]
+    train, test = order[: len(order) // 2], order[len(order) // 2 :]
     classifier = LogisticRegression(max_iter=1000).fit(features[train], labels[train])
     return float(classifier.score(features[test], labels[test]))
 
 
-def geometry_metrics(x: torch.Tensor, y: torch.Tensor, x_name: str, y_name: str,
-                     max_pairs: int = 5000, seed: int = 0) -> Dict[str, float]:
+def geometry_metrics(
+    x: torch.Tensor, y: torch.Tensor, x_name: str, y_name: str, max_pairs: int = 5000, seed: int = 0
+) -> dict[str, float]:
     """x, y: (n, D) matched rows, L2-normalised. At most ``max_pairs`` rows (a seeded draw)."""
     x, y = x.double(), y.double()
     if len(x) > max_pairs:

@@ -4,41 +4,50 @@ similarity heatmap and a 2-D projection of both modalities' embeddings that show
 Figures are PNGs beside the report, drawn on matplotlib ``Figure`` objects without pyplot: no
 display, no global figure registry, and none of pyplot's start-up cost.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from matplotlib.figure import Figure
 
-Metrics = Dict[str, float]
-Pairs = Dict[str, Tuple[torch.Tensor, torch.Tensor, str, str]]  # set -> (x, y, x name, y name)
+Metrics = dict[str, float]
+Pairs = dict[str, tuple[torch.Tensor, torch.Tensor, str, str]]  # set -> (x, y, x name, y name)
 HEATMAP_ROWS = 24
 PROJECTION_POINTS = 400
 
-CURVE_PANELS = (("loss terms", "loss/"), ("learning rate", "lr"), ("logit scales", "logit_scale/"),
-                ("sigmoid scales and biases", "sigmoid_"), ("samples per second", "samples_per_second"))
+CURVE_PANELS = (
+    ("loss terms", "loss/"),
+    ("learning rate", "lr"),
+    ("logit scales", "logit_scale/"),
+    ("sigmoid scales and biases", "sigmoid_"),
+    ("samples per second", "samples_per_second"),
+)
 
 COUNTS = ("num_samples", "missing_samples")  # in a set's results beside its metrics
 
 
-def _metric_table(name: str, metrics: Metrics) -> List[str]:
+def _metric_table(name: str, metrics: Metrics) -> list[str]:
     rows = [f"### {name}", "", "| metric | value |", "|---|---|"]
-    rows += [f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |"
-             for key, value in metrics.items()]
+    rows += [
+        f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |"
+        for key, value in metrics.items()
+    ]
     return rows + [""]
 
 
-def plot_curves(metrics_file: Path, out: Path) -> Optional[Path]:
+def plot_curves(metrics_file: Path, out: Path) -> Path | None:
     """Training curves from metrics.jsonl; None when it holds no training steps."""
     records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
     records = [r for r in records if "loss/total" in r]
     if not records:
         return None
-    panels = [(title, sorted({k for r in records for k in r if k == key or k.startswith(key)}))
-              for title, key in CURVE_PANELS]
+    panels = [
+        (title, sorted({k for r in records for k in r if k == key or k.startswith(key)})) for title, key in CURVE_PANELS
+    ]
     panels = [(title, keys) for title, keys in panels if keys]
     figure = Figure(figsize=(4.2 * len(panels), 3.4))
     axes = figure.subplots(1, len(panels), squeeze=False)
@@ -99,8 +108,14 @@ def plot_projection(x: torch.Tensor, y: torch.Tensor, x_name: str, y_name: str, 
     return out
 
 
-def write_report(out_dir: Path, title: str, results: Dict[str, Metrics], pairs: Pairs,
-                 metrics_file: Optional[Path] = None, preamble: Sequence[str] = ()) -> Path:
+def write_report(
+    out_dir: Path,
+    title: str,
+    results: dict[str, Metrics],
+    pairs: Pairs,
+    metrics_file: Path | None = None,
+    preamble: Sequence[str] = (),
+) -> Path:
     """``out_dir/report.md`` and its PNGs; returns the report's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", "", *preamble]
@@ -122,7 +137,7 @@ def write_report(out_dir: Path, title: str, results: Dict[str, Metrics], pairs: 
     return report
 
 
-def comparison_table(results: Dict[str, Dict[str, Metrics]]) -> List[str]:
+def comparison_table(results: dict[str, dict[str, Metrics]]) -> list[str]:
     """One markdown table: a row per (set, metric) that every checkpoint reports, a column per
     checkpoint."""
     runs = list(results)

@@ -4,18 +4,24 @@ With images and captions: ``image_retrieval_recall@k``: for each caption, its im
 most similar images; ``text_retrieval_recall@k``: for each image, one of its captions is among the
 k most similar captions. Other modalities are named the same way (``audio_retrieval_recall@k``).
 """
+
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from collections.abc import Sequence
 
 import torch
 
 
-def retrieval_metrics(items: torch.Tensor, texts: torch.Tensor, text_to_item: torch.Tensor,
-                      item_name: str = "image", text_name: str = "text",
-                      ks: Sequence[int] = (1, 5, 10)) -> Dict[str, float]:
+def retrieval_metrics(
+    items: torch.Tensor,
+    texts: torch.Tensor,
+    text_to_item: torch.Tensor,
+    item_name: str = "image",
+    text_name: str = "text",
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, float]:
     scores = texts.float() @ items.float().T  # captions x items
-    metrics: Dict[str, float] = {}
+    metrics: dict[str, float] = {}
     # caption -> item: rank of the true item among all items
     true_scores = scores.gather(1, text_to_item[:, None])
     item_rank = (scores > true_scores).sum(dim=1)

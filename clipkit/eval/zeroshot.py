@@ -1,7 +1,8 @@
 """Zero-shot classification, as CLIP_benchmark computes it."""
+
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -10,8 +11,9 @@ Encoder = Callable[[torch.Tensor], torch.Tensor]  # token ids -> normalised embe
 
 
 @torch.no_grad()
-def zero_shot_classifier(encode_text: Encoder, tokenizer: Callable, classnames: Sequence[str],
-                         templates: Sequence[str], device: torch.device) -> torch.Tensor:
+def zero_shot_classifier(
+    encode_text: Encoder, tokenizer: Callable, classnames: Sequence[str], templates: Sequence[str], device: torch.device
+) -> torch.Tensor:
     """One unit-norm column per class: the mean over templates of the prompts' embeddings."""
     columns = []
     for name in classnames:
@@ -21,13 +23,13 @@ def zero_shot_classifier(encode_text: Encoder, tokenizer: Callable, classnames: 
     return torch.stack(columns, dim=1)
 
 
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """acc1, acc5 and mean_per_class_recall (balanced accuracy) over the classes present."""
     k = min(5, logits.shape[1])
     top = logits.topk(k, dim=1).indices
     correct = top == labels[:, None]
     predicted = top[:, 0]
-    recalls: List[float] = []
+    recalls: list[float] = []
     for cls in labels.unique():
         rows = labels == cls
         recalls.append((predicted[rows] == cls).double().mean().item())

@@ -7,13 +7,13 @@ axis is dynamic. Each file is checked after writing: onnxruntime on a batch of a
 match PyTorch within ``TOLERANCE``. ``onnx_export.json`` lists the files, their inputs, the
 preprocessing they expect and the measured differences.
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
 import json
 from pathlib import Path
-from typing import Dict
 
 import numpy as np
 import torch
@@ -54,9 +54,17 @@ def _export_tower(bundle: ModelBundle, modality: str, path: Path) -> float:
     module = NormalizedTower(bundle.model.towers[modality]).eval()
     batch = torch.export.Dim("batch", min=1, max=65536)
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its passes
-        torch.onnx.export(module, (_example(bundle, modality, 2, seed=0),), str(path), input_names=[modality],
-                          output_names=["normalized_embedding"], dynamic_shapes=({0: batch},),
-                          opset_version=OPSET, dynamo=True, external_data=False)
+        torch.onnx.export(
+            module,
+            (_example(bundle, modality, 2, seed=0),),
+            str(path),
+            input_names=[modality],
+            output_names=["normalized_embedding"],
+            dynamic_shapes=({0: batch},),
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+        )
     check = _example(bundle, modality, 3, seed=1)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {modality: check.numpy()})[0]
@@ -70,17 +78,28 @@ def export_onnx(bundle: ModelBundle, out: Path) -> Path:
     model = bundle.model.cpu().eval()
     out = Path(out).expanduser()
     with staged_folder(out) as staging:
-        towers: Dict[str, dict] = {}
+        towers: dict[str, dict] = {}
         for modality in model.modalities:
             difference = _export_tower(bundle, modality, staging / f"{modality}.onnx")
             if not difference <= TOLERANCE:
-                raise ExportError(f"format=onnx: the {modality} tower's ONNX output differs from PyTorch by "
-                                  f"{difference:.2e} (> {TOLERANCE:.0e}); nothing was written")
-            towers[modality] = {"file": f"{modality}.onnx", "input": modality,
-                                "input_shape": ["batch", *bundle.input_shapes[modality]],
-                                "input_dtype": str(bundle.input_dtypes[modality]).replace("torch.", ""),
-                                "output": "normalized_embedding", "max_abs_diff_vs_pytorch": difference}
-        manifest = {"embed_dim": model.embed_dim, "opset": OPSET, "towers": towers, "preprocessing": _preprocessing(bundle)}
+                raise ExportError(
+                    f"format=onnx: the {modality} tower's ONNX output differs from PyTorch by "
+                    f"{difference:.2e} (> {TOLERANCE:.0e}); nothing was written"
+                )
+            towers[modality] = {
+                "file": f"{modality}.onnx",
+                "input": modality,
+                "input_shape": ["batch", *bundle.input_shapes[modality]],
+                "input_dtype": str(bundle.input_dtypes[modality]).replace("torch.", ""),
+                "output": "normalized_embedding",
+                "max_abs_diff_vs_pytorch": difference,
+            }
+        manifest = {
+            "embed_dim": model.embed_dim,
+            "opset": OPSET,
+            "towers": towers,
+            "preprocessing": _preprocessing(bundle),
+        }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
 
@@ -88,12 +107,15 @@ def export_onnx(bundle: ModelBundle, out: Path) -> Path:
 def _preprocessing(bundle: ModelBundle) -> dict:
     notes = {}
     if "image" in bundle.input_shapes:
-        notes["image"] = "resize + centre crop to the input size, RGB scaled to [0, 1], then (x - mean) / std: " \
-                         f"{bundle.eval_image_transform}"
+        notes["image"] = (
+            "resize + centre crop to the input size, RGB scaled to [0, 1], then (x - mean) / std: "
+            f"{bundle.eval_image_transform}"
+        )
     if "text" in bundle.input_shapes:
         notes["text"] = "open_clip's CLIP BPE tokenizer, padded with 0 to the context length"
     if "audio" in bundle.input_shapes:
         loader = bundle.eval_audio_loader
-        notes["audio"] = f"mono float32 at {loader.sample_rate} Hz, centre-cropped or repeat-padded to " \
-                         f"{loader.clip_samples} samples"
+        notes["audio"] = (
+            f"mono float32 at {loader.sample_rate} Hz, centre-cropped or repeat-padded to {loader.clip_samples} samples"
+        )
     return notes

@@ -1,11 +1,12 @@
 """Writing an export folder whole or not at all."""
+
 from __future__ import annotations
 
 import contextlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 @contextlib.contextmanager

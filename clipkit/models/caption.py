@@ -8,9 +8,8 @@ images and sounds), and predicts the next token. A tower that pools its tokens i
 CoCa image tower, ``attentional_pool``) needs no pooler here: that is open_clip's CoCa exactly.
 Teacher-forced here; generation lives in :mod:`clipkit.models.generate`.
 """
-from __future__ import annotations
 
-from typing import Dict, List, Optional, Set, Tuple
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -29,38 +28,59 @@ def scored_positions(text: torch.Tensor) -> torch.Tensor:
 
 
 class CaptionHead(nn.Module):
-    def __init__(self, cfg: CaptionHeadConfig, token_widths: Dict[str, int], pooled: Set[str], text_width: int,
-                 context_length: int, vocab_size: int) -> None:
+    def __init__(
+        self,
+        cfg: CaptionHeadConfig,
+        token_widths: dict[str, int],
+        pooled: set[str],
+        text_width: int,
+        context_length: int,
+        vocab_size: int,
+    ) -> None:
         super().__init__()
         for source in pooled:
             if token_widths[source] != text_width:
-                raise ConfigError("model.caption.sources", f"the {source} tower pools its tokens to "
-                                  f"{token_widths[source]} wide, the decoder is as wide as the text tower "
-                                  f"({text_width}): make model.embed_dim equal to the text tower's width")
-        self.poolers = nn.ModuleDict({
-            source: nn.Identity() if source in pooled else AttentionalPooler(
-                text_width, token_widths[source], n_head=cfg.pooler_heads, n_queries=cfg.n_queries)
-            for source in cfg.sources})
+                raise ConfigError(
+                    "model.caption.sources",
+                    f"the {source} tower pools its tokens to "
+                    f"{token_widths[source]} wide, the decoder is as wide as the text tower "
+                    f"({text_width}): make model.embed_dim equal to the text tower's width",
+                )
+        self.poolers = nn.ModuleDict(
+            {
+                source: nn.Identity()
+                if source in pooled
+                else AttentionalPooler(
+                    text_width, token_widths[source], n_head=cfg.pooler_heads, n_queries=cfg.n_queries
+                )
+                for source in cfg.sources
+            }
+        )
         self.decoder = MultimodalTransformer(
-            width=text_width, layers=cfg.layers, heads=cfg.heads, context_length=context_length,
-            mlp_ratio=cfg.mlp_ratio, output_dim=vocab_size)
+            width=text_width,
+            layers=cfg.layers,
+            heads=cfg.heads,
+            context_length=context_length,
+            mlp_ratio=cfg.mlp_ratio,
+            output_dim=vocab_size,
+        )
         self._init_decoder(text_width, cfg.layers)
 
     @property
-    def sources(self) -> List[str]:
+    def sources(self) -> list[str]:
         return list(self.poolers.keys())
 
     @torch.no_grad()
     def _init_decoder(self, width: int, layers: int) -> None:
         # MultimodalTransformer leaves its projection uninitialised (torch.empty) and does not
         # call its own init_parameters; this is that init (CLIP's text tower scheme).
-        proj_std, attn_std, fc_std = width ** -0.5 * (2 * layers) ** -0.5, width ** -0.5, (2 * width) ** -0.5
+        proj_std, attn_std, fc_std = width**-0.5 * (2 * layers) ** -0.5, width**-0.5, (2 * width) ** -0.5
         for block in [*self.decoder.resblocks, *self.decoder.cross_attn]:
             nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
             nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
             nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
             nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
-        nn.init.normal_(self.decoder.text_projection, std=width ** -0.5)
+        nn.init.normal_(self.decoder.text_projection, std=width**-0.5)
 
     def memory(self, source: str, source_tokens: torch.Tensor) -> torch.Tensor:
         """(B, n_queries, width): what the decoder cross-attends to."""
@@ -70,8 +90,14 @@ class CaptionHead(nn.Module):
         """(B, L, vocab): next-token logits at each position of the text tower's token features."""
         return self.decoder(self.memory(source, source_tokens), text_features)
 
-    def token_nll(self, source: str, source_tokens: torch.Tensor, text_features: torch.Tensor,
-                  text: torch.Tensor, scored: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def token_nll(
+        self,
+        source: str,
+        source_tokens: torch.Tensor,
+        text_features: torch.Tensor,
+        text: torch.Tensor,
+        scored: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row, the summed cross-entropy of predicting text[:, 1:] from the positions before,
         padding ignored, and the number of tokens scored. Only non-padding positions are
         projected onto the vocabulary, the costly part for short captions in a long context.

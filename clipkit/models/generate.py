@@ -11,9 +11,8 @@ Two interchangeable ways to score the next token:
 Both implement ``step(tokens) -> next-token logits`` and ``reorder(rows)`` (beam search keeps
 the rows of the surviving beams).
 """
-from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +55,7 @@ def _attend(attn: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: to
     return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
 
-def _projections(attn: nn.MultiheadAttention, x: torch.Tensor) -> List[torch.Tensor]:
+def _projections(attn: nn.MultiheadAttention, x: torch.Tensor) -> list[torch.Tensor]:
     """q, k, v of ``x`` with the packed input projection of nn.MultiheadAttention."""
     return list(F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
 
@@ -71,8 +70,8 @@ class CachedDecoding:
         if getattr(self.text, "cls_emb", None) is not None:
             raise ValueError("cached decoding needs a text tower without an appended class token")
         self.decoder = model.caption.decoder
-        self.self_blocks: List[ResidualAttentionBlock] = [*self.text.transformer.resblocks, *self.decoder.resblocks]
-        self.cache: List[Optional[Tuple[torch.Tensor, torch.Tensor]]] = [None] * len(self.self_blocks)
+        self.self_blocks: list[ResidualAttentionBlock] = [*self.text.transformer.resblocks, *self.decoder.resblocks]
+        self.cache: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.self_blocks)
         self.memory_kv = []
         for block in self.decoder.cross_attn:
             _, k, v = _projections(block.attn, block.ln_1_kv(memory))
@@ -121,15 +120,21 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
     return logits
 
 
-def _finish(tokens: torch.Tensor, finished: torch.Tensor, chosen: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _finish(tokens: torch.Tensor, finished: torch.Tensor, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     chosen = chosen.masked_fill(finished, PAD_ID)
     return torch.cat([tokens, chosen[:, None]], 1), finished | (chosen == EOT_ID)
 
 
 @torch.no_grad()
-def generate(model, source: str, inputs: torch.Tensor, cfg: GenerationConfig = GenerationConfig(),
-             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def generate(
+    model,
+    source: str,
+    inputs: torch.Tensor,
+    cfg: GenerationConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """(B, <= 1 + max_length) token ids: the start token, the caption, its end token, then padding."""
+    cfg = cfg or GenerationConfig()
     if cfg.strategy not in ("greedy", "beam", "sample"):
         raise ValueError(f"unknown generation strategy '{cfg.strategy}' (greedy, beam, sample)")
     _, source_tokens = model.towers[source].forward_with_tokens(inputs)
@@ -158,13 +163,14 @@ def generate(model, source: str, inputs: torch.Tensor, cfg: GenerationConfig = G
             break
     if beams > 1:
         lengths = (tokens[:, 1:] != PAD_ID).sum(1).clamp(min=1).float()
-        best = (scores / lengths ** cfg.length_penalty).view(-1, beams).argmax(1)
+        best = (scores / lengths**cfg.length_penalty).view(-1, beams).argmax(1)
         tokens = tokens.view(-1, beams, tokens.shape[1])[torch.arange(best.shape[0]), best]
     return tokens
 
 
-def _beam_step(decoding, tokens: torch.Tensor, finished: torch.Tensor, scores: torch.Tensor,
-               logits: torch.Tensor, beams: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _beam_step(
+    decoding, tokens: torch.Tensor, finished: torch.Tensor, scores: torch.Tensor, logits: torch.Tensor, beams: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     log_probs = logits.log_softmax(-1)
     # A finished beam continues only with padding, at no cost, so its score stays as it ended.
     ended = torch.full_like(log_probs, float("-inf"))

@@ -1,10 +1,11 @@
 """The model trained by clipkit: one tower per modality, the objectives' per-pair scales, and an
 optional caption decoder."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -15,12 +16,11 @@ from clipkit.config.schema import CaptionHeadConfig
 from clipkit.models.caption import CaptionHead, scored_positions
 from clipkit.models.towers import TOWERS, Tower, TowerConfig
 
-
 # Scores a forward's outputs: the model (for its learnable scales) and the outputs -> loss terms.
-LossFn = Callable[["MultiModalModel", Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]
+LossFn = Callable[["MultiModalModel", dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
-def split_pair(pair: str) -> Tuple[str, str]:
+def split_pair(pair: str) -> tuple[str, str]:
     """'image_text' -> ('image', 'text')."""
     first, _, second = pair.partition("_")
     return first, second
@@ -31,12 +31,12 @@ class PairParameters:
     """Initial values of the learnable per-pair parameters of the objectives that are on; None:
     the objective is off and its parameters do not exist (DDP requires every parameter to train)."""
 
-    contrastive_scale: Optional[float] = math.log(1 / 0.07)  # log logit scale of InfoNCE
-    sigmoid: Optional[Tuple[float, float]] = None  # (log temperature, bias) of the sigmoid loss
+    contrastive_scale: float | None = math.log(1 / 0.07)  # log logit scale of InfoNCE
+    sigmoid: tuple[float, float] | None = None  # (log temperature, bias) of the sigmoid loss
     max_logit_scale: float = 100.0
 
 
-def _per_pair(pairs: List[str], value: Optional[float]) -> nn.ParameterDict:
+def _per_pair(pairs: list[str], value: float | None) -> nn.ParameterDict:
     """One learnable value per pair, of shape (1,) rather than a scalar: FSDP shards no scalars."""
     if value is None:
         return nn.ParameterDict()
@@ -54,11 +54,17 @@ def _per_pair_values_as_vectors(module: nn.Module, state_dict: dict, prefix: str
 
 
 class MultiModalModel(nn.Module):
-    def __init__(self, towers: Dict[str, Tower], pairs: Iterable[str], embed_dim: int,
-                 parameters: PairParameters = PairParameters(), caption: Optional[CaptionHead] = None) -> None:
+    def __init__(
+        self,
+        towers: dict[str, Tower],
+        pairs: Iterable[str],
+        embed_dim: int,
+        parameters: PairParameters = PairParameters(),
+        caption: CaptionHead | None = None,
+    ) -> None:
         super().__init__()
         self.towers = nn.ModuleDict(towers)
-        self.pairs: List[str] = list(pairs)
+        self.pairs: list[str] = list(pairs)
         self.logit_scales = _per_pair(self.pairs, parameters.contrastive_scale)
         sigmoid = parameters.sigmoid or (None, None)
         self.sigmoid_scales = _per_pair(self.pairs if parameters.sigmoid else [], sigmoid[0])
@@ -72,7 +78,7 @@ class MultiModalModel(nn.Module):
                 self.towers[modality].enable_tokens()
 
     @property
-    def modalities(self) -> List[str]:
+    def modalities(self) -> list[str]:
         return list(self.towers.keys())
 
     def encode(self, modality: str, inputs: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -95,15 +101,18 @@ class MultiModalModel(nn.Module):
         for scale in [*self.logit_scales.values(), *self.sigmoid_scales.values()]:
             scale.clamp_(0.0, self.max_log_logit_scale)
 
-    def scale_metrics(self) -> Dict[str, float]:
+    def scale_metrics(self) -> dict[str, float]:
         """The current logit scales (and sigmoid biases), named as metrics.jsonl logs them; under
         FSDP a collective, so every process calls it."""
-        return {**{f"logit_scale/{p}": _read(self.logit_scale(p)) for p in self.logit_scales},
-                **{f"sigmoid_scale/{p}": _read(self.sigmoid_scale(p)) for p in self.sigmoid_scales},
-                **{f"sigmoid_bias/{p}": _read(self.sigmoid_bias(p)) for p in self.sigmoid_biases}}
+        return {
+            **{f"logit_scale/{p}": _read(self.logit_scale(p)) for p in self.logit_scales},
+            **{f"sigmoid_scale/{p}": _read(self.sigmoid_scale(p)) for p in self.sigmoid_scales},
+            **{f"sigmoid_bias/{p}": _read(self.sigmoid_bias(p)) for p in self.sigmoid_biases},
+        }
 
-    def forward(self, batch: Dict[str, torch.Tensor], present: Dict[str, torch.Tensor],
-                loss: Optional[LossFn] = None) -> Dict[str, torch.Tensor]:
+    def forward(
+        self, batch: dict[str, torch.Tensor], present: dict[str, torch.Tensor], loss: LossFn | None = None
+    ) -> dict[str, torch.Tensor]:
         """(B, D) normalised embeddings for every modality; rows lacking it (``present[m]`` false)
         are zero. Only present rows are encoded. ``present`` may stay on the host (the trainer's
         masks do): the rows to encode are then found there, without waiting for the device. Where
@@ -121,8 +130,8 @@ class MultiModalModel(nn.Module):
         With ``loss``, returns ``loss(self, outputs)`` instead: the objective then runs inside the
         forward of whatever wraps the model (DDP, FSDP), which is where FSDP gathers the learnable
         scales it uses, and the wrapper sees one module with every trained parameter."""
-        out: Dict[str, torch.Tensor] = {}
-        tokens: Dict[str, torch.Tensor] = {}
+        out: dict[str, torch.Tensor] = {}
+        tokens: dict[str, torch.Tensor] = {}
         for modality in self.modalities:
             inputs, rows = batch[modality], present[modality]
             index, weight = _rows_or_stand_in(rows, inputs.device)
@@ -135,22 +144,23 @@ class MultiModalModel(nn.Module):
                 selected = torch.cat([selected, batch["text_negatives"].flatten(0, 1)[negative_index]])
             if getattr(tower.encoder, "output_tokens", False):
                 encoded, token_features = tower.forward_with_tokens(selected)
-                tokens[modality] = _scatter_rows(token_features[:len(index)] * weight, index, rows.shape[0])
+                tokens[modality] = _scatter_rows(token_features[: len(index)] * weight, index, rows.shape[0])
             else:
                 encoded = tower(selected)
             if negatives:
-                encoded, encoded_negatives = encoded[:len(index)], encoded[len(index):]
-                out["text_negatives"] = _scatter_rows(F.normalize(encoded_negatives, dim=-1) * negative_weight,
-                                                      negative_index, negative_rows.numel()
-                                                      ).unflatten(0, tuple(negative_rows.shape))
+                encoded, encoded_negatives = encoded[: len(index)], encoded[len(index) :]
+                out["text_negatives"] = _scatter_rows(
+                    F.normalize(encoded_negatives, dim=-1) * negative_weight, negative_index, negative_rows.numel()
+                ).unflatten(0, tuple(negative_rows.shape))
             out[modality] = _scatter_rows(F.normalize(encoded, dim=-1) * weight, index, rows.shape[0])
         if self.caption is not None:
             for source in self.caption.sources:
                 out.update(self._caption_terms(source, batch["text"], tokens, present))
         return out if loss is None else loss(self, out)
 
-    def _caption_terms(self, source: str, text: torch.Tensor, tokens: Dict[str, torch.Tensor],
-                       present: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def _caption_terms(
+        self, source: str, text: torch.Tensor, tokens: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """``present["text_tokens"]``, a host copy of the token ids if the caller has one, lets the
         scored tokens be found on the host too."""
         rows = present[source] & present["text"]
@@ -160,8 +170,10 @@ class MultiModalModel(nn.Module):
             host_rows, _ = _rows_or_stand_in(rows, rows.device)
             scored = to_device_async(scored_positions(present["text_tokens"][host_rows]), text.device)
         nll, count = self.caption.token_nll(source, tokens[source][index], tokens["text"][index], text[index], scored)
-        return {f"caption_nll/{source}": _scatter_rows(nll * weight, index, rows.shape[0]),
-                f"caption_tokens/{source}": _scatter_rows(count * int(weight), index, rows.shape[0])}
+        return {
+            f"caption_nll/{source}": _scatter_rows(nll * weight, index, rows.shape[0]),
+            f"caption_tokens/{source}": _scatter_rows(count * int(weight), index, rows.shape[0]),
+        }
 
 
 def _read(value: torch.Tensor) -> float:
@@ -169,7 +181,7 @@ def _read(value: torch.Tensor) -> float:
     return (value.full_tensor() if isinstance(value, DTensor) else value).item()
 
 
-def _rows_or_stand_in(rows: torch.Tensor, device: torch.device) -> Tuple[torch.Tensor, float]:
+def _rows_or_stand_in(rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, float]:
     """The indices, on ``device``, of the rows marked true, weight 1; with none, row 0 as a stand-in
     of weight 0, so that the module still runs and stays in the graph (see MultiModalModel.forward).
     Their count sets the shapes that follow, so it must reach the host: from a host mask it is
@@ -195,14 +207,23 @@ def _scatter_rows(values: torch.Tensor, index: torch.Tensor, rows: int) -> torch
     return values.new_zeros(rows, *values.shape[1:]).index_put((index,), values)
 
 
-def build_model(embed_dim: int, towers: Dict[str, TowerConfig], pairs: Iterable[str],
-                parameters: PairParameters = PairParameters(),
-                caption: CaptionHeadConfig = CaptionHeadConfig()) -> MultiModalModel:
+def build_model(
+    embed_dim: int,
+    towers: dict[str, TowerConfig],
+    pairs: Iterable[str],
+    parameters: PairParameters = PairParameters(),
+    caption: CaptionHeadConfig | None = None,
+) -> MultiModalModel:
     built = {modality: TOWERS.get(cfg.name).build(cfg, embed_dim) for modality, cfg in towers.items()}
     head = None
-    if caption.sources:
+    if caption is not None and caption.sources:
         text = towers["text"]
-        head = CaptionHead(caption, {s: built[s].token_width for s in caption.sources},
-                           {s for s in caption.sources if built[s].tokens_pooled}, text.width,
-                           text.context_length, text.vocab_size)
+        head = CaptionHead(
+            caption,
+            {s: built[s].token_width for s in caption.sources},
+            {s for s in caption.sources if built[s].tokens_pooled},
+            text.width,
+            text.context_length,
+            text.vocab_size,
+        )
     return MultiModalModel(built, pairs, embed_dim, parameters, head)

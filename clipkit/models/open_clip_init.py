@@ -8,11 +8,12 @@ weights load by renaming keys (``visual.*`` -> the image tower, ``text.*`` -> th
 scalars -> the image_text pair's), and nothing is left to chance: every tensor of the two towers must
 come from the file with its exact shape, and every tensor of the file must land somewhere.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Sequence
 
 import torch
 from open_clip.model import convert_to_custom_text_state_dict
@@ -49,20 +50,20 @@ def weights_file(path: str) -> Path:
     return given
 
 
-def read_open_clip_state(path: str) -> Dict[str, torch.Tensor]:
+def read_open_clip_state(path: str) -> dict[str, torch.Tensor]:
     """The file's open_clip state dict in CustomTextCLIP's layout (text tower under ``text.``)."""
     state = read_state_dict(str(weights_file(path)))
     if not isinstance(state, dict) or not state:
         raise CheckpointError(f"{KEY}: {path} holds no state dict")
     for prefix in WRAPPER_PREFIXES:
         if all(key.startswith(prefix) for key in state):
-            state = {key[len(prefix):]: value for key, value in state.items()}
+            state = {key[len(prefix) :]: value for key, value in state.items()}
     return convert_to_custom_text_state_dict(state)
 
 
-def _targets(model: MultiModalModel, state: Dict[str, torch.Tensor], towers: Sequence[str]) -> Dict[str, str]:
+def _targets(model: MultiModalModel, state: dict[str, torch.Tensor], towers: Sequence[str]) -> dict[str, str]:
     """File key -> model key, for the towers taken (and with both, the heads)."""
-    targets: Dict[str, str] = {}
+    targets: dict[str, str] = {}
     for modality in towers:
         for key in model.towers[modality].encoder.state_dict():
             targets[PREFIXES[modality] + key] = f"towers.{modality}.encoder.{key}"
@@ -88,33 +89,49 @@ def load_open_clip_init(model: MultiModalModel, path: str, towers: Sequence[str]
     missing, unexpected or of another shape."""
     unknown = [t for t in towers if t not in PREFIXES or t not in model.towers]
     if unknown or not towers:
-        raise CheckpointError(f"model.init.towers: an open_clip model fills the image and text towers; "
-                              f"{', '.join(unknown) or 'none'} asked, this model has {', '.join(model.towers)}")
+        raise CheckpointError(
+            f"model.init.towers: an open_clip model fills the image and text towers; "
+            f"{', '.join(unknown) or 'none'} asked, this model has {', '.join(model.towers)}"
+        )
     state = read_open_clip_state(path)
     targets = _targets(model, state, towers)
     own = model.state_dict()
     missing = [key for key in targets if key not in state and not key.startswith("logit_")]
     if missing:
-        raise CheckpointError(f"{KEY}: {path} lacks {missing[0]} (and {len(missing) - 1} more tensors of this "
-                              "model): it is another architecture")
-    loaded: Dict[str, torch.Tensor] = {}
+        raise CheckpointError(
+            f"{KEY}: {path} lacks {missing[0]} (and {len(missing) - 1} more tensors of this "
+            "model): it is another architecture"
+        )
+    loaded: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key in targets:
             target = own[targets[key]]
             value = value.reshape(target.shape) if value.numel() == target.numel() == 1 else value
             if value.shape != target.shape:
-                raise CheckpointError(f"{KEY}: {path}: {key} has shape {list(value.shape)}, this model's "
-                                      f"{list(target.shape)}")
+                raise CheckpointError(
+                    f"{KEY}: {path}: {key} has shape {list(value.shape)}, this model's {list(target.shape)}"
+                )
             loaded[targets[key]] = value
-        elif any(key.startswith(part) for part in OPTIONAL_PARTS) or \
-                any(key.startswith(PREFIXES[m]) or key == "logit_scale" for m in PREFIXES if m not in towers):
+        elif any(key.startswith(part) for part in OPTIONAL_PARTS) or any(
+            key.startswith(PREFIXES[m]) or key == "logit_scale" for m in PREFIXES if m not in towers
+        ):
             continue  # a part this model lacks, or a tower (and so the scale) not taken
         else:
             raise CheckpointError(f"{KEY}: {path} has {key}, which this model has no place for")
-    left_out = sorted({name for part, name in OPTIONAL_PARTS.items()
-                       if any(key.startswith(part) and key not in targets for key in state)})
+    left_out = sorted(
+        {
+            name
+            for part, name in OPTIONAL_PARTS.items()
+            if any(key.startswith(part) and key not in targets for key in state)
+        }
+    )
     if left_out:
         log.warning("%s: this model has no %s; left out of %s", KEY, " or ".join(left_out), path)
     model.load_state_dict(loaded, strict=False)
-    log.info("initialised the %s tower%s from the open_clip model %s (%d tensors)", " and ".join(towers),
-             "s" if len(towers) > 1 else "", path, len(loaded))
+    log.info(
+        "initialised the %s tower%s from the open_clip model %s (%d tensors)",
+        " and ".join(towers),
+        "s" if len(towers) > 1 else "",
+        path,
+        len(loaded),
+    )

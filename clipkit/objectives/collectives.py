@@ -3,19 +3,20 @@
 ``LOCAL`` is the single-process case (every hook is the identity); ``process_group()`` uses the
 initialised torch.distributed group. Every process must make the same calls in the same order.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Tuple
 
 import torch
 
 from clipkit import distributed
 
-Gather = Callable[[torch.Tensor], Tuple[torch.Tensor, int]]
+Gather = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
 
 
-def no_gather(x: torch.Tensor) -> Tuple[torch.Tensor, int]:
+def no_gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return x, 0
 
 
@@ -35,5 +36,6 @@ LOCAL = Collectives(no_gather, _same, _same, 1)
 
 
 def process_group(world_size: int) -> Collectives:
-    return Collectives(distributed.gather_with_grad, distributed.ring_pass_with_grad,
-                       distributed.all_reduce_sum_with_grad, world_size)
+    return Collectives(
+        distributed.gather_with_grad, distributed.ring_pass_with_grad, distributed.all_reduce_sum_with_grad, world_size
+    )

@@ -24,11 +24,11 @@ Hard-negative columns (:class:`HardNegatives`: per row K captions that contradic
 recipe) join the b side's columns of the a->b direction only, gathered across processes like the
 other columns, so every row meets every row's hard negatives.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -58,10 +58,16 @@ class HardNegatives:
     weight: float = 1.0
 
 
-def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
-              gather: Gather = no_gather, local_loss: bool = True,
-              valid: Optional[torch.Tensor] = None, rule: NegativeRule = NegativeRule(),
-              hard: Optional[HardNegatives] = None) -> torch.Tensor:
+def clip_loss(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    logit_scale: torch.Tensor,
+    gather: Gather = no_gather,
+    local_loss: bool = True,
+    valid: torch.Tensor | None = None,
+    rule: NegativeRule = NegativeRule(),
+    hard: HardNegatives | None = None,
+) -> torch.Tensor:
     """Mean of the a->b and b->a losses; a and b are L2-normalised, row i matches row i.
 
     ``valid`` marks the rows that carry both modalities: only they are scored, and only they are
@@ -83,22 +89,31 @@ def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
         negatives_valid = gather(present)[0].detach() > 0.5
         columns_b = torch.cat([all_b, negatives])
         columns_b_valid = torch.cat([all_valid, negatives_valid])
-        column_log_weight = torch.cat([all_b.new_zeros(all_b.shape[0]),
-                                       all_b.new_full((negatives.shape[0],), math.log(hard.weight))])
+        column_log_weight = torch.cat(
+            [all_b.new_zeros(all_b.shape[0]), all_b.new_full((negatives.shape[0],), math.log(hard.weight))]
+        )
     if not local_loss:
         a, b, valid, offset, processes = all_a, all_b, all_valid, 0, 1
     labels = torch.arange(a.shape[0], device=a.device) + offset
     labels = labels.masked_fill(~valid, -100)  # rows without a partner are not scored
-    per_row = (_direction_loss(a, columns_b, logit_scale, labels, columns_b_valid, rule, column_log_weight)
-               + _direction_loss(b, all_a, logit_scale, labels, all_valid, rule)) / 2
+    per_row = (
+        _direction_loss(a, columns_b, logit_scale, labels, columns_b_valid, rule, column_log_weight)
+        + _direction_loss(b, all_a, logit_scale, labels, all_valid, rule)
+    ) / 2
     # Averaged over processes (as DDP averages gradients), this is the mean over all valid rows;
     # with none, an exact zero that still depends on a, b and the scale (DDP expects each gradient).
     return per_row * processes / all_valid.sum().clamp(min=1)
 
 
-def _direction_loss(rows: torch.Tensor, columns: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor,
-                    columns_valid: torch.Tensor, rule: NegativeRule,
-                    column_log_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _direction_loss(
+    rows: torch.Tensor,
+    columns: torch.Tensor,
+    scale: torch.Tensor,
+    labels: torch.Tensor,
+    columns_valid: torch.Tensor,
+    rule: NegativeRule,
+    column_log_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Sum over the scored rows (label >= 0) of -log(positive's share), one direction."""
     logits = scale * rows @ columns.T  # (scale * rows) @ columns.T, as CLIP and open_clip round it
     if column_log_weight is not None:

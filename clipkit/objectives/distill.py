@@ -11,9 +11,8 @@ DistillClipLoss takes the cross-entropy with the teacher's distribution instead;
 the teacher's entropy, a constant, so their gradients are the same; the KL is 0 where the student
 matches. The teacher's embeddings are gathered across processes as the student's are.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +20,16 @@ import torch.nn.functional as F
 from clipkit.objectives.collectives import Gather, no_gather
 
 
-def distill_loss(a: torch.Tensor, b: torch.Tensor, teacher_a: torch.Tensor, teacher_b: torch.Tensor,
-                 logit_scale: torch.Tensor, teacher_scale: torch.Tensor, gather: Gather = no_gather,
-                 valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+def distill_loss(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    teacher_a: torch.Tensor,
+    teacher_b: torch.Tensor,
+    logit_scale: torch.Tensor,
+    teacher_scale: torch.Tensor,
+    gather: Gather = no_gather,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
     rows = a.shape[0]
     if valid is None:
         valid = torch.ones(rows, dtype=torch.bool, device=a.device)
@@ -40,8 +46,18 @@ def distill_loss(a: torch.Tensor, b: torch.Tensor, teacher_a: torch.Tensor, teac
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 under autocast
         return logits.masked_fill(blocked, torch.finfo(logits.dtype).min).log_softmax(dim=1)
 
-    per_row = (F.kl_div(log_distribution(logit_scale, a, all_b), log_distribution(teacher_scale, teacher_a, all_tb),
-                        reduction="none", log_target=True).sum(1)
-               + F.kl_div(log_distribution(logit_scale, b, all_a), log_distribution(teacher_scale, teacher_b, all_ta),
-                          reduction="none", log_target=True).sum(1)) / 2
+    per_row = (
+        F.kl_div(
+            log_distribution(logit_scale, a, all_b),
+            log_distribution(teacher_scale, teacher_a, all_tb),
+            reduction="none",
+            log_target=True,
+        ).sum(1)
+        + F.kl_div(
+            log_distribution(logit_scale, b, all_a),
+            log_distribution(teacher_scale, teacher_b, all_ta),
+            reduction="none",
+            log_target=True,
+        ).sum(1)
+    ) / 2
     return (per_row * valid).sum() * processes / all_valid.sum().clamp(min=1)

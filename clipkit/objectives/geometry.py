@@ -14,9 +14,8 @@ processes differentiably, so every process holds the global value; DDP's averagi
 gradients then gives exactly the gradient of the global term. Embeddings are unit vectors, so
 |x - y|^2 <= 4 and exp(-t d^2) needs no log-sum-exp guard for moderate t.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 
@@ -27,12 +26,13 @@ def _squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return ((x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2 * x @ y.T).clamp(min=0)
 
 
-def _valid(x: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+def _valid(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     return torch.ones(x.shape[0], dtype=torch.bool, device=x.device) if valid is None else valid
 
 
-def _off_diagonal_log_mean_exp(x: torch.Tensor, y: torch.Tensor, t: float, comm: Collectives,
-                               valid: torch.Tensor) -> torch.Tensor:
+def _off_diagonal_log_mean_exp(
+    x: torch.Tensor, y: torch.Tensor, t: float, comm: Collectives, valid: torch.Tensor
+) -> torch.Tensor:
     """log mean over valid i != j of exp(-t |x_i - y_j|^2), i local, j global."""
     all_y, offset = comm.gather(y)
     all_valid = comm.gather(valid.to(x.dtype))[0].detach() > 0.5
@@ -45,18 +45,21 @@ def _off_diagonal_log_mean_exp(x: torch.Tensor, y: torch.Tensor, t: float, comm:
     return torch.log(torch.where(count > 0, comm.sum(partial) / count.clamp(min=1), 1.0))
 
 
-def uniformity(x: torch.Tensor, t: float = 2.0, comm: Collectives = LOCAL,
-               valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+def uniformity(
+    x: torch.Tensor, t: float = 2.0, comm: Collectives = LOCAL, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     return _off_diagonal_log_mean_exp(x, x, t, comm, _valid(x, valid))
 
 
-def cross_uniformity(x: torch.Tensor, y: torch.Tensor, t: float = 2.0, comm: Collectives = LOCAL,
-                     valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+def cross_uniformity(
+    x: torch.Tensor, y: torch.Tensor, t: float = 2.0, comm: Collectives = LOCAL, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     return _off_diagonal_log_mean_exp(x, y, t, comm, _valid(x, valid))
 
 
-def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0, comm: Collectives = LOCAL,
-              valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+def alignment(
+    x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0, comm: Collectives = LOCAL, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     valid = _valid(x, valid)
     count = comm.sum(valid.sum().float()).detach()
     # |d|^alpha as (|d|^2)^(alpha/2): no square root, whose gradient is undefined at d = 0.

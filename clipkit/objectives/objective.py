@@ -7,10 +7,10 @@ Terms, each logged under its name: ``contrastive/<pair>`` (InfoNCE), ``sigmoid/<
 sends no gradient into the anchored side. Hard-negative captions (``outputs["text_negatives"]``)
 join the contrastive terms of the pairs with text.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
 
 import torch
 
@@ -22,7 +22,7 @@ from clipkit.objectives.distill import distill_loss
 from clipkit.objectives.geometry import alignment, cross_uniformity, uniformity
 from clipkit.objectives.sigmoid import sigmoid_loss
 
-Tensors = Dict[str, torch.Tensor]
+Tensors = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -50,8 +50,14 @@ class Objective:
         steps, start = self.cfg.contrastive.scale_warmup_steps, self.cfg.contrastive.scale_warmup_start
         self.scale_factor = min(1.0, start + (1.0 - start) * step / steps) if steps else 1.0
 
-    def __call__(self, model: MultiModalModel, outputs: Tensors, present: Tensors,
-                 scale_grad: bool = True, teacher: Optional[TeacherOutputs] = None) -> Tensors:
+    def __call__(
+        self,
+        model: MultiModalModel,
+        outputs: Tensors,
+        present: Tensors,
+        scale_grad: bool = True,
+        teacher: TeacherOutputs | None = None,
+    ) -> Tensors:
         """Loss terms by name and their weighted ``total``.
 
         ``outputs`` is the model's forward; ``present[m]`` marks the rows that carry modality m;
@@ -75,8 +81,11 @@ class Objective:
                 hard = None
                 if name == "contrastive" and "text_negatives" in outputs and "text" in (first, second):
                     negatives = outputs["text_negatives"]
-                    hard = HardNegatives(negatives.detach() if cfg.anchors.get(pair) == "text" else negatives,
-                                         present["text_negatives"], cfg.contrastive.hard_negatives.weight)
+                    hard = HardNegatives(
+                        negatives.detach() if cfg.anchors.get(pair) == "text" else negatives,
+                        present["text_negatives"],
+                        cfg.contrastive.hard_negatives.weight,
+                    )
                     if first == "text":  # the negatives are columns of the other side's rows
                         a, b = b, a
                 term = self._pair_term(name, model, pair, a, b, valid, scale_grad, teacher, hard)
@@ -90,9 +99,18 @@ class Objective:
         terms["total"] = total
         return terms
 
-    def _pair_term(self, name: str, model: MultiModalModel, pair: str, a: torch.Tensor, b: torch.Tensor,
-                   valid: torch.Tensor, scale_grad: bool, teacher: Optional[TeacherOutputs],
-                   hard: Optional[HardNegatives] = None) -> torch.Tensor:
+    def _pair_term(
+        self,
+        name: str,
+        model: MultiModalModel,
+        pair: str,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        valid: torch.Tensor,
+        scale_grad: bool,
+        teacher: TeacherOutputs | None,
+        hard: HardNegatives | None = None,
+    ) -> torch.Tensor:
         cfg, comm = self.cfg, self.comm
 
         def learnable(value: torch.Tensor) -> torch.Tensor:
@@ -102,15 +120,23 @@ class Objective:
             scale = learnable(model.logit_scale(pair))
             if self.scale_factor != 1.0:
                 scale = scale * self.scale_factor
-            return clip_loss(a, b, scale, comm.gather, cfg.contrastive.local_loss, valid,
-                             self.negative_rule, hard)
+            return clip_loss(a, b, scale, comm.gather, cfg.contrastive.local_loss, valid, self.negative_rule, hard)
         if name == "distill":
             first, second = split_pair(pair)
-            return distill_loss(a, b, teacher.embeddings[first], teacher.embeddings[second],
-                                learnable(model.logit_scale(pair)), teacher.scales[pair], comm.gather, valid)
+            return distill_loss(
+                a,
+                b,
+                teacher.embeddings[first],
+                teacher.embeddings[second],
+                learnable(model.logit_scale(pair)),
+                teacher.scales[pair],
+                comm.gather,
+                valid,
+            )
         if name == "sigmoid":
-            return sigmoid_loss(a, b, learnable(model.sigmoid_scale(pair)), learnable(model.sigmoid_bias(pair)),
-                                comm, valid)
+            return sigmoid_loss(
+                a, b, learnable(model.sigmoid_scale(pair)), learnable(model.sigmoid_bias(pair)), comm, valid
+            )
         if name == "uniformity":
             t = cfg.uniformity.t
             return (uniformity(a, t, comm, valid) + uniformity(b, t, comm, valid)) / 2

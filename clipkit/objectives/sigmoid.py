@@ -10,9 +10,8 @@ columns, then passes its columns around the ring of processes (world_size - 1 ho
 than one B x B block of logits, and each hop moves B x D numbers, against N x D for a gather.
 The gradient of a passed block travels back along the ring to its owner.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +19,15 @@ import torch.nn.functional as F
 from clipkit.objectives.collectives import LOCAL, Collectives
 
 
-def _block_loss(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
-                rows: torch.Tensor, columns: torch.Tensor, diagonal_positive: bool) -> torch.Tensor:
+def _block_loss(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    rows: torch.Tensor,
+    columns: torch.Tensor,
+    diagonal_positive: bool,
+) -> torch.Tensor:
     logits = scale * a @ b.T + bias
     signs = -torch.ones_like(logits)
     if diagonal_positive:
@@ -30,8 +36,14 @@ def _block_loss(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: tor
     return -(F.logsigmoid(signs * logits) * scored).sum()
 
 
-def sigmoid_loss(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
-                 comm: Collectives = LOCAL, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+def sigmoid_loss(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    comm: Collectives = LOCAL,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
     """a, b: (B, D) L2-normalised, row i matches row i. ``valid`` marks the rows carrying both
     modalities: only they are rows and columns. The result, averaged over processes (as DDP
     averages gradients), is the loss over the global batch divided by its count of valid rows."""

@@ -7,6 +7,7 @@ distilled: a tri-modal teacher teaches audio too), an open_clip ``local-dir`` fo
 zoo. The teacher sees the student's batch as it is, so both must take the same inputs: image size,
 normalisation and text context are checked before training starts.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
 
 import open_clip
 import torch
@@ -35,18 +35,21 @@ KEY = "loss.distill.teacher"
 @dataclass
 class Teacher:
     model: MultiModalModel  # frozen, in eval mode
-    inputs: Dict[str, Tuple]  # per modality, what the teacher's tower takes (compared with the student's)
+    inputs: dict[str, tuple]  # per modality, what the teacher's tower takes (compared with the student's)
 
     @property
-    def pairs(self) -> List[str]:
+    def pairs(self) -> list[str]:
         return self.model.pairs
 
     @torch.no_grad()
-    def embed(self, inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def embed(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Normalised embeddings of every row (rows lacking a modality give values that the
         objective's masks leave unscored) for the modalities the teacher has."""
-        return {m: F.normalize(self.model.towers[m](inputs[m]).float(), dim=-1)
-                for m in self.model.modalities if m in inputs}
+        return {
+            m: F.normalize(self.model.towers[m](inputs[m]).float(), dim=-1)
+            for m in self.model.modalities
+            if m in inputs
+        }
 
     def logit_scale(self, pair: str) -> torch.Tensor:
         return self.model.logit_scale(pair).detach()
@@ -56,15 +59,15 @@ def _is_clipkit(path: Path) -> bool:
     return (path / "checkpoints").is_dir() or (path / "manifest.json").is_file() or (path / "config.yaml").is_file()
 
 
-def _image_inputs(size: int, transform: ImageTransformConfig) -> Tuple:
+def _image_inputs(size: int, transform: ImageTransformConfig) -> tuple:
     return (size, tuple(round(v, 6) for v in transform.mean), tuple(round(v, 6) for v in transform.std))
 
 
-def model_inputs(checked: CheckedConfig) -> Dict[str, Tuple]:
+def model_inputs(checked: CheckedConfig) -> dict[str, tuple]:
     """Per modality, what the model's tower takes: image size, mean and std; text context; audio
     rate and samples."""
     towers = checked.towers
-    inputs: Dict[str, Tuple] = {}
+    inputs: dict[str, tuple] = {}
     if "image" in towers:
         inputs["image"] = _image_inputs(towers["image"].image_size, checked.cfg.data.image)
     if "text" in towers:
@@ -84,24 +87,36 @@ def _from_clipkit(path: Path, device: torch.device) -> Teacher:
 def _from_open_clip(path: Path, cfg: DistillLossConfig, device: torch.device) -> Teacher:
     config_file = path / CONFIG_FILE
     if not path.is_dir() and not cfg.teacher_arch:
-        raise ConfigError("loss.distill.teacher_arch", f"{path} is an open_clip weights file without its config: "
-                                                       "name its architecture (an open_clip.list_models() name)")
+        raise ConfigError(
+            "loss.distill.teacher_arch",
+            f"{path} is an open_clip weights file without its config: "
+            "name its architecture (an open_clip.list_models() name)",
+        )
     try:
         if path.is_dir():
             saved = json.loads(config_file.read_text()) if config_file.is_file() else {}
             if "model_cfg" not in saved:
-                raise ConfigError(KEY, f"{path} is neither a clipkit checkpoint nor an open_clip local-dir folder "
-                                       f"(no config.yaml, no {config_file.name} with a model_cfg)")
+                raise ConfigError(
+                    KEY,
+                    f"{path} is neither a clipkit checkpoint nor an open_clip local-dir folder "
+                    f"(no config.yaml, no {config_file.name} with a model_cfg)",
+                )
             towers, preprocess = towers_from_model_config(saved["model_cfg"]), saved.get("preprocess_cfg", {})
         else:
             towers, preprocess = arch_towers(cfg.teacher_arch), {}
     except (ArchRefused, KeyError) as exc:
         raise ConfigError(KEY, f"clipkit cannot build the teacher's architecture: {exc}") from None
-    model = build_model(towers.embed_dim, {"image": towers.image, "text": towers.text}, ["image_text"],
-                        PairParameters(contrastive_scale=math.log(1 / 0.07)))
+    model = build_model(
+        towers.embed_dim,
+        {"image": towers.image, "text": towers.text},
+        ["image_text"],
+        PairParameters(contrastive_scale=math.log(1 / 0.07)),
+    )
     load_open_clip_init(model, str(path))
-    transform = ImageTransformConfig(mean=list(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)),
-                                     std=list(preprocess.get("std", open_clip.OPENAI_DATASET_STD)))
+    transform = ImageTransformConfig(
+        mean=list(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        std=list(preprocess.get("std", open_clip.OPENAI_DATASET_STD)),
+    )
     inputs = {"image": _image_inputs(towers.image.image_size, transform), "text": (towers.text.context_length,)}
     return Teacher(model.to(device), inputs)
 
@@ -114,19 +129,26 @@ def load_teacher(cfg: DistillLossConfig, student: CheckedConfig, device: torch.d
     teacher.model.requires_grad_(False)
     teacher.model.eval()
     _check_fits(teacher, student)
-    log.info("distilling %s from the teacher %s", ", ".join(p for p in student.cfg.model.pairs if p in teacher.pairs),
-             path)
+    log.info(
+        "distilling %s from the teacher %s", ", ".join(p for p in student.cfg.model.pairs if p in teacher.pairs), path
+    )
     return teacher
 
 
 def _check_fits(teacher: Teacher, student: CheckedConfig) -> None:
     shared = [p for p in student.cfg.model.pairs if p in teacher.pairs]
     if not shared:
-        raise ConfigError(KEY, f"the teacher has none of the student's pairs (teacher: {', '.join(teacher.pairs)}; "
-                               f"student: {', '.join(student.cfg.model.pairs)})")
+        raise ConfigError(
+            KEY,
+            f"the teacher has none of the student's pairs (teacher: {', '.join(teacher.pairs)}; "
+            f"student: {', '.join(student.cfg.model.pairs)})",
+        )
     own = model_inputs(student)
     for modality in {m for pair in shared for m in pair.split("_")}:
         if teacher.inputs.get(modality) != own.get(modality):
-            raise ConfigError(KEY, f"the teacher's {modality} inputs {teacher.inputs.get(modality)} differ from the "
-                                   f"student's {own.get(modality)} (image: size, mean, std; text: context; audio: "
-                                   "rate, samples); the teacher sees the student's batch as it is")
+            raise ConfigError(
+                KEY,
+                f"the teacher's {modality} inputs {teacher.inputs.get(modality)} differ from the "
+                f"student's {own.get(modality)} (image: size, mean, std; text: context; audio: "
+                "rate, samples); the teacher sees the student's batch as it is",
+            )

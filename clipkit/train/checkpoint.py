@@ -14,6 +14,7 @@ A folder is written under a hidden name, flushed to disk, given its manifest, re
 and only then named by ``latest``. A run killed at any moment therefore leaves either the previous
 complete checkpoint or the new complete one; hidden folders are never picked.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,9 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -77,7 +79,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _files(folder: Path) -> List[str]:
+def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
 
 
@@ -86,8 +88,9 @@ def publish(staging: Path, step: int, layout: str, world_size: int, keep_last_k:
     ``latest`` at it, and drop all but the newest ``keep_last_k`` complete folders."""
     root = staging.parent
     final = root / step_dir_name(step)
-    files = {name: {"bytes": (staging / name).stat().st_size, "sha256": _sha256(staging / name)}
-             for name in _files(staging)}
+    files = {
+        name: {"bytes": (staging / name).stat().st_size, "sha256": _sha256(staging / name)} for name in _files(staging)
+    }
     manifest = {"format": 1, "step": step, "layout": layout, "world_size": world_size, "files": files}
     (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
     fsync_tree(staging)
@@ -107,7 +110,7 @@ def publish(staging: Path, step: int, layout: str, world_size: int, keep_last_k:
 
 
 # ------------------------------------------------------------------------------------ reading
-def read_manifest(folder: Path) -> Optional[dict]:
+def read_manifest(folder: Path) -> dict | None:
     """The folder's manifest; for a folder from before manifests (the three files of the full
     layout, no manifest), one that lists those files without checksums; None if neither."""
     path = folder / MANIFEST_FILE
@@ -124,7 +127,7 @@ def read_manifest(folder: Path) -> Optional[dict]:
     return None
 
 
-def problem(folder: Path, checksums: bool = False) -> Optional[str]:
+def problem(folder: Path, checksums: bool = False) -> str | None:
     """Why ``folder`` is not a complete, intact checkpoint (None if it is): no manifest, a listed
     file missing or of another size, or (``checksums``) of other contents."""
     manifest = read_manifest(folder)
@@ -145,7 +148,7 @@ def is_complete(folder: Path) -> bool:
     return STEP_DIR.match(folder.name) is not None and problem(folder) is None
 
 
-def complete_checkpoints(ckpt_root: Path) -> List[Path]:
+def complete_checkpoints(ckpt_root: Path) -> list[Path]:
     """Complete step folders, oldest first."""
     if not ckpt_root.is_dir():
         return []
@@ -153,7 +156,7 @@ def complete_checkpoints(ckpt_root: Path) -> List[Path]:
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
 
-def find_latest(ckpt_root: Path, checksums: bool = False) -> Optional[Path]:
+def find_latest(ckpt_root: Path, checksums: bool = False) -> Path | None:
     """The folder ``latest`` names if complete, else the newest complete one, else None. With
     ``checksums``, a folder whose files do not match their checksums is passed over (with a
     warning) for the next older one."""
@@ -166,8 +169,10 @@ def find_latest(ckpt_root: Path, checksums: bool = False) -> Optional[Path]:
             candidates.remove(named)
             candidates.insert(0, named)
         else:
-            log.warning("checkpoints/latest names %r, which is not a complete checkpoint; "
-                        "looking for the newest complete one", name)
+            log.warning(
+                "checkpoints/latest names %r, which is not a complete checkpoint; looking for the newest complete one",
+                name,
+            )
     for folder in candidates:
         damage = problem(folder, checksums) if checksums else None
         if damage is None:
@@ -208,7 +213,7 @@ def has_ema(folder: Path) -> bool:
     return (folder / EMA_FILE).is_file()
 
 
-def read_model_state(folder: Path, ema: bool = True) -> Dict[str, torch.Tensor]:
+def read_model_state(folder: Path, ema: bool = True) -> dict[str, torch.Tensor]:
     """The whole weights by name, on CPU, whatever the layout (sharded ones are consolidated):
     their moving average where the checkpoint has one and ``ema``, else the raw weights."""
     if ema and has_ema(folder):
@@ -234,7 +239,7 @@ def fit_error(folder: Path, exc: BaseException) -> CheckpointError:
     return CheckpointError(f"checkpoint {folder} does not fit the configured model: {' '.join(first[:2])[:300]}")
 
 
-def first_mismatch(saved: Dict[str, Sequence[int]], model: nn.Module) -> Optional[str]:
+def first_mismatch(saved: dict[str, Sequence[int]], model: nn.Module) -> str | None:
     """The first difference between the saved weights' shapes and the model's, named: a key
     missing on either side, or a tensor of another shape."""
     expected = model.state_dict()
@@ -247,15 +252,18 @@ def first_mismatch(saved: Dict[str, Sequence[int]], model: nn.Module) -> Optiona
     return f"{extra} is in the checkpoint but not in the model" if extra else None
 
 
-def check_fits(folder: Path, saved: Dict[str, Sequence[int]], model: nn.Module) -> None:
+def check_fits(folder: Path, saved: dict[str, Sequence[int]], model: nn.Module) -> None:
     mismatch = first_mismatch(saved, model)
     if mismatch:
         raise CheckpointError(f"checkpoint {folder} does not fit the configured model: {mismatch}")
 
 
-def load_model_weights(model: nn.Module, folder: Path,
-                       load: Optional[Callable[[nn.Module, Dict[str, torch.Tensor]], Any]] = None,
-                       ema: bool = True) -> None:
+def load_model_weights(
+    model: nn.Module,
+    folder: Path,
+    load: Callable[[nn.Module, dict[str, torch.Tensor]], Any] | None = None,
+    ema: bool = True,
+) -> None:
     """The checkpoint's weights into ``model``, all keys matching; ``load`` puts a full state
     dict into the model (default: ``load_state_dict``; the trainer's also fills FSDP shards).
     ``ema``: their moving average where the checkpoint has one (what a trained model is)."""
@@ -270,7 +278,7 @@ def load_model_weights(model: nn.Module, folder: Path,
         raise fit_error(folder, exc) from exc
 
 
-def load_train_state(folder: Path) -> Dict[str, Any]:
+def load_train_state(folder: Path) -> dict[str, Any]:
     try:
         return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:

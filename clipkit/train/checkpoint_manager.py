@@ -14,16 +14,18 @@ With ``asynchronous``, what a save writes is copied in memory first and written 
 thread while training goes on; the next save (or the end of the run) waits for it. The folder is
 published (named by ``latest``) only once every process's files are on disk.
 """
+
 from __future__ import annotations
 
 import copy
 import errno
 import logging
 import shutil
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -34,23 +36,23 @@ from torch.distributed.checkpoint.api import CheckpointException
 from clipkit import distributed as dist_utils
 from clipkit.errors import CheckpointError
 from clipkit.train import checkpoint as ckpt
-from clipkit.train.parallel import full_state, load_full_model_state, load_full_optimizer_state
 from clipkit.train.ema import WeightAverage
+from clipkit.train.parallel import full_state, load_full_model_state, load_full_optimizer_state
 from clipkit.train.sharded import read_shards, saved_model_shapes, write_shards
 
 log = logging.getLogger(__name__)
 
 
 class Stateful(Protocol):
-    def state_dict(self) -> Dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]: ...
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class PerProcessStateful(Protocol):
-    def state_dict(self) -> Dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]: ...
 
-    def load_process_states(self, states: List[Dict[str, Any]], rank: int, world_size: int) -> None:
+    def load_process_states(self, states: list[dict[str, Any]], rank: int, world_size: int) -> None:
         """``states``: this part's state in each process of the saved run, by rank."""
 
 
@@ -58,15 +60,24 @@ class PerProcessStateful(Protocol):
 class CheckpointPolicy:
     every_n_steps: int
     keep_last_k: int
-    resume: Optional[str]  # auto | a checkpoint or run folder | None
+    resume: str | None  # auto | a checkpoint or run folder | None
     layout: str = "full"  # full | sharded
     asynchronous: bool = False
 
 
 class CheckpointManager:
-    def __init__(self, root: Path, policy: CheckpointPolicy, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 shared: Dict[str, Stateful], per_process: Dict[str, PerProcessStateful], config_yaml: str,
-                 env: dist_utils.DistEnv, ema: Optional[WeightAverage] = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        policy: CheckpointPolicy,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        shared: dict[str, Stateful],
+        per_process: dict[str, PerProcessStateful],
+        config_yaml: str,
+        env: dist_utils.DistEnv,
+        ema: WeightAverage | None = None,
+    ) -> None:
         self.root = root
         self.ema = ema
         self.policy = policy
@@ -76,14 +87,17 @@ class CheckpointManager:
         self.per_process = per_process
         self.config_yaml = config_yaml
         self.env = env
-        self.last_saved: Optional[int] = None
+        self.last_saved: int | None = None
         if env.is_main and root.is_dir():
             ckpt.clear_staging(root)  # what a run killed inside a save left
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="clipkit-ckpt") if policy.asynchronous else None
-        self._pending: Optional[Future] = None
+        self._pending: Future | None = None
         # A background save's collectives need a group of their own: the training's run meanwhile.
-        self._group = dist.new_group(backend="gloo") \
-            if policy.asynchronous and policy.layout == "sharded" and env.joined else None
+        self._group = (
+            dist.new_group(backend="gloo")
+            if policy.asynchronous and policy.layout == "sharded" and env.joined
+            else None
+        )
 
     # ------------------------------------------------------------------------------ saving
     def maybe_save(self, step: int, final: bool = False) -> None:
@@ -95,8 +109,11 @@ class CheckpointManager:
         """Collective."""
         self.wait()
         processes = dist_utils.gather_objects({name: part.state_dict() for name, part in self.per_process.items()})
-        state: Dict[str, Any] = {"format": 2, **{name: part.state_dict() for name, part in self.shared.items()},
-                                 "processes": processes}
+        state: dict[str, Any] = {
+            "format": 2,
+            **{name: part.state_dict() for name, part in self.shared.items()},
+            "processes": processes,
+        }
         if self._writer is not None:  # a state dict may share objects that training goes on changing
             state = copy.deepcopy(state)
         if self.policy.layout == "sharded":
@@ -111,7 +128,7 @@ class CheckpointManager:
             dist_utils.barrier()
         self.last_saved = step
 
-    def _save_full(self, step: int, state: Dict[str, Any]) -> Callable[[], None]:
+    def _save_full(self, step: int, state: dict[str, Any]) -> Callable[[], None]:
         weights, optimizer_state = full_state(self.model, self.optimizer)  # collective; whole on rank 0
         if not self.env.is_main:
             return lambda: None
@@ -132,11 +149,12 @@ class CheckpointManager:
 
         return work
 
-    def _save_sharded(self, step: int, state: Dict[str, Any]) -> Callable[[], None]:
+    def _save_sharded(self, step: int, state: dict[str, Any]) -> Callable[[], None]:
         staging = self._staging(step) if self.env.is_main else ckpt.staging_dir(self.root, step)
         dist_utils.barrier()  # the staging folder exists (and no stale one) before anyone writes
-        written = write_shards(self.model, self.optimizer, staging / ckpt.SHARDS_DIR, self._group,
-                               asynchronous=self._writer is not None)
+        written = write_shards(
+            self.model, self.optimizer, staging / ckpt.SHARDS_DIR, self._group, asynchronous=self._writer is not None
+        )
 
         def work() -> None:
             if written is not None:
@@ -163,7 +181,8 @@ class CheckpointManager:
                 last = ckpt.find_latest(self.root)
                 raise CheckpointError(
                     f"no space left on the file system of {self.root} while saving step {step}; the last "
-                    f"complete checkpoint is {last.name if last else 'none'}") from exc
+                    f"complete checkpoint is {last.name if last else 'none'}"
+                ) from exc
 
         return guarded
 
@@ -174,7 +193,7 @@ class CheckpointManager:
         staging.mkdir()
         return staging
 
-    def _write_host_files(self, staging: Path, state: Dict[str, Any]) -> None:
+    def _write_host_files(self, staging: Path, state: dict[str, Any]) -> None:
         torch.save(state, staging / ckpt.STATE_FILE)
         (staging / ckpt.CONFIG_FILE).write_text(self.config_yaml)
 
@@ -194,7 +213,7 @@ class CheckpointManager:
             self._writer.shutdown()
 
     # ------------------------------------------------------------------------------ resuming
-    def resume(self) -> Optional[Path]:
+    def resume(self) -> Path | None:
         """Restores every part from the checkpoint ``policy.resume`` names (``auto``: the newest
         intact one of this run, if any) and returns its folder. Collective."""
         folder = self._resume_folder()
@@ -226,17 +245,18 @@ class CheckpointManager:
             log.info("%s has no moving average of the weights; it starts from this checkpoint's", folder)
             self.ema.load_state_dict(ckpt.read_model_state(folder, ema=False))
 
-    def _resume_folder(self) -> Optional[Path]:
+    def _resume_folder(self) -> Path | None:
         """Chosen and checked on rank 0 (reading every file for its checksum), shared with all."""
         choice = self.policy.resume
         if choice is None:
             return None
-        found: Optional[str] = None
-        error: Optional[str] = None
+        found: str | None = None
+        error: str | None = None
         if self.env.is_main:
             try:
-                folder = ckpt.find_latest(self.root, checksums=True) if choice == "auto" \
-                    else ckpt.resolve_checkpoint(choice)
+                folder = (
+                    ckpt.find_latest(self.root, checksums=True) if choice == "auto" else ckpt.resolve_checkpoint(choice)
+                )
                 if folder is not None and choice != "auto":
                     error = ckpt.problem(folder, checksums=True)
                 found = str(folder) if folder is not None else None
@@ -249,7 +269,7 @@ class CheckpointManager:
 
 
 def _disk_full(exc: BaseException, folder: Path) -> bool:
-    chain: List[BaseException] = []
+    chain: list[BaseException] = []
     while exc is not None and exc not in chain:
         chain.append(exc)
         exc = exc.__cause__ or exc.__context__
@@ -264,15 +284,28 @@ def _disk_full(exc: BaseException, folder: Path) -> bool:
 _NEARLY_FULL = 16 << 20  # bytes free after a failed write that mean the disk filled up
 
 
-def _upgrade(state: Dict[str, Any]) -> Dict[str, Any]:
+def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
     """A ``train_state.pt`` written before the checkpoint manager, in today's form."""
     if state.get("format", 1) >= 2:
         return state
     data = state["data"]
-    processes = [{"rng": saved["rng"],
-                  "data": {"epoch": data["epoch"], "taken": saved["taken"], "workers": data["workers"],
-                           "skipped": data["skipped"] if rank == 0 else 0}}
-                 for rank, saved in enumerate(data["ranks"])]
-    return {"format": 2, "progress": {"step": state["step"], "samples_seen": state["samples_seen"]},
-            "scheduler": state["scheduler"], "scaler": state["scaler"], "optimizer": state["optimizer"],
-            "processes": processes}
+    processes = [
+        {
+            "rng": saved["rng"],
+            "data": {
+                "epoch": data["epoch"],
+                "taken": saved["taken"],
+                "workers": data["workers"],
+                "skipped": data["skipped"] if rank == 0 else 0,
+            },
+        }
+        for rank, saved in enumerate(data["ranks"])
+    ]
+    return {
+        "format": 2,
+        "progress": {"step": state["step"], "samples_seen": state["samples_seen"]},
+        "scheduler": state["scheduler"],
+        "scaler": state["scaler"],
+        "optimizer": state["optimizer"],
+        "processes": processes,
+    }

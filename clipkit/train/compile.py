@@ -7,6 +7,7 @@ parameter names as they are, so checkpoints, DDP and export see the same model a
 Row counts that change from step to step (rows lacking a modality) make the graphs dynamic after
 the first recompilation instead of recompiling for every count.
 """
+
 from __future__ import annotations
 
 from clipkit.models.multimodal import MultiModalModel

@@ -11,9 +11,8 @@ Checkpoints keep the average in ``ema.safetensors`` beside the raw weights; eval
 training, ``clipkit-eval``, ``clipkit-export`` and ``clipkit.load`` use the average in place of the
 raw weights, and a resumed run goes on averaging from it.
 """
-from __future__ import annotations
 
-from typing import Dict
+from __future__ import annotations
 
 import torch
 from timm.utils import ModelEmaV3
@@ -38,8 +37,8 @@ class WeightAverage:
         """After the optimizer step that ended ``step`` (1-based)."""
         self._ema.update(model, step=step)
 
-    def state_dict(self) -> Dict[str, torch.Tensor]:
+    def state_dict(self) -> dict[str, torch.Tensor]:
         return self._ema.module.state_dict()
 
-    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self._ema.module.load_state_dict(state, strict=True)

@@ -10,10 +10,10 @@ Blocks are found by name, which covers every tower clipkit builds: open_clip's t
 (``transformer.resblocks.N``), its ResNet (``layerN``), timm trunks (``blocks.N``, ``stages.N``;
 a stage counts as one layer) and clipkit's audio towers (``blocks.N``).
 """
+
 from __future__ import annotations
 
 import re
-from typing import Dict, Optional, Tuple
 
 from torch import nn
 
@@ -22,11 +22,27 @@ from clipkit.errors import ConfigError
 _BLOCK = re.compile(r"^(?:transformer\.resblocks|blocks|layers|stages)\.(\d+)\.")
 _RESNET_STAGE = re.compile(r"^layer(\d+)\.")  # open_clip's ModifiedResNet: layer1..layer4
 _WRAPPERS = ("trunk.", "backbone.")  # timm's trunk under open_clip's TimmModel; the AST's backbone
-_STEM = ("conv1.", "conv2.", "conv3.", "bn1.", "bn2.", "bn3.", "class_embedding", "positional_embedding",
-         "ln_pre.", "token_embedding.", "cls_emb", "cls_token", "reg_token", "pos_embed", "patch_embed.", "stem.")
+_STEM = (
+    "conv1.",
+    "conv2.",
+    "conv3.",
+    "bn1.",
+    "bn2.",
+    "bn3.",
+    "class_embedding",
+    "positional_embedding",
+    "ln_pre.",
+    "token_embedding.",
+    "cls_emb",
+    "cls_token",
+    "reg_token",
+    "pos_embed",
+    "patch_embed.",
+    "stem.",
+)
 
 
-def _block(name: str) -> Optional[int]:
+def _block(name: str) -> int | None:
     match = _BLOCK.match(name)
     if match:
         return int(match.group(1))
@@ -37,11 +53,11 @@ def _block(name: str) -> Optional[int]:
 def _unwrapped(name: str) -> str:
     for wrapper in _WRAPPERS:
         if name.startswith(wrapper):
-            return name[len(wrapper):]
+            return name[len(wrapper) :]
     return name
 
 
-def layer_ids(encoder: nn.Module) -> Tuple[Dict[str, int], int]:
+def layer_ids(encoder: nn.Module) -> tuple[dict[str, int], int]:
     """Each parameter name of a tower's encoder -> its layer (0: stem, 1..L: blocks, L+1: head),
     and L+1."""
     names = [name for name, _ in encoder.named_parameters()]
@@ -49,15 +65,16 @@ def layer_ids(encoder: nn.Module) -> Tuple[Dict[str, int], int]:
     depth = max((b for b in blocks.values() if b is not None), default=-1) + 1
     if depth == 0:
         raise ConfigError("optim.layer_decay", f"{type(encoder).__name__} has no numbered blocks to decay over")
-    return {name: (blocks[name] + 1 if blocks[name] is not None
-                   else 0 if _unwrapped(name).startswith(_STEM) else depth + 1)
-            for name in names}, depth + 1
+    return {
+        name: (blocks[name] + 1 if blocks[name] is not None else 0 if _unwrapped(name).startswith(_STEM) else depth + 1)
+        for name in names
+    }, depth + 1
 
 
-def lr_scales(model: nn.Module, decays: Dict[str, float]) -> Dict[str, float]:
+def lr_scales(model: nn.Module, decays: dict[str, float]) -> dict[str, float]:
     """Parameter name (in ``model``) -> its learning-rate factor, for the towers whose decay is
     below 1; every other parameter is absent (factor 1)."""
-    scales: Dict[str, float] = {}
+    scales: dict[str, float] = {}
     for modality, decay in decays.items():
         if decay == 1.0 or modality not in model.towers:
             continue

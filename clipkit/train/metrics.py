@@ -1,4 +1,5 @@
 """Where training metrics go: metrics.jsonl (always), the console, and optionally wandb / tensorboard."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,9 +8,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -43,7 +45,7 @@ class ThroughputWindow:
         finally:
             self.paused += time.perf_counter() - start
 
-    def rates(self, global_batch: int) -> Dict[str, float]:
+    def rates(self, global_batch: int) -> dict[str, float]:
         """``samples_per_second`` over the window and ``data_time``, the mean wait per step."""
         seconds = max(time.perf_counter() - self.started - self.paused, 1e-9)
         steps = max(self.steps, 1)
@@ -71,12 +73,19 @@ def _drop_records_after(path: Path, step: int) -> None:
 class MetricsLogger:
     """Appends one JSON object per logged step to metrics.jsonl and fans out to the other sinks."""
 
-    def __init__(self, cfg: LoggerConfig, run_dir: Path, full_config: DictConfig, run_name: str,
-                 total_steps: int, start_step: int) -> None:
+    def __init__(
+        self,
+        cfg: LoggerConfig,
+        run_dir: Path,
+        full_config: DictConfig,
+        run_name: str,
+        total_steps: int,
+        start_step: int,
+    ) -> None:
         self.cfg = cfg
         _drop_records_after(run_dir / "metrics.jsonl", start_step)
         self.file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-        self.bar: Optional[tqdm] = None
+        self.bar: tqdm | None = None
         if cfg.console and sys.stderr.isatty():
             self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, desc="train")
         self.wandb = None
@@ -84,16 +93,21 @@ class MetricsLogger:
             os.environ.setdefault("WANDB_MODE", cfg.wandb_mode)
             import wandb
 
-            self.wandb = wandb.init(project=cfg.wandb_project, name=run_name, dir=str(run_dir),
-                                    config=OmegaConf.to_container(full_config, resolve=True),
-                                    mode=cfg.wandb_mode, resume="allow")
+            self.wandb = wandb.init(
+                project=cfg.wandb_project,
+                name=run_name,
+                dir=str(run_dir),
+                config=OmegaConf.to_container(full_config, resolve=True),
+                mode=cfg.wandb_mode,
+                resume="allow",
+            )
         self.tensorboard = None
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
 
-    def log(self, record: Dict[str, Any]) -> None:
+    def log(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         step = record["step"]
@@ -104,7 +118,7 @@ class MetricsLogger:
             for key, value in scalars.items():
                 self.tensorboard.add_scalar(key, value, step)
 
-    def progress(self, step: int, record: Dict[str, Any]) -> None:
+    def progress(self, step: int, record: dict[str, Any]) -> None:
         """Console: a live bar on a terminal, one line per logged step otherwise."""
         if not self.cfg.console:
             return
@@ -125,7 +139,7 @@ class MetricsLogger:
             self.tensorboard.close()
 
 
-def results_table(results: Dict[str, Dict[str, float]]) -> List[str]:
+def results_table(results: dict[str, dict[str, float]]) -> list[str]:
     """Markdown rows: one per eval set, its metrics as ``name value``."""
     rows = ["| eval set | metrics |", "|---|---|"]
     for name, metrics in results.items():

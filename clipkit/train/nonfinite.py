@@ -6,9 +6,10 @@ The decision stays on the device: the gradient norm's finiteness becomes the fus
 (the mechanism GradScaler uses for fp16; under fp16 the scaler sets the flag itself). The counts
 are device tensors, read when the step is logged.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import torch
 from torch.distributed.tensor import DTensor
@@ -37,8 +38,8 @@ class NonfiniteGuard:
         self.optimizer = optimizer
         self.scaler = scaler
         self.max_in_a_row = max_in_a_row
-        self.total: Optional[torch.Tensor] = None  # since the previous check; on the device
-        self.in_a_row: Optional[torch.Tensor] = None
+        self.total: torch.Tensor | None = None  # since the previous check; on the device
+        self.in_a_row: torch.Tensor | None = None
         self.last_in_a_row = 0
 
     def before_step(self, grad_norm: torch.Tensor) -> None:
@@ -66,4 +67,5 @@ class NonfiniteGuard:
                 f"training diverged: the gradients were not finite in the last {self.last_in_a_row} steps (up "
                 f"to step {step}; trainer.max_nonfinite_steps={self.max_in_a_row}); those updates were skipped, "
                 "so every checkpoint holds finite weights. Lower optim.lr, raise sched.warmup_steps or set "
-                "trainer.grad_clip_norm, then resume from checkpoints/latest")
+                "trainer.grad_clip_norm, then resume from checkpoints/latest"
+            )

@@ -8,17 +8,22 @@ the model itself: a block's full parameters exist only while it runs (forward, t
 The objectives' learnable scales live in the model's root unit and are used inside its forward
 (see MultiModalModel.forward's ``loss``), where FSDP has gathered them.
 """
+
 from __future__ import annotations
 
 import contextlib
 import re
-from typing import Dict, Iterator, List, Tuple
+from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_model_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
@@ -31,10 +36,10 @@ _STAGES = re.compile(r"^layer\d+$")  # timm's ResNets: layer1..layer4
 _FULL_ON_HOST = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def shard_units(tower: nn.Module) -> List[nn.Module]:
+def shard_units(tower: nn.Module) -> list[nn.Module]:
     """The modules of ``tower`` that become FSDP units of their own, outermost first, none
     inside another."""
-    units: List[nn.Module] = []
+    units: list[nn.Module] = []
     for name, module in tower.named_children():
         if isinstance(module, (nn.ModuleList, nn.Sequential)) and _BLOCK_LISTS.match(name):
             units.extend(module)
@@ -49,10 +54,16 @@ def apply_fsdp(model: MultiModalModel, cfg: FSDPConfig, precision: str) -> Multi
     """Shards ``model`` in place (its class and parameter names stay; its parameters become
     DTensors) and returns it. Under bf16, parameters are gathered in bf16 and gradients reduced
     in fp32 (FSDP's mixed precision replaces autocast's weight casts)."""
-    mixed = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-        if precision == "bf16" else MixedPrecisionPolicy()
-    options = {"mp_policy": mixed, "reshard_after_forward": cfg.reshard_after_forward,
-               "offload_policy": CPUOffloadPolicy() if cfg.cpu_offload else OffloadPolicy()}
+    mixed = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if precision == "bf16"
+        else MixedPrecisionPolicy()
+    )
+    options = {
+        "mp_policy": mixed,
+        "reshard_after_forward": cfg.reshard_after_forward,
+        "offload_policy": CPUOffloadPolicy() if cfg.cpu_offload else OffloadPolicy(),
+    }
     for tower in model.towers.values():
         for unit in shard_units(tower):
             fully_shard(unit, **options)
@@ -73,15 +84,17 @@ def wrap(model: MultiModalModel, parallel: str, fsdp: FSDPConfig, precision: str
     return DistributedDataParallel(model)
 
 
-def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> Tuple[Dict[str, torch.Tensor], dict]:
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """The whole weights and optimizer state, on the host of rank 0 (empty elsewhere under FSDP),
     the optimizer's keyed by parameter name: the same layout whatever the mode and the number of
     processes, so that a DDP checkpoint resumes under FSDP, and 2 processes as 1. Collective."""
-    return (get_model_state_dict(model, options=_FULL_ON_HOST),
-            get_optimizer_state_dict(model, optimizer, options=_FULL_ON_HOST))
+    return (
+        get_model_state_dict(model, options=_FULL_ON_HOST),
+        get_optimizer_state_dict(model, optimizer, options=_FULL_ON_HOST),
+    )
 
 
-def load_full_model_state(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
+def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Every process passes the whole weights; under FSDP each keeps its shards."""
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
 

@@ -5,16 +5,15 @@ and timm's PatchDropout), which makes each step 2-3x cheaper; FLIP then trains a
 on every patch, so that the model meets at the end what evaluation gives it. Both libraries' modules
 skip their work when their ``prob`` is 0, which is how the phase switches them off.
 """
-from __future__ import annotations
 
-from typing import List
+from __future__ import annotations
 
 from open_clip.transformer import PatchDropout as OpenClipPatchDropout
 from timm.layers import PatchDropout as TimmPatchDropout
 from torch import nn
 
 
-def patch_dropouts(model: nn.Module) -> List[nn.Module]:
+def patch_dropouts(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (OpenClipPatchDropout, TimmPatchDropout)) and m.prob > 0]
 
 

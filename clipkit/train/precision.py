@@ -1,15 +1,16 @@
 """Numeric precision: autocast context and gradient scaler for fp32 | bf16 | fp16."""
+
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager
+from collections.abc import Callable
 
 import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def autocast_factory(precision: str, device: torch.device) -> Callable[[], ContextManager]:
+def autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     if precision == "fp32":
         return contextlib.nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16

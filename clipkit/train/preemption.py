@@ -13,6 +13,7 @@ SLURM grants to jobs submitted with ``--requeue``); the requeued job keeps its i
 folder, and resumes from the checkpoint (``trainer.resume=auto``). SIGTERM does not requeue: SLURM
 sends it for ``scancel`` too, and requeues preempted jobs itself where its PreemptMode says so.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,7 +23,7 @@ import subprocess
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any, Dict, Optional
+from typing import Any
 
 from clipkit import distributed as dist_utils
 from clipkit.lifetime import STOP_SIGNALS
@@ -37,8 +38,10 @@ class Preempted(Exception):
     """Raised by the trainer once the checkpoint of the step reached is saved."""
 
     def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; saved {checkpoint}, "
-                         "from which trainer.resume=auto (the default) continues")
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} after step {step}; saved {checkpoint}, "
+            "from which trainer.resume=auto (the default) continues"
+        )
         self.signum = signum
         self.step = step
 
@@ -48,9 +51,9 @@ class PreemptionWatch:
 
     def __init__(self) -> None:
         self.received = 0
-        self._previous: Dict[int, Any] = {}
+        self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "PreemptionWatch":
+    def __enter__(self) -> PreemptionWatch:
         if threading.current_thread() is threading.main_thread():
             self._previous = {signum: signal.signal(signum, self._note) for signum in STOP_SIGNALS}
         return self
@@ -60,7 +63,7 @@ class PreemptionWatch:
             signal.signal(signum, handler)
         self._previous = {}
 
-    def _note(self, signum: int, frame: Optional[FrameType]) -> None:
+    def _note(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT and self.received == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = self.received or signum
@@ -85,5 +88,8 @@ def requeue_if_asked(signum: int) -> None:
     if result.returncode == 0:
         log.info("requeued SLURM job %s: it resumes from this checkpoint when it starts again", job)
     else:
-        log.warning("could not requeue SLURM job %s (%s); submit it again to resume", job,
-                    (result.stderr or result.stdout).strip() or f"scontrol exit status {result.returncode}")
+        log.warning(
+            "could not requeue SLURM job %s (%s); submit it again to resume",
+            job,
+            (result.stderr or result.stdout).strip() or f"scontrol exit status {result.returncode}",
+        )

@@ -6,12 +6,12 @@ The state is ``{"model": ..., "optimizer": ...}`` as ``get_state_dict`` gives it
 weights and the optimizer's state both keyed by parameter name (DTensors under FSDP, whole
 tensors otherwise).
 """
+
 from __future__ import annotations
 
 import warnings
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -23,8 +23,13 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 _MODEL = "model."
 
 
-def write_shards(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path,
-                 process_group: Optional[dist.ProcessGroup] = None, asynchronous: bool = False) -> Optional[Future]:
+def write_shards(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    folder: Path,
+    process_group: dist.ProcessGroup | None = None,
+    asynchronous: bool = False,
+) -> Future | None:
     """Collective: every process writes its shards into ``folder``. ``asynchronous``: the state is
     copied to host memory now and written by a background thread; the returned future is done
     when every process's files and the metadata are on disk (``process_group`` must then be a
@@ -45,18 +50,21 @@ def read_shards(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
-def _model_entries(reader: dcp.FileSystemReader) -> Dict[str, TensorStorageMetadata]:
+def _model_entries(reader: dcp.FileSystemReader) -> dict[str, TensorStorageMetadata]:
     """The saved weights' metadata (whole shape, dtype) by their key in the checkpoint."""
-    return {key: meta for key, meta in reader.read_metadata().state_dict_metadata.items()
-            if key.startswith(_MODEL) and isinstance(meta, TensorStorageMetadata)}
+    return {
+        key: meta
+        for key, meta in reader.read_metadata().state_dict_metadata.items()
+        if key.startswith(_MODEL) and isinstance(meta, TensorStorageMetadata)
+    }
 
 
-def saved_model_shapes(folder: Path) -> Dict[str, torch.Size]:
+def saved_model_shapes(folder: Path) -> dict[str, torch.Size]:
     """Each saved weight's whole shape, by name, from the metadata alone."""
-    return {key[len(_MODEL):]: meta.size for key, meta in _model_entries(dcp.FileSystemReader(str(folder))).items()}
+    return {key[len(_MODEL) :]: meta.size for key, meta in _model_entries(dcp.FileSystemReader(str(folder))).items()}
 
 
-def read_consolidated_model(folder: Path) -> Dict[str, torch.Tensor]:
+def read_consolidated_model(folder: Path) -> dict[str, torch.Tensor]:
     """The whole weights, on the CPU of this one process, from the shards of any number: what
     evaluation, export and ``clipkit.load`` read. Needs no process group."""
     reader = dcp.FileSystemReader(str(folder))
@@ -64,4 +72,4 @@ def read_consolidated_model(folder: Path) -> Dict[str, torch.Tensor]:
     with warnings.catch_warnings():  # DCP warns that it loads in one process: that is the intent
         warnings.simplefilter("ignore", UserWarning)
         dcp.load(state, storage_reader=reader, no_dist=True)
-    return {key[len(_MODEL):]: value for key, value in state.items()}
+    return {key[len(_MODEL) :]: value for key, value in state.items()}

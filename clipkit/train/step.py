@@ -1,8 +1,9 @@
 """One optimisation step's forward and backward, over one or several accumulated micro-batches."""
+
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Dict, Iterator, List, Optional
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -11,12 +12,18 @@ from torch.distributed.fsdp import FSDPModule
 from clipkit.models.multimodal import MultiModalModel, to_device_async
 from clipkit.objectives.objective import Objective, TeacherOutputs
 
-Inputs = Dict[str, torch.Tensor]
+Inputs = dict[str, torch.Tensor]
 
 
-def forward_backward(model: nn.Module, objective: Objective, inputs: List[Inputs], present: List[Inputs],
-                     autocast: Callable[[], ContextManager], scaler: torch.amp.GradScaler,
-                     teacher: Optional[TeacherOutputs] = None) -> Dict[str, torch.Tensor]:
+def forward_backward(
+    model: nn.Module,
+    objective: Objective,
+    inputs: list[Inputs],
+    present: list[Inputs],
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    scaler: torch.amp.GradScaler,
+    teacher: TeacherOutputs | None = None,
+) -> dict[str, torch.Tensor]:
     """Accumulate into ``.grad`` the gradient of the objective on the concatenated micro-batches
     (``inputs[i]`` with its row masks ``present[i]``; ``teacher``: a distillation teacher's
     outputs for the concatenated rows).
@@ -46,12 +53,11 @@ def forward_backward(model: nn.Module, objective: Objective, inputs: List[Inputs
             cached.append(model(x, p))
     all_present = _on(device, {m: torch.cat([p[m] for p in present]) for m in present[0]})
     last = len(inputs) - 1
-    losses: Dict[str, torch.Tensor] = {}
+    losses: dict[str, torch.Tensor] = {}
     for j, (x, p) in enumerate(zip(inputs, present)):
 
-        def merged_loss(core: MultiModalModel, live: Inputs, j: int = j) -> Dict[str, torch.Tensor]:
-            merged = {m: torch.cat([live[m] if i == j else cached[i][m] for i in range(len(inputs))])
-                      for m in live}
+        def merged_loss(core: MultiModalModel, live: Inputs, j: int = j) -> dict[str, torch.Tensor]:
+            merged = {m: torch.cat([live[m] if i == j else cached[i][m] for i in range(len(inputs))]) for m in live}
             return objective(core, merged, all_present, scale_grad=j == last, teacher=teacher)
 
         with _gradients_kept_local(model) if j < last else contextlib.nullcontext():
@@ -84,15 +90,15 @@ def _on(device: torch.device, masks: Inputs) -> Inputs:
     return {m: to_device_async(mask, device) for m, mask in masks.items()}
 
 
-def _cuda_devices(inputs: List[Inputs]) -> List[int]:
+def _cuda_devices(inputs: list[Inputs]) -> list[int]:
     return sorted({t.device.index for x in inputs for t in x.values() if t.device.type == "cuda"})
 
 
-def _rng_state(devices: List[int]) -> tuple:
+def _rng_state(devices: list[int]) -> tuple:
     return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
 
 
-def _set_rng_state(state: tuple, devices: List[int]) -> None:
+def _set_rng_state(state: tuple, devices: list[int]) -> None:
     cpu, cuda = state
     torch.set_rng_state(cpu)
     for device, device_state in zip(devices, cuda):

@@ -1,11 +1,13 @@
 """The training loop: data -> model -> objective -> step, with logging, evaluation and checkpoints."""
+
 from __future__ import annotations
 
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, List, NoReturn, Optional
+from typing import NoReturn
 
 import torch
 from omegaconf import OmegaConf
@@ -35,26 +37,34 @@ from clipkit.train.nonfinite import NonfiniteGuard, gradient_norm
 from clipkit.train.optim import build_optimizer, build_scheduler
 from clipkit.train.parallel import gathered, wrap
 from clipkit.train.patch_dropout import switch_off_patch_dropout
-from clipkit.train.preemption import Preempted, PreemptionWatch
 from clipkit.train.precision import autocast_factory, grad_scaler
+from clipkit.train.preemption import Preempted, PreemptionWatch
 from clipkit.train.state import ProcessRNG, TrainProgress, seed_everything
 from clipkit.train.step import forward_backward
 
 log = logging.getLogger("clipkit")
 
 
-def locked_without_weights(checked: CheckedConfig) -> List[str]:
+def locked_without_weights(checked: CheckedConfig) -> list[str]:
     """The frozen towers that neither model.init.open_clip nor their own weights file fills: almost
     always a forgotten path (a resumed run loads its checkpoint over them later)."""
     init = checked.cfg.model.init
     from_open_clip = set(init.towers) if init.open_clip is not None else set()
-    return [modality for modality, tower in checked.towers.items()
-            if tower.lock and not tower.weights and modality not in from_open_clip]
+    return [
+        modality
+        for modality, tower in checked.towers.items()
+        if tower.lock and not tower.weights and modality not in from_open_clip
+    ]
 
 
 class Trainer:
-    def __init__(self, checked: CheckedConfig, sources: List[ShardSource], run_dir: Path,
-                 env: dist_utils.DistEnv = dist_utils.DistEnv()) -> None:
+    def __init__(
+        self,
+        checked: CheckedConfig,
+        sources: list[ShardSource],
+        run_dir: Path,
+        env: dist_utils.DistEnv = dist_utils.DistEnv(),
+    ) -> None:
         self.cfg = checked.cfg
         self.run_dir = run_dir
         self.sources = sources
@@ -70,9 +80,14 @@ class Trainer:
         if cfg.model.init.open_clip is not None:  # a resumed run then loads its checkpoint over it
             load_open_clip_init(self.bundle.model, cfg.model.init.open_clip, cfg.model.init.towers)
         for modality in locked_without_weights(checked):
-            log.warning("model.towers.%s.lock: the %s tower is frozen and no weights are given for it "
-                        "(model.init.open_clip or model.towers.%s.weights): it stays at its random "
-                        "initialisation", modality, modality, modality)
+            log.warning(
+                "model.towers.%s.lock: the %s tower is frozen and no weights are given for it "
+                "(model.init.open_clip or model.towers.%s.weights): it stays at its random "
+                "initialisation",
+                modality,
+                modality,
+                modality,
+            )
         if env.rank:
             seed_everything(cfg.seed + env.rank)
         self.core = self.bundle.model  # the MultiModalModel itself, also under DDP (sharded in place by FSDP)
@@ -91,27 +106,42 @@ class Trainer:
         self.global_batch = cfg.data.batch_size * cfg.trainer.accum_steps * env.world_size
         self.total_steps = self._total_steps()
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.sched)
-        self.evaluator = Evaluator(cfg.eval, self.bundle.eval_loaders(), self.bundle.tokenizer,
-                                   self.device, self.autocast, env)
+        self.evaluator = Evaluator(
+            cfg.eval, self.bundle.eval_loaders(), self.bundle.tokenizer, self.device, self.autocast, env
+        )
         hard_negatives = cfg.loss.contrastive.hard_negatives
-        self.decoder = SampleDecoder(cfg.data.keys, self.bundle.train_image_loader, self.bundle.tokenizer,
-                                     self.bundle.train_audio_loader,
-                                     NegativeCaptions(hard_negatives) if hard_negatives.source else None)
+        self.decoder = SampleDecoder(
+            cfg.data.keys,
+            self.bundle.train_image_loader,
+            self.bundle.tokenizer,
+            self.bundle.train_audio_loader,
+            NegativeCaptions(hard_negatives) if hard_negatives.source else None,
+        )
         self.rows_with_negatives = [0, 0]  # rows with a hard negative, rows, since the last log
         self.pass_samples = self._pass_samples()
-        self.stream = StreamState(workers=cfg.data.workers,
-                                  endless=cfg.data.train.resampled and self.pass_samples is None)
+        self.stream = StreamState(
+            workers=cfg.data.workers, endless=cfg.data.train.resampled and self.pass_samples is None
+        )
         self.progress = TrainProgress()
         self.unmasked = cfg.trainer.unmasked_final_steps == 0  # the final unmasked phase has begun
         trainer = cfg.trainer
         self.checkpoints = CheckpointManager(
             run_dir / "checkpoints",
-            CheckpointPolicy(trainer.ckpt_every_n_steps, trainer.keep_last_k, trainer.resume,
-                             "sharded" if trainer.parallel == "fsdp" and env.joined else "full", trainer.ckpt_async),
-            self.core, self.optimizer,
+            CheckpointPolicy(
+                trainer.ckpt_every_n_steps,
+                trainer.keep_last_k,
+                trainer.resume,
+                "sharded" if trainer.parallel == "fsdp" and env.joined else "full",
+                trainer.ckpt_async,
+            ),
+            self.core,
+            self.optimizer,
             shared={"progress": self.progress, "scheduler": self.scheduler, "scaler": self.scaler},
             per_process={"rng": ProcessRNG(), "data": self.stream},
-            config_yaml=OmegaConf.to_yaml(OmegaConf.structured(cfg)), env=env, ema=self.ema)
+            config_yaml=OmegaConf.to_yaml(OmegaConf.structured(cfg)),
+            env=env,
+            ema=self.ema,
+        )
 
     # ------------------------------------------------------------------------------ set-up
     def _total_steps(self) -> int:
@@ -120,11 +150,14 @@ class Trainer:
             return trainer.max_steps
         num_samples = self.cfg.data.train.num_samples or count_samples(self.sources)
         if not num_samples:
-            raise ConfigError("data.train.num_samples", "trainer.epochs needs the epoch length: set "
-                              "data.train.num_samples (or put a sizes.json beside the shards)")
+            raise ConfigError(
+                "data.train.num_samples",
+                "trainer.epochs needs the epoch length: set "
+                "data.train.num_samples (or put a sizes.json beside the shards)",
+            )
         return max(1, trainer.epochs * (num_samples // self.global_batch))
 
-    def _pass_samples(self) -> Optional[int]:
+    def _pass_samples(self) -> int | None:
         """Raw samples a reader slot takes in one pass of a resampled stream: the epoch length
         shared over the slots, if known (data.train.num_samples or sizes.json)."""
         if not self.cfg.data.train.resampled:
@@ -137,24 +170,38 @@ class Trainer:
         """The loader of every pass from the current one on; what a resumed run had consumed of
         this pass (``self.stream.replay``) is skipped once."""
         stream = TrainStream(
-            self.sources, self.decoder, self.cfg.data.batch_size, self.cfg.data.train.resampled,
-            self.cfg.data.train.shuffle_buffer, self.cfg.seed, self.stream.epoch, self.env.rank,
-            self.env.world_size, skip=self.stream.replay, first_worker=self.stream.replay_first_worker,
-            pass_samples=self.pass_samples)
+            self.sources,
+            self.decoder,
+            self.cfg.data.batch_size,
+            self.cfg.data.train.resampled,
+            self.cfg.data.train.shuffle_buffer,
+            self.cfg.seed,
+            self.stream.epoch,
+            self.env.rank,
+            self.env.world_size,
+            skip=self.stream.replay,
+            first_worker=self.stream.replay_first_worker,
+            pass_samples=self.pass_samples,
+        )
         return make_loader(stream, self.cfg.data.workers, pin_memory=self.device.type == "cuda")
 
     # ------------------------------------------------------------------------------ loop
-    def fit(self) -> Dict[str, Dict[str, float]]:
+    def fit(self) -> dict[str, dict[str, float]]:
         resumed = self.checkpoints.resume()
         if resumed is not None:
             log.info("resumed from %s at step %d", resumed, self.progress.step)
         metrics_log = None
         if self.env.is_main:
-            metrics_log = MetricsLogger(self.cfg.logger, self.run_dir, OmegaConf.structured(self.cfg),
-                                        self.cfg.name, self.total_steps, self.progress.step)
-        data = batches(self._loader(), self.stream,
-                       lambda have: dist_utils.all_ranks_agree(have, self.device))
-        results: Dict[str, Dict[str, float]] = {}
+            metrics_log = MetricsLogger(
+                self.cfg.logger,
+                self.run_dir,
+                OmegaConf.structured(self.cfg),
+                self.cfg.name,
+                self.total_steps,
+                self.progress.step,
+            )
+        data = batches(self._loader(), self.stream, lambda have: dist_utils.all_ranks_agree(have, self.device))
+        results: dict[str, dict[str, float]] = {}
         try:
             self.model.train()
             with PreemptionWatch() as preemption:
@@ -170,8 +217,9 @@ class Trainer:
             self._write_report(results)
         return results
 
-    def _train_steps(self, data: Iterator[dict], metrics_log: Optional[MetricsLogger],
-                     preemption: PreemptionWatch) -> None:
+    def _train_steps(
+        self, data: Iterator[dict], metrics_log: MetricsLogger | None, preemption: PreemptionWatch
+    ) -> None:
         """Steps up to the last, each followed by what falls due after it: a log record, an
         evaluation, a checkpoint, or a stop with a checkpoint when the run is preempted."""
         window = ThroughputWindow()
@@ -190,8 +238,11 @@ class Trainer:
             with window.pause():
                 if signum:
                     self._stop(signum)
-                if self.cfg.eval.every_n_steps and progress.step % self.cfg.eval.every_n_steps == 0 \
-                        and progress.step < self.total_steps:
+                if (
+                    self.cfg.eval.every_n_steps
+                    and progress.step % self.cfg.eval.every_n_steps == 0
+                    and progress.step < self.total_steps
+                ):
                     self._evaluate(metrics_log)
                 self.checkpoints.maybe_save(progress.step)
 
@@ -203,7 +254,7 @@ class Trainer:
         self.checkpoints.wait()
         raise Preempted(signum, step, self.checkpoints.root / ckpt.step_dir_name(step))
 
-    def _inputs(self, batch: dict) -> Dict[str, torch.Tensor]:
+    def _inputs(self, batch: dict) -> dict[str, torch.Tensor]:
         """Every modality of the model; one that no row of the batch carries comes as zeros. Rows
         that the device cannot decode leave the batch's masks and count as skipped samples."""
         inputs = {}
@@ -220,18 +271,19 @@ class Trainer:
             self.rows_with_negatives[1] += batch["num_rows"]
         return inputs
 
-    def _present(self, batch: dict) -> Dict[str, torch.Tensor]:
+    def _present(self, batch: dict) -> dict[str, torch.Tensor]:
         """The row masks, left on the host (see forward_backward); with a caption head also the
         host's copy of the token ids, where the head finds the tokens it scores."""
         present = {m: batch[f"has_{m}"] for m in self.core.modalities}
         if "text_negatives" in batch:
             present["text_negatives"] = batch["has_text_negatives"]
         if self.core.caption is not None:
-            present["text_tokens"] = batch["text"] if "text" in batch else \
-                self.bundle.empty_inputs("text", batch["num_rows"])
+            present["text_tokens"] = (
+                batch["text"] if "text" in batch else self.bundle.empty_inputs("text", batch["num_rows"])
+            )
         return present
 
-    def _train_step(self, data: Iterator[dict], window: ThroughputWindow) -> Dict[str, torch.Tensor]:
+    def _train_step(self, data: Iterator[dict], window: ThroughputWindow) -> dict[str, torch.Tensor]:
         """One optimizer step; returns its loss terms as device tensors, read only when logged (a
         read waits for the GPU, which would otherwise run ahead of the host)."""
         self._end_masking_if_due()
@@ -242,8 +294,9 @@ class Trainer:
         present = [self._present(b) for b in micro]
         self.optimizer.zero_grad(set_to_none=True)
         self.objective.at_step(self.progress.step)
-        losses = forward_backward(self.model, self.objective, inputs, present, self.autocast, self.scaler,
-                                  self._teacher_outputs(inputs))
+        losses = forward_backward(
+            self.model, self.objective, inputs, present, self.autocast, self.scaler, self._teacher_outputs(inputs)
+        )
         self.scaler.unscale_(self.optimizer)
         self.nonfinite.before_step(gradient_norm(self.core.parameters(), self.cfg.trainer.grad_clip_norm))
         self.scaler.step(self.optimizer)
@@ -263,29 +316,36 @@ class Trainer:
             if switch_off_patch_dropout(self.core):
                 log.info("step %d on: patch dropout off, every patch is encoded", self.progress.step + 1)
 
-    def _teacher_outputs(self, inputs: List[Dict[str, torch.Tensor]]) -> Optional[TeacherOutputs]:
+    def _teacher_outputs(self, inputs: list[dict[str, torch.Tensor]]) -> TeacherOutputs | None:
         """The distillation teacher's embeddings of the step's rows (its micro-batches joined)."""
         if self.teacher is None:
             return None
         with self.autocast():
             parts = [self.teacher.embed(x) for x in inputs]
-        return TeacherOutputs({m: torch.cat([p[m] for p in parts]) for m in parts[0]},
-                              {pair: self.teacher.logit_scale(pair) for pair in self.teacher.pairs})
+        return TeacherOutputs(
+            {m: torch.cat([p[m] for p in parts]) for m in parts[0]},
+            {pair: self.teacher.logit_scale(pair) for pair in self.teacher.pairs},
+        )
 
-    def _record(self, losses: Dict[str, torch.Tensor], window: ThroughputWindow) -> dict:
+    def _record(self, losses: dict[str, torch.Tensor], window: ThroughputWindow) -> dict:
         """The metrics.jsonl record of the step just taken; collective, so every rank makes it."""
         # Per-process loss values differ (local rows); report their mean, the global-batch loss.
         names = sorted(losses)
         reduced = dist_utils.all_reduce_mean(torch.stack([losses[n].float() for n in names])).tolist()
         skipped, unreadable = dist_utils.all_reduce_sum(
-            torch.tensor([self.stream.skipped, self.stream.unreadable_shards], device=self.device)).tolist()
-        record = {"step": self.progress.step, "samples_seen": self.progress.samples_seen,
-                  "epoch": self.stream.epoch,
-                  **{f"loss/{n}": v for n, v in zip(names, reduced)},
-                  "lr": self.optimizer.param_groups[0]["lr"],
-                  **self.core.scale_metrics(),
-                  "skipped_samples": int(skipped), "unreadable_shards": int(unreadable),
-                  "nonfinite_steps": self.nonfinite.read()}
+            torch.tensor([self.stream.skipped, self.stream.unreadable_shards], device=self.device)
+        ).tolist()
+        record = {
+            "step": self.progress.step,
+            "samples_seen": self.progress.samples_seen,
+            "epoch": self.stream.epoch,
+            **{f"loss/{n}": v for n, v in zip(names, reduced)},
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **self.core.scale_metrics(),
+            "skipped_samples": int(skipped),
+            "unreadable_shards": int(unreadable),
+            "nonfinite_steps": self.nonfinite.read(),
+        }
         if self.decoder.negatives is not None:  # how many captions the source could contradict
             rows = dist_utils.all_reduce_sum(torch.tensor(self.rows_with_negatives, device=self.device)).tolist()
             record["hard_negatives/row_share"] = rows[0] / max(rows[1], 1)
@@ -293,23 +353,33 @@ class Trainer:
         return {**record, **window.rates(self.global_batch)}
 
     # ------------------------------------------------------------------------------ outputs
-    def _evaluate(self, metrics_log: Optional[MetricsLogger]) -> Dict[str, Dict[str, float]]:
+    def _evaluate(self, metrics_log: MetricsLogger | None) -> dict[str, dict[str, float]]:
         if not self.evaluator.sets:
             return {}
         evaluated = self.ema.module if self.ema is not None else self.core  # what a checkpoint's readers get
         with gathered(self.core, self.cfg.trainer.fsdp):
-            results = self.evaluator.run(evaluated, self.progress.step,
-                                         self.run_dir / "eval" if self.env.is_main else None)
+            results = self.evaluator.run(
+                evaluated, self.progress.step, self.run_dir / "eval" if self.env.is_main else None
+            )
         flat = {f"eval/{name}/{k}": v for name, metrics in results.items() for k, v in metrics.items()}
         if metrics_log:
             metrics_log.log({"step": self.progress.step, "samples_seen": self.progress.samples_seen, **flat})
         return results
 
-    def _write_report(self, results: Dict[str, Dict[str, float]]) -> None:
-        preamble = [f"- steps: {self.progress.step}, samples seen: {self.progress.samples_seen}, "
-                    f"processes: {self.env.world_size}",
-                    f"- checkpoint: `{ckpt.find_latest(self.run_dir / 'checkpoints')}`", ""]
-        write_report(self.run_dir, f"clipkit run: {self.cfg.name}", results, self.evaluator.pairs,
-                     self.run_dir / "metrics.jsonl", preamble)
+    def _write_report(self, results: dict[str, dict[str, float]]) -> None:
+        preamble = [
+            f"- steps: {self.progress.step}, samples seen: {self.progress.samples_seen}, "
+            f"processes: {self.env.world_size}",
+            f"- checkpoint: `{ckpt.find_latest(self.run_dir / 'checkpoints')}`",
+            "",
+        ]
+        write_report(
+            self.run_dir,
+            f"clipkit run: {self.cfg.name}",
+            results,
+            self.evaluator.pairs,
+            self.run_dir / "metrics.jsonl",
+            preamble,
+        )
         for row in results_table(results) if results else []:
             print(row)

@@ -1,5 +1,6 @@
 """Broken eval sets, sample keys that match nothing and a wrong export target: one line naming
 the problem, exit status 2."""
+
 import json
 import shutil
 
@@ -12,8 +13,11 @@ from tests.conftest import demo_overrides, run_cli
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, small_demo):
     run_dir = tmp_path_factory.mktemp("run") / "run"
-    result = run_cli("clipkit-train", [*demo_overrides(small_demo), f"hydra.run.dir={run_dir}",
-                                       "trainer.max_steps=2", "eval=none"], run_dir.parent)
+    result = run_cli(
+        "clipkit-train",
+        [*demo_overrides(small_demo), f"hydra.run.dir={run_dir}", "trainer.max_steps=2", "eval=none"],
+        run_dir.parent,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return run_dir
 
@@ -26,8 +30,11 @@ def one_line_error(result) -> str:
 
 
 def evaluate(trained, root, tmp_path):
-    return run_cli("clipkit-eval", [f"checkpoint={trained}", f"out={tmp_path / 'out'}",
-                                    f"eval.datasets.broken.root={root}"], tmp_path)
+    return run_cli(
+        "clipkit-eval",
+        [f"checkpoint={trained}", f"out={tmp_path / 'out'}", f"eval.datasets.broken.root={root}"],
+        tmp_path,
+    )
 
 
 @pytest.mark.faults
@@ -44,8 +51,13 @@ def test_broken_eval_sets_are_one_line(trained, small_demo, tmp_path):
     assert "names 5 classes" in one_line_error(evaluate(trained, shapes, tmp_path))
 
     corrupt = tmp_path / "corrupt"
-    write_eval_set(corrupt, ({"__key__": f"s{i}", "webp": b"not an image", "cls": 0} for i in range(4)),
-                   classnames=["circle"], templates=["a {c}."], dataset_type="zeroshot_classification")
+    write_eval_set(
+        corrupt,
+        ({"__key__": f"s{i}", "webp": b"not an image", "cls": 0} for i in range(4)),
+        classnames=["circle"],
+        templates=["a {c}."],
+        dataset_type="zeroshot_classification",
+    )
     assert "not one readable sample in its 1 shard" in one_line_error(evaluate(trained, corrupt, tmp_path))
 
 
@@ -54,8 +66,9 @@ def test_broken_eval_sets_are_one_line(trained, small_demo, tmp_path):
 def test_export_into_a_file_is_one_line(trained, tmp_path):
     target = tmp_path / "a_file"
     target.write_text("keep me")
-    error = one_line_error(run_cli("clipkit-export", [f"checkpoint={trained}", "format=open_clip", f"out={target}"],
-                                   tmp_path))
+    error = one_line_error(
+        run_cli("clipkit-export", [f"checkpoint={trained}", "format=open_clip", f"out={target}"], tmp_path)
+    )
     assert "is a file" in error and target.read_text() == "keep me"
 
 
@@ -63,8 +76,17 @@ def test_export_into_a_file_is_one_line(trained, tmp_path):
 @pytest.mark.slow
 def test_sample_keys_that_match_nothing_stop_before_training(small_demo, tmp_path):
     """data.keys.image=[jpg] on shards of png: the image source would train on nothing."""
-    result = run_cli("clipkit-train", [*demo_overrides(small_demo), f"hydra.run.dir={tmp_path / 'run'}",
-                                       "trainer.max_steps=2", "eval=none", "data.keys.image=[jpg]"], tmp_path)
+    result = run_cli(
+        "clipkit-train",
+        [
+            *demo_overrides(small_demo),
+            f"hydra.run.dir={tmp_path / 'run'}",
+            "trainer.max_steps=2",
+            "eval=none",
+            "data.keys.image=[jpg]",
+        ],
+        tmp_path,
+    )
     error = one_line_error(result)
     assert "data.train.shards[0]" in error and "image_text" in error, error
     assert "['png', 'txt']" in error and "data.keys.image=['jpg']" in error, error
@@ -85,5 +107,7 @@ def test_an_eval_set_read_short_says_so_in_its_result(trained, small_demo, tmp_p
     metrics = json.loads((tmp_path / "out" / "broken.json").read_text())["metrics"]
     assert 0 < metrics["missing_samples"] < expected
     assert metrics["num_samples"] + metrics["missing_samples"] == expected
-    assert f"eval set broken: {metrics['missing_samples']} of its {expected} samples could not be read" in \
-        result.stdout + result.stderr
+    assert (
+        f"eval set broken: {metrics['missing_samples']} of its {expected} samples could not be read"
+        in result.stdout + result.stderr
+    )

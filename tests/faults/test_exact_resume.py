@@ -3,6 +3,7 @@ resume to log every loss of the uninterrupted run and end with its weights, bit 
 CPU), with 0 or 2 data workers, in epoch and resampled mode, for the tri-modal demo (three
 weighted sources) and the image+text one, with 1 and 2 processes. (One data worker per process
 under DDP and FSDP: tests/integration/test_distributed.py.)"""
+
 import json
 import os
 import random
@@ -12,7 +13,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List
 
 import pytest
 import torch
@@ -24,12 +24,15 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow]
 STEPS = 24
 
 
-def losses(run_dir: Path) -> List[float]:
-    return [r["loss/total"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
-            if "loss/total" in r]
+def losses(run_dir: Path) -> list[float]:
+    return [
+        r["loss/total"]
+        for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        if "loss/total" in r
+    ]
 
 
-def command(processes: int, args: List[str]) -> List[str]:
+def command(processes: int, args: list[str]) -> list[str]:
     if processes == 1:
         return [sys.executable, "-m", "clipkit.cli.train", *args]
     return torchrun(processes, ["-m", "clipkit.cli.train", *args])
@@ -46,13 +49,14 @@ def kill_tree(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def killed_run(processes: int, args: List[str], run_dir: Path, moment: str, cwd: Path) -> None:
+def killed_run(processes: int, args: list[str], run_dir: Path, moment: str, cwd: Path) -> None:
     """Runs until the kill: at a random step past the first checkpoint, or as soon as a save
     has begun (its staging folder exists) but not finished."""
     kill_after = random.Random(" ".join(args)).randint(6, STEPS - 4)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command(processes, args), cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command(processes, args), cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     checkpoints = run_dir / "checkpoints"
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
@@ -66,22 +70,34 @@ def killed_run(processes: int, args: List[str], run_dir: Path, moment: str, cwd:
     assert process.returncode != 0, "the run finished before it was killed"
 
 
-@pytest.mark.parametrize("processes, experiment, workers, resampled, moment", [
-    (1, "demo", 2, False, "random"),
-    (1, "demo", 0, True, "random"),
-    (1, "demo", 2, True, "save"),
-    (1, "demo_image_text", 2, False, "save"),
-    (1, "demo_image_text", 0, True, "random"),
-    (2, "demo", 2, False, "random"),
-    (2, "demo", 0, True, "save"),
-], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "processes, experiment, workers, resampled, moment",
+    [
+        (1, "demo", 2, False, "random"),
+        (1, "demo", 0, True, "random"),
+        (1, "demo", 2, True, "save"),
+        (1, "demo_image_text", 2, False, "save"),
+        (1, "demo_image_text", 0, True, "random"),
+        (2, "demo", 2, False, "random"),
+        (2, "demo", 0, True, "save"),
+    ],
+    ids=lambda v: str(v),
+)
 def test_a_killed_run_resumes_bit_identical(tmp_path, small_demo, processes, experiment, workers, resampled, moment):
     overrides = demo_overrides(small_demo)
     if experiment == "demo_image_text":  # image and text towers only
         overrides = [o for o in overrides if not o.startswith("model.towers.audio.")]
-    args = [f"experiment={experiment}", *overrides, "eval=none", f"trainer.max_steps={STEPS}",
-            "trainer.log_every_n_steps=1", f"data.workers={workers}", f"data.train.resampled={resampled}",
-            f"trainer.ckpt_every_n_steps={1 if moment == 'save' else 4}", "trainer.keep_last_k=2"]
+    args = [
+        f"experiment={experiment}",
+        *overrides,
+        "eval=none",
+        f"trainer.max_steps={STEPS}",
+        "trainer.log_every_n_steps=1",
+        f"data.workers={workers}",
+        f"data.train.resampled={resampled}",
+        f"trainer.ckpt_every_n_steps={1 if moment == 'save' else 4}",
+        "trainer.keep_last_k=2",
+    ]
     reference = tmp_path / "reference"
     result = run_command(command(processes, [*args, f"hydra.run.dir={reference}"]), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,6 +1,7 @@
 """Lost training data is visible and counted in samples: a shard cut inside a tar header (which
 Python's tarfile ends silently) and one cut inside a member are named in warnings, counted in
 ``unreadable_shards``, and their missing samples in ``skipped_samples``."""
+
 import json
 import shutil
 import tarfile
@@ -26,9 +27,18 @@ def test_cut_shards_are_named_and_their_samples_counted(tmp_path, small_demo):
     run_dir = tmp_path / "run"
     # The image shards alone (16 x 75 samples) in epoch mode, for more than one pass: each shard
     # is read whole.
-    result = run_cli("clipkit-train", [*demo_overrides(demo), f"hydra.run.dir={run_dir}", "eval=none",
-                                       f'data.train.shards="{shards}/demo-{{000000..000015}}.tar"',
-                                       "data.train.resampled=false", "trainer.max_steps=100"], tmp_path)
+    result = run_cli(
+        "clipkit-train",
+        [
+            *demo_overrides(demo),
+            f"hydra.run.dir={run_dir}",
+            "eval=none",
+            f'data.train.shards="{shards}/demo-{{000000..000015}}.tar"',
+            "data.train.resampled=false",
+            "trainer.max_steps=100",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert f"unreadable shard {shards / 'demo-000001.tar'}: read 10 of its {size} samples" in output

@@ -1,6 +1,7 @@
 """Preemption for real: SIGTERM, SIGUSR1 and SIGINT sent to running trainings save a checkpoint at
 the step reached, exit with status 75, leave no process behind, and the next run resumes from it;
 processes torchrun started die with it."""
+
 import json
 import os
 import signal
@@ -8,7 +9,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Tuple
 
 import pytest
 
@@ -20,21 +20,26 @@ LAUNCH_TORCHRUN = Path(__file__).resolve().parents[2] / "launch" / "torchrun.sh"
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
-def logged_steps(run_dir: Path) -> List[int]:
+def logged_steps(run_dir: Path) -> list[int]:
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
         return []
     return [json.loads(line)["step"] for line in metrics.read_text().splitlines() if line.endswith("}")]
 
 
-def start(command: List[str], cwd: Path) -> subprocess.Popen:
+def start(command: list[str], cwd: Path) -> subprocess.Popen:
     """In a session of its own, as a job under a scheduler: every process it starts is in it. Its
     output goes to ``cwd/output.txt`` (read by :func:`finish`)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     with open(cwd / "output.txt", "w") as output:
-        return subprocess.Popen(command, cwd=cwd, env=env, start_new_session=True, stdout=output,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            command, cwd=cwd, env=env, start_new_session=True, stdout=output, stderr=subprocess.STDOUT
+        )
 
 
 def finish(process: subprocess.Popen, cwd: Path, timeout: float = 90) -> str:
@@ -57,7 +62,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-def wait_until_gone(pids: List[int], timeout: float = 20) -> None:
+def wait_until_gone(pids: list[int], timeout: float = 20) -> None:
     deadline = time.time() + timeout
     while any(alive(pid) for pid in pids) and time.time() < deadline:
         time.sleep(0.1)
@@ -67,17 +72,24 @@ def wait_until_gone(pids: List[int], timeout: float = 20) -> None:
     assert not left, f"processes left behind: {left}"
 
 
-def train_args(demo: Path, run_dir: Path, max_steps: int) -> List[str]:
+def train_args(demo: Path, run_dir: Path, max_steps: int) -> list[str]:
     # One data worker: the signal reaches it too (the whole session is signalled).
-    return [*demo_overrides(demo), f"hydra.run.dir={run_dir}", "eval=none", f"trainer.max_steps={max_steps}",
-            "trainer.log_every_n_steps=1", "trainer.ckpt_every_n_steps=1000"]
+    return [
+        *demo_overrides(demo),
+        f"hydra.run.dir={run_dir}",
+        "eval=none",
+        f"trainer.max_steps={max_steps}",
+        "trainer.log_every_n_steps=1",
+        "trainer.ckpt_every_n_steps=1000",
+    ]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT], ids=lambda s: s.name)
 def test_a_signal_saves_the_step_reached_and_the_next_run_resumes_there(tmp_path, small_demo, signum):
     run_dir = tmp_path / "run"
-    process = start([str(Path(sys.executable).parent / "clipkit-train"), *train_args(small_demo, run_dir, 2000)],
-                    tmp_path)
+    process = start(
+        [str(Path(sys.executable).parent / "clipkit-train"), *train_args(small_demo, run_dir, 2000)], tmp_path
+    )
     wait_for_steps(process, run_dir, 3)
     started = descendants(process.pid)
     assert started  # the data worker
@@ -100,7 +112,7 @@ def test_a_signal_saves_the_step_reached_and_the_next_run_resumes_there(tmp_path
         assert logged_steps(run_dir) == list(range(1, reached + 3))
 
 
-def start_torchrun(tmp_path: Path, demo: Path) -> Tuple[subprocess.Popen, Path, List[int]]:
+def start_torchrun(tmp_path: Path, demo: Path) -> tuple[subprocess.Popen, Path, list[int]]:
     """``launch/torchrun.sh`` with 2 processes, once it has logged 3 steps; the processes below it."""
     run_dir = tmp_path / "run"
     process = start(["bash", str(LAUNCH_TORCHRUN), "--nproc", "2", *train_args(demo, run_dir, 2000)], tmp_path)

@@ -1,6 +1,7 @@
 """The CUDA path, run for real on a GPU (skipped without one): NCCL, bf16 autocast, the fp16 grad
 scaler, pinned copies from data workers, torch.compile with inductor's GPU kernels, and evaluation
 and export of the GPU-trained checkpoint. ``pytest -m cuda`` selects these."""
+
 import json
 import subprocess
 import sys
@@ -13,8 +14,11 @@ from clipkit.train import checkpoint as ckpt
 from tests.conftest import demo_overrides, run_cli, run_command, torchrun
 from tests.integration.test_export import OPEN_CLIP_ZERO_SHOT, first_images
 
-pytestmark = [pytest.mark.cuda, pytest.mark.slow,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.slow,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
 
 ON_GPU = ["trainer.device=cuda", "trainer.dist_backend=nccl"]
 STEPS = 40
@@ -24,10 +28,24 @@ def nccl_run(work: Path, small_demo: Path, *overrides: str) -> Path:
     """The tri-modal demo (tiny towers) in one process started by torchrun, on the GPU over NCCL,
     with a data worker (pinned batches) and an evaluation at the end."""
     run_dir = work / "run"
-    result = run_command(torchrun(1, ["-m", "clipkit.cli.train", *demo_overrides(small_demo),
-                                      f"hydra.run.dir={run_dir}", f"trainer.max_steps={STEPS}",
-                                      "trainer.log_every_n_steps=5", "trainer.ckpt_every_n_steps=20",
-                                      *ON_GPU, *overrides]), work, timeout=900)
+    result = run_command(
+        torchrun(
+            1,
+            [
+                "-m",
+                "clipkit.cli.train",
+                *demo_overrides(small_demo),
+                f"hydra.run.dir={run_dir}",
+                f"trainer.max_steps={STEPS}",
+                "trainer.log_every_n_steps=5",
+                "trainer.ckpt_every_n_steps=20",
+                *ON_GPU,
+                *overrides,
+            ],
+        ),
+        work,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "backend nccl, device cuda:0" in result.stdout + result.stderr
     return run_dir
@@ -78,8 +96,7 @@ def test_compiled_demo_on_nccl_learns(tmp_path, small_demo):
 
 def test_gpu_checkpoint_evaluates_the_same_on_the_gpu_again(bf16_run):
     out = bf16_run / "again"
-    result = run_cli("clipkit-eval", [f"checkpoint={bf16_run / 'run'}", f"out={out}", "trainer.device=cuda"],
-                     bf16_run)
+    result = run_cli("clipkit-eval", [f"checkpoint={bf16_run / 'run'}", f"out={out}", "trainer.device=cuda"], bf16_run)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("shapes", "scenes", "sounds"):
         during = json.loads((bf16_run / "run" / "eval" / f"{name}.json").read_text())["metrics"]
@@ -92,12 +109,21 @@ def test_open_clip_export_of_gpu_checkpoint_gives_the_same_embeddings_on_cpu(bf1
     result = run_cli("clipkit-export", [f"checkpoint={bf16_run / 'run'}", "format=open_clip", f"out={out}"], bf16_run)
     assert result.returncode == 0, result.stderr[-3000:]
     shapes = small_demo / "eval" / "shapes"
-    fresh = subprocess.run([sys.executable, "-c", OPEN_CLIP_ZERO_SHOT, str(out), str(shapes)],
-                           capture_output=True, text=True, timeout=300)  # open_clip on the CPU
+    fresh = subprocess.run(
+        [sys.executable, "-c", OPEN_CLIP_ZERO_SHOT, str(out), str(shapes)], capture_output=True, text=True, timeout=300
+    )  # open_clip on the CPU
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     got = json.loads(fresh.stdout.strip().splitlines()[-1])
-    cpu_eval = run_cli("clipkit-eval", [f"checkpoint={bf16_run / 'run'}", f"out={bf16_run / 'cpu_eval'}",
-                                        "trainer.device=cpu", "trainer.precision=fp32"], bf16_run)
+    cpu_eval = run_cli(
+        "clipkit-eval",
+        [
+            f"checkpoint={bf16_run / 'run'}",
+            f"out={bf16_run / 'cpu_eval'}",
+            "trainer.device=cpu",
+            "trainer.precision=fp32",
+        ],
+        bf16_run,
+    )
     assert cpu_eval.returncode == 0, cpu_eval.stderr[-3000:]
     expected = json.loads((bf16_run / "cpu_eval" / "shapes.json").read_text())["metrics"]["acc1"]
     assert got["acc1"] == pytest.approx(expected, abs=1e-6)

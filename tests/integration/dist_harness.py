@@ -14,21 +14,32 @@ OUT_DIR/rank<r>.pt, and with STEPS > 1 the full weights after STEPS AdamW steps 
 as "weights". The model is wrapped in DDP (default) or sharded by FSDP2 (``fsdp``).
 ``reference(n, mode)`` computes the first step on one process over the whole batch.
 """
+
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
 from clipkit import distributed
-from clipkit.config.schema import (AlignmentLossConfig, CaptionHeadConfig, CaptionLossConfig,
-                                   ContrastiveLossConfig, CrossUniformityLossConfig, DistillLossConfig, FSDPConfig,
-                                   HardNegativesConfig, LossConfig,
-                                   ModelConfig, OptimConfig, SigmoidLossConfig, UniformityLossConfig)
+from clipkit.config.schema import (
+    AlignmentLossConfig,
+    CaptionHeadConfig,
+    CaptionLossConfig,
+    ContrastiveLossConfig,
+    CrossUniformityLossConfig,
+    DistillLossConfig,
+    FSDPConfig,
+    HardNegativesConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    SigmoidLossConfig,
+    UniformityLossConfig,
+)
 from clipkit.models.build import pair_parameters
 from clipkit.models.multimodal import MultiModalModel, build_model
 from clipkit.models.towers.image import ViTConfig
@@ -50,30 +61,43 @@ def loss_config(mode: str) -> LossConfig:
     if mode == "sigmoid":
         return LossConfig(contrastive=ContrastiveLossConfig(weight=0.0), sigmoid=SigmoidLossConfig(weight=1.0))
     if mode == "geometry":
-        return LossConfig(uniformity=UniformityLossConfig(weight=0.5), alignment=AlignmentLossConfig(weight=0.7),
-                          cross_uniformity=CrossUniformityLossConfig(weight=0.3))
+        return LossConfig(
+            uniformity=UniformityLossConfig(weight=0.5),
+            alignment=AlignmentLossConfig(weight=0.7),
+            cross_uniformity=CrossUniformityLossConfig(weight=0.3),
+        )
     if mode == "coca":
         return LossConfig(caption=CaptionLossConfig(weight=2.0))
     if mode == "distill":
         return LossConfig(distill=DistillLossConfig(weight=0.8, teacher="(a fixed tiny model)"))
     if mode == "negatives":
         hard_negatives = HardNegativesConfig(source="demo", k=2, weight=1.5)
-        return LossConfig(contrastive=ContrastiveLossConfig(hardness=2.0, debias=0.05, decoupled=True,
-                                                            hard_negatives=hard_negatives))
+        return LossConfig(
+            contrastive=ContrastiveLossConfig(hardness=2.0, debias=0.05, decoupled=True, hard_negatives=hard_negatives)
+        )
     return LossConfig(contrastive=ContrastiveLossConfig(local_loss=mode != "global"))
 
 
 def tiny_model(mode: str) -> MultiModalModel:
     torch.manual_seed(0)
-    caption = CaptionHeadConfig(sources=["image"], layers=1, heads=2, n_queries=3, pooler_heads=2) \
-        if mode == "coca" else CaptionHeadConfig()
-    return build_model(16, {"image": ViTConfig(image_size=16, patch_size=8, width=32, layers=1, head_width=16),
-                            "text": TextTransformerConfig(context_length=8, width=32, heads=2, layers=1,
-                                                          lock=mode == "locked")},
-                       ["image_text"], pair_parameters(ModelConfig(), loss_config(mode)), caption)
+    caption = (
+        CaptionHeadConfig(sources=["image"], layers=1, heads=2, n_queries=3, pooler_heads=2)
+        if mode == "coca"
+        else CaptionHeadConfig()
+    )
+    return build_model(
+        16,
+        {
+            "image": ViTConfig(image_size=16, patch_size=8, width=32, layers=1, head_width=16),
+            "text": TextTransformerConfig(context_length=8, width=32, heads=2, layers=1, lock=mode == "locked"),
+        },
+        ["image_text"],
+        pair_parameters(ModelConfig(), loss_config(mode)),
+        caption,
+    )
 
 
-def fixed_batch(n: int, mode: str = "local") -> Dict[str, torch.Tensor]:
+def fixed_batch(n: int, mode: str = "local") -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     tokens = torch.randint(1, 49000, (n, 8), generator=generator)
     tokens[:, 0] = 49406  # start of text
@@ -89,11 +113,11 @@ def fixed_batch(n: int, mode: str = "local") -> Dict[str, torch.Tensor]:
     return batch
 
 
-def fixed_present(n: int, mode: str) -> Dict[str, torch.Tensor]:
+def fixed_present(n: int, mode: str) -> dict[str, torch.Tensor]:
     image = torch.ones(n, dtype=torch.bool)
     if mode == "masked":
         image[[1, 4]] = False
-        image[PER_RANK:2 * PER_RANK] = False  # rank 1: no image at all
+        image[PER_RANK : 2 * PER_RANK] = False  # rank 1: no image at all
     elif mode in ("sigmoid", "geometry", "coca", "distill", "negatives"):
         image[[1, 4, PER_RANK + 2]] = False  # both ranks keep rows to score across ranks
     present = {"image": image, "text": torch.ones(n, dtype=torch.bool)}
@@ -105,7 +129,7 @@ def fixed_present(n: int, mode: str) -> Dict[str, torch.Tensor]:
     return present
 
 
-def teacher_outputs(batch: Dict[str, torch.Tensor], mode: str) -> Optional[TeacherOutputs]:
+def teacher_outputs(batch: dict[str, torch.Tensor], mode: str) -> TeacherOutputs | None:
     """distill: a fixed tiny teacher of other weights and scale, on the same rows."""
     if mode != "distill":
         return None
@@ -118,13 +142,27 @@ def teacher_outputs(batch: Dict[str, torch.Tensor], mode: str) -> Optional[Teach
     return TeacherOutputs(embeddings, {"image_text": torch.tensor([20.0])})
 
 
-def step(model, core: MultiModalModel, objective: Objective, batch: Dict[str, torch.Tensor],
-         mask: Dict[str, torch.Tensor], parts: int, mode: str = "local"):
-    chunks: List[Dict[str, torch.Tensor]] = [{k: v.chunk(parts)[i] for k, v in batch.items()} for i in range(parts)]
+def step(
+    model,
+    core: MultiModalModel,
+    objective: Objective,
+    batch: dict[str, torch.Tensor],
+    mask: dict[str, torch.Tensor],
+    parts: int,
+    mode: str = "local",
+):
+    chunks: list[dict[str, torch.Tensor]] = [{k: v.chunk(parts)[i] for k, v in batch.items()} for i in range(parts)]
     present = [{k: v.chunk(parts)[i] for k, v in mask.items()} for i in range(parts)]
     cpu = torch.device("cpu")
-    losses = forward_backward(model, objective, chunks, present, autocast_factory("fp32", cpu),
-                              grad_scaler("fp32", cpu), teacher_outputs(batch, mode))
+    losses = forward_backward(
+        model,
+        objective,
+        chunks,
+        present,
+        autocast_factory("fp32", cpu),
+        grad_scaler("fp32", cpu),
+        teacher_outputs(batch, mode),
+    )
     grads = {n: full(p.grad).detach().clone() for n, p in core.named_parameters() if p.grad is not None}
     return losses["total"].detach(), grads
 
@@ -136,7 +174,9 @@ def full(tensor: torch.Tensor) -> torch.Tensor:
 
 def reference(n: int, mode: str):
     core = tiny_model(mode)
-    return step(core, core, Objective(loss_config(mode)), fixed_batch(n, mode), fixed_present(n, mode), parts=1, mode=mode)
+    return step(
+        core, core, Objective(loss_config(mode)), fixed_batch(n, mode), fixed_present(n, mode), parts=1, mode=mode
+    )
 
 
 def main(mode: str, out_dir: Path, parallel: str = "ddp", steps: int = 1) -> None:

@@ -6,6 +6,7 @@ sockets, state, logs, slurm.conf) lives in one scratch folder and the daemons li
 so the cluster neither needs nor touches a system-wide SLURM setup. Needs root (SlurmUser=root)
 and Debian's slurmctld, slurmd, slurm-client and munge packages.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,12 +16,11 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
 
 PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "sinfo")
 
 
-def missing_reason() -> Optional[str]:
+def missing_reason() -> str | None:
     """Why a local cluster cannot start here, or None."""
     absent = [name for name in PROGRAMS if shutil.which(name) is None]
     if absent:
@@ -53,9 +53,9 @@ class LocalSlurm:
         self.root = root
         self.nodes = [f"n{i}" for i in range(1, nodes + 1)]
         self.cpus = cpus_per_node  # claimed, whatever the machine has (config_overrides)
-        self.processes: List[subprocess.Popen] = []
-        self.munge_dir: Optional[Path] = None
-        self.env: Dict[str, str] = {**os.environ, "SLURM_CONF": str(root / "slurm.conf")}
+        self.processes: list[subprocess.Popen] = []
+        self.munge_dir: Path | None = None
+        self.env: dict[str, str] = {**os.environ, "SLURM_CONF": str(root / "slurm.conf")}
 
     def start(self, timeout: float = 60) -> None:
         munge_socket = self._start_munge()
@@ -65,8 +65,9 @@ class LocalSlurm:
             self._spawn(["slurmd", "-D", "-N", node], f"slurmd-{node}.out")
         deadline = time.time() + timeout
         while time.time() < deadline:
-            states = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], env=self.env,
-                                    capture_output=True, text=True).stdout.split()
+            states = subprocess.run(
+                ["sinfo", "-h", "-N", "-o", "%t"], env=self.env, capture_output=True, text=True
+            ).stdout.split()
             if states == ["idle"] * len(self.nodes):
                 return
             if any(p.poll() is not None for p in self.processes):
@@ -85,9 +86,18 @@ class LocalSlurm:
         subprocess.run(["mungekey", "--create", f"--keyfile={key}"], check=True, capture_output=True)
         key.chmod(0o600)
         munge_socket = run_dir / "munge.socket"
-        self._spawn(["munged", "-F", f"--key-file={key}", f"--socket={munge_socket}",
-                     f"--pid-file={run_dir / 'munged.pid'}", f"--seed-file={run_dir / 'munged.seed'}",
-                     f"--log-file={self.root / 'munged.log'}"], "munged.out")
+        self._spawn(
+            [
+                "munged",
+                "-F",
+                f"--key-file={key}",
+                f"--socket={munge_socket}",
+                f"--pid-file={run_dir / 'munged.pid'}",
+                f"--seed-file={run_dir / 'munged.seed'}",
+                f"--log-file={self.root / 'munged.log'}",
+            ],
+            "munged.out",
+        )
         deadline = time.time() + 20
         while not munge_socket.exists():
             if time.time() > deadline or self.processes[-1].poll() is not None:
@@ -103,8 +113,10 @@ class LocalSlurm:
         first_slurmd_port = _free_ports(len(self.nodes))
         node_list = f"n[1-{len(self.nodes)}]"
         slurmd_ports = f"[{first_slurmd_port}-{first_slurmd_port + len(self.nodes) - 1}]"
-        node_line = (f"NodeName={node_list} NodeHostname=localhost NodeAddr=127.0.0.1 Port={slurmd_ports} "
-                     f"CPUs={self.cpus} Boards=1 SocketsPerBoard=1 CoresPerSocket={self.cpus} ThreadsPerCore=1")
+        node_line = (
+            f"NodeName={node_list} NodeHostname=localhost NodeAddr=127.0.0.1 Port={slurmd_ports} "
+            f"CPUs={self.cpus} Boards=1 SocketsPerBoard=1 CoresPerSocket={self.cpus} ThreadsPerCore=1"
+        )
         (root / "slurm.conf").write_text(f"""\
 ClusterName=clipkit-test
 SlurmctldHost=localhost
@@ -114,12 +126,12 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={munge_socket}
-StateSaveLocation={root / 'state'}
-SlurmdSpoolDir={root / 'spool' / '%n'}
-SlurmctldPidFile={root / 'slurmctld.pid'}
-SlurmdPidFile={root / 'slurmd-%n.pid'}
-SlurmctldLogFile={root / 'slurmctld.log'}
-SlurmdLogFile={root / 'slurmd-%n.log'}
+StateSaveLocation={root / "state"}
+SlurmdSpoolDir={root / "spool" / "%n"}
+SlurmctldPidFile={root / "slurmctld.pid"}
+SlurmdPidFile={root / "slurmd-%n.pid"}
+SlurmctldLogFile={root / "slurmctld.log"}
+SlurmdLogFile={root / "slurmd-%n.log"}
 MailProg=/bin/true
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -134,36 +146,42 @@ SlurmdParameters=config_overrides
 PartitionName=debug Nodes={node_list} Default=YES MaxTime=INFINITE State=UP
 """)
 
-    def _spawn(self, command: List[str], log_name: str) -> None:
+    def _spawn(self, command: list[str], log_name: str) -> None:
         with open(self.root / log_name, "w") as log:
             self.processes.append(subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT))
 
-    def wait_for_job(self, job_id: str, timeout: float) -> Dict[str, str]:
+    def wait_for_job(self, job_id: str, timeout: float) -> dict[str, str]:
         """Poll until the job has left the queue; its final fields from ``scontrol show job``."""
         deadline = time.time() + timeout
-        while subprocess.run(["squeue", "-h", "-j", job_id], env=self.env, capture_output=True,
-                             text=True).stdout.strip():
+        while subprocess.run(
+            ["squeue", "-h", "-j", job_id], env=self.env, capture_output=True, text=True
+        ).stdout.strip():
             if time.time() > deadline:
                 subprocess.run(["scancel", job_id], env=self.env)
                 raise TimeoutError(f"job {job_id} still queued or running after {timeout} s")
             time.sleep(0.5)
-        shown = subprocess.run(["scontrol", "show", "job", job_id], env=self.env, capture_output=True,
-                               text=True, check=True).stdout
+        shown = subprocess.run(
+            ["scontrol", "show", "job", job_id], env=self.env, capture_output=True, text=True, check=True
+        ).stdout
         return dict(field.split("=", 1) for field in shown.split() if "=" in field)
 
     def job_state(self, job_id: str) -> str:
-        return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], env=self.env, capture_output=True,
-                              text=True).stdout.strip()
+        return subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%T"], env=self.env, capture_output=True, text=True
+        ).stdout.strip()
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(self.root.glob("*.log")) +
-                         sorted(self.root.glob("*.out")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text()[-2000:]}"
+            for p in sorted(self.root.glob("*.log")) + sorted(self.root.glob("*.out"))
+        )
 
     def stop(self) -> None:
         # Let the last job step's slurmstepd exit (~2 s), then end the daemons by the PIDs started here.
         deadline = time.time() + 10
-        while time.time() < deadline and subprocess.run(["pgrep", "-x", "slurmstepd"],
-                                                         capture_output=True).stdout.strip():
+        while (
+            time.time() < deadline and subprocess.run(["pgrep", "-x", "slurmstepd"], capture_output=True).stdout.strip()
+        ):
             time.sleep(0.2)
         for process in reversed(self.processes):
             process.terminate()

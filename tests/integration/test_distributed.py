@@ -1,4 +1,5 @@
 """torchrun with 2 processes (gloo on CPU), started for real."""
+
 import json
 import os
 import signal
@@ -6,7 +7,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict
 
 import pytest
 import torch
@@ -19,8 +19,9 @@ from tests.integration.test_export import OPEN_CLIP_ZERO_SHOT, first_images
 HARNESS = str(Path(__file__).with_name("dist_harness.py"))
 
 
-@pytest.mark.parametrize("mode", ["local", "global", "accum", "masked", "sigmoid", "geometry", "coca", "distill",
-                                  "negatives"])
+@pytest.mark.parametrize(
+    "mode", ["local", "global", "accum", "masked", "sigmoid", "geometry", "coca", "distill", "negatives"]
+)
 def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path, mode):
     """2 ranks x B rows (local loss, full gathered matrix, 2 accumulated halves per rank, or rows
     lacking a modality, all of them on one rank; and so for the sigmoid loss, the geometry terms
@@ -86,15 +87,27 @@ def read_steps(run_dir: Path):
 def test_two_process_training_is_killed_and_resumes_exactly(tmp_path, small_demo):
     """In the demo's resampled mode (the FSDP kill test covers epoch mode), one data worker per
     process: the resumed run logs the uninterrupted run's losses and ends with its weights."""
-    common = ["-m", "clipkit.cli.train", *demo_overrides(small_demo), "trainer.max_steps=24",
-              "trainer.ckpt_every_n_steps=4", "trainer.log_every_n_steps=1", "eval.every_n_steps=12"]
+    common = [
+        "-m",
+        "clipkit.cli.train",
+        *demo_overrides(small_demo),
+        "trainer.max_steps=24",
+        "trainer.ckpt_every_n_steps=4",
+        "trainer.log_every_n_steps=1",
+        "eval.every_n_steps=12",
+    ]
     reference = tmp_path / "reference"
     result = run_command(torchrun(2, [*common, f"hydra.run.dir={reference}"]), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "run"
     args = [*common, f"hydra.run.dir={run_dir}"]
-    launch = subprocess.Popen(torchrun(2, args), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    launch = subprocess.Popen(
+        torchrun(2, args),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not (run_dir / "checkpoints" / "step_0000008").is_dir():
         time.sleep(0.1)
@@ -122,7 +135,7 @@ def test_two_process_training_is_killed_and_resumes_exactly(tmp_path, small_demo
     assert all(torch.equal(final_weights(run_dir)[k], v) for k, v in final_weights(reference).items())
 
 
-def final_weights(run_dir: Path) -> Dict[str, torch.Tensor]:
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return ckpt.read_model_state(ckpt.find_latest(run_dir / "checkpoints"))
 
 
@@ -134,17 +147,31 @@ def manifest(run_dir: Path) -> dict:
 def test_fsdp_run_killed_resumes_on_2_1_and_4_processes_and_its_checkpoint_loads_everywhere(tmp_path, small_demo):
     """The tri-modal demo with its text tower locked, in epoch mode, with a data worker per
     process and checkpoints written in the background."""
-    base = ["-m", "clipkit.cli.train", *demo_overrides(small_demo), "trainer.parallel=fsdp",
-            "model.towers.text.lock=true", "data.train.resampled=false", "trainer.ckpt_every_n_steps=4",
-            "trainer.ckpt_async=true", "trainer.log_every_n_steps=1", "eval=none"]
+    base = [
+        "-m",
+        "clipkit.cli.train",
+        *demo_overrides(small_demo),
+        "trainer.parallel=fsdp",
+        "model.towers.text.lock=true",
+        "data.train.resampled=false",
+        "trainer.ckpt_every_n_steps=4",
+        "trainer.ckpt_async=true",
+        "trainer.log_every_n_steps=1",
+        "eval=none",
+    ]
     reference = tmp_path / "reference"
     result = run_command(torchrun(2, [*base, f"hydra.run.dir={reference}", "trainer.max_steps=16"]), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
 
     run_dir = tmp_path / "run"
     args = [*base, f"hydra.run.dir={run_dir}", "trainer.max_steps=16"]
-    launch = subprocess.Popen(torchrun(2, args), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    launch = subprocess.Popen(
+        torchrun(2, args),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not (run_dir / "checkpoints" / "step_0000008").is_dir():
         time.sleep(0.1)
@@ -166,22 +193,31 @@ def test_fsdp_run_killed_resumes_on_2_1_and_4_processes_and_its_checkpoint_loads
 
     # The same checkpoint on one process, two more steps, then on four, two more.
     for processes, steps in ((1, 18), (4, 20)):
-        result = run_command(torchrun(processes, [*base, f"hydra.run.dir={run_dir}", f"trainer.max_steps={steps}"]),
-                             tmp_path)
+        result = run_command(
+            torchrun(processes, [*base, f"hydra.run.dir={run_dir}", f"trainer.max_steps={steps}"]), tmp_path
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         assert read_steps(run_dir)[-1]["step"] == steps and manifest(run_dir)["world_size"] == processes
     final = final_weights(run_dir)
     assert all(torch.equal(final[k], v) for k, v in locked.items())  # the locked tower never moved
 
     # ... and read by every downstream tool: evaluation, open_clip export, clipkit.load.
-    evaluated = run_cli("clipkit-eval", [f"checkpoint={run_dir}", f"out={tmp_path / 'eval'}",
-                                         f"eval.datasets.shapes.root={small_demo}/eval/shapes"], tmp_path)
+    evaluated = run_cli(
+        "clipkit-eval",
+        [f"checkpoint={run_dir}", f"out={tmp_path / 'eval'}", f"eval.datasets.shapes.root={small_demo}/eval/shapes"],
+        tmp_path,
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    exported = run_cli("clipkit-export", [f"checkpoint={run_dir}", "format=open_clip", f"out={tmp_path / 'oc'}"],
-                       tmp_path)
+    exported = run_cli(
+        "clipkit-export", [f"checkpoint={run_dir}", "format=open_clip", f"out={tmp_path / 'oc'}"], tmp_path
+    )
     assert exported.returncode == 0, exported.stderr[-3000:]
-    fresh = subprocess.run([sys.executable, "-c", OPEN_CLIP_ZERO_SHOT, str(tmp_path / "oc"),
-                            str(small_demo / "eval" / "shapes")], capture_output=True, text=True, timeout=300)
+    fresh = subprocess.run(
+        [sys.executable, "-c", OPEN_CLIP_ZERO_SHOT, str(tmp_path / "oc"), str(small_demo / "eval" / "shapes")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     import clipkit
 
@@ -191,12 +227,21 @@ def test_fsdp_run_killed_resumes_on_2_1_and_4_processes_and_its_checkpoint_loads
 @pytest.mark.slow
 def test_ddp_checkpoint_resumes_under_fsdp_and_back_and_evaluates(tmp_path, small_demo):
     run_dir = tmp_path / "run"
-    base = ["-m", "clipkit.cli.train", *demo_overrides(small_demo), f"hydra.run.dir={run_dir}",
-            "trainer.log_every_n_steps=1"]
+    base = [
+        "-m",
+        "clipkit.cli.train",
+        *demo_overrides(small_demo),
+        f"hydra.run.dir={run_dir}",
+        "trainer.log_every_n_steps=1",
+    ]
     result = run_command(torchrun(2, [*base, "trainer.max_steps=4", "eval=none"]), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    result = run_command(torchrun(2, [*base, "trainer.max_steps=8", "trainer.parallel=fsdp", "eval.batch_size=7",
-                                      "eval.every_n_steps=3"]), tmp_path)
+    result = run_command(
+        torchrun(
+            2, [*base, "trainer.max_steps=8", "trainer.parallel=fsdp", "eval.batch_size=7", "eval.every_n_steps=3"]
+        ),
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "at step 4" in result.stdout + result.stderr
     records = read_steps(run_dir)
@@ -215,23 +260,37 @@ def test_ddp_checkpoint_resumes_under_fsdp_and_back_and_evaluates(tmp_path, smal
 @pytest.mark.slow
 def test_distributed_eval_equals_single_process_eval(tmp_path, small_demo):
     run_dir = tmp_path / "run"
-    trained = run_cli("clipkit-train", [*demo_overrides(small_demo), f"hydra.run.dir={run_dir}",
-                                        "trainer.max_steps=6", "eval=none"], tmp_path)
+    trained = run_cli(
+        "clipkit-train",
+        [*demo_overrides(small_demo), f"hydra.run.dir={run_dir}", "trainer.max_steps=6", "eval=none"],
+        tmp_path,
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
-    sets = {"shapes": ["task=zeroshot_classification"], "scenes": ["task=retrieval"],
-            "sounds": ["task=zeroshot_classification", "modality=audio"],
-            "sound_captions": ["task=retrieval", "modality=audio"],
-            "scene_sounds": ["task=retrieval", "modality=image", "against=audio"],
-            "compositions": ["task=compositionality"]}
+    sets = {
+        "shapes": ["task=zeroshot_classification"],
+        "scenes": ["task=retrieval"],
+        "sounds": ["task=zeroshot_classification", "modality=audio"],
+        "sound_captions": ["task=retrieval", "modality=audio"],
+        "scene_sounds": ["task=retrieval", "modality=image", "against=audio"],
+        "compositions": ["task=compositionality"],
+    }
     eval_args = [f"checkpoint={run_dir}", "eval.batch_size=16"] + [
-        f"eval.datasets.{name}.{setting}" for name, settings in sets.items()
-        for setting in [f"root={small_demo}/eval/{name}", *settings]]
+        f"eval.datasets.{name}.{setting}"
+        for name, settings in sets.items()
+        for setting in [f"root={small_demo}/eval/{name}", *settings]
+    ]
     single = run_cli("clipkit-eval", [*eval_args, f"out={tmp_path / 'single'}"], tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
     both = run_command(torchrun(2, ["-m", "clipkit.cli.eval", *eval_args, f"out={tmp_path / 'dist'}"]), tmp_path)
     assert both.returncode == 0, both.stderr[-3000:]
-    for name, count in (("shapes", 96), ("scenes", 60), ("sounds", 48), ("sound_captions", 40), ("scene_sounds", 40),
-                        ("compositions", 48)):
+    for name, count in (
+        ("shapes", 96),
+        ("scenes", 60),
+        ("sounds", 48),
+        ("sound_captions", 40),
+        ("scene_sounds", 40),
+        ("compositions", 48),
+    ):
         one = json.loads((tmp_path / "single" / f"{name}.json").read_text())["metrics"]
         two = json.loads((tmp_path / "dist" / f"{name}.json").read_text())["metrics"]
         assert one["num_samples"] == two["num_samples"] == count
@@ -241,8 +300,20 @@ def test_distributed_eval_equals_single_process_eval(tmp_path, small_demo):
 @pytest.mark.slow
 def test_launch_script_trains_the_demo_in_one_run_folder(tmp_path, small_demo):
     script = Path(__file__).resolve().parents[2] / "launch" / "torchrun.sh"
-    result = run_command(["bash", str(script), "--nproc", "2", "--rdzv", "localhost:29517",
-                          *demo_overrides(small_demo), "trainer.max_steps=4", "eval=none"], tmp_path)
+    result = run_command(
+        [
+            "bash",
+            str(script),
+            "--nproc",
+            "2",
+            "--rdzv",
+            "localhost:29517",
+            *demo_overrides(small_demo),
+            "trainer.max_steps=4",
+            "eval=none",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((tmp_path / "runs" / "demo").iterdir())
     assert len(runs) == 1, runs  # both processes wrote into rank 0's folder

@@ -1,4 +1,5 @@
 """clipkit-export and clipkit.load on a trained demo checkpoint, checked by open_clip and onnxruntime."""
+
 import io
 import json
 import subprocess
@@ -54,11 +55,17 @@ OPEN_CLIP_ZERO_SHOT = textwrap.dedent("""
 def trained(tmp_path_factory, small_demo):
     """A 6-step tri-modal demo run with tiny towers, evaluated by clipkit-eval."""
     work = tmp_path_factory.mktemp("export")
-    result = run_cli("clipkit-train", [*demo_overrides(small_demo), f"hydra.run.dir={work / 'run'}",
-                                       "trainer.max_steps=6", "eval=none"], work)
+    result = run_cli(
+        "clipkit-train",
+        [*demo_overrides(small_demo), f"hydra.run.dir={work / 'run'}", "trainer.max_steps=6", "eval=none"],
+        work,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    evaluated = run_cli("clipkit-eval", [f"checkpoint={work / 'run'}", f"out={work / 'eval'}",
-                                         f"eval.datasets.shapes.root={small_demo}/eval/shapes"], work)
+    evaluated = run_cli(
+        "clipkit-eval",
+        [f"checkpoint={work / 'run'}", f"out={work / 'eval'}", f"eval.datasets.shapes.root={small_demo}/eval/shapes"],
+        work,
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     return work
 
@@ -70,8 +77,12 @@ def test_open_clip_loads_the_export_with_the_same_embeddings_and_accuracy(traine
     assert result.returncode == 0, result.stderr[-3000:]
     assert "audio tower is left out" in result.stderr
     assert {p.name for p in out.iterdir()} == {"open_clip_config.json", "open_clip_model.safetensors"}
-    fresh = subprocess.run([sys.executable, "-c", OPEN_CLIP_ZERO_SHOT, str(out), str(small_demo / "eval" / "shapes")],
-                           capture_output=True, text=True, timeout=300)
+    fresh = subprocess.run(
+        [sys.executable, "-c", OPEN_CLIP_ZERO_SHOT, str(out), str(small_demo / "eval" / "shapes")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     got = json.loads(fresh.stdout.strip().splitlines()[-1])
     expected = json.loads((trained / "eval" / "shapes.json").read_text())["metrics"]["acc1"]
@@ -109,8 +120,11 @@ def test_onnx_export_of_every_tower_matches_pytorch(trained):
     manifest = json.loads((out / "onnx_export.json").read_text())
     assert set(manifest["towers"]) == {"image", "text", "audio"}
     model = clipkit.load(str(trained / "run"))
-    inputs = {"image": torch.randn(5, 3, 32, 32), "text": model.tokenizer(["a red circle", "a low hum"]),
-              "audio": torch.randn(4, model.clip_samples)}
+    inputs = {
+        "image": torch.randn(5, 3, 32, 32),
+        "text": model.tokenizer(["a red circle", "a low hum"]),
+        "audio": torch.randn(4, model.clip_samples),
+    }
     encoders = {"image": model.encode_image, "text": model.encode_text, "audio": model.encode_audio}
     for modality, tower in manifest["towers"].items():
         assert tower["max_abs_diff_vs_pytorch"] <= 1e-4
@@ -127,8 +141,9 @@ def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
 
 @pytest.mark.slow
 def test_python_api_round_trip(trained):
-    import clipkit
     from PIL import Image
+
+    import clipkit
 
     model = clipkit.load(str(trained / "run"))
     image = Image.new("RGB", (48, 40), (200, 40, 40))
@@ -142,6 +157,7 @@ def test_python_api_round_trip(trained):
     tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(22050) / 22050).astype(np.float32)
     from_wave = model.encode_audio(tone, sample_rate=22050)
     from clipkit.data.audio import AudioLoader
+
     loader = AudioLoader(model.sample_rate, model.clip_samples, train=False)
     from_file = model.encode_audio(loader(wav_bytes(tone, 22050))[None])
     assert torch.allclose(from_wave, from_file, atol=1e-5)
@@ -153,8 +169,11 @@ def test_python_api_round_trip(trained):
 def test_eval_of_several_checkpoints_writes_reports_and_one_comparison(trained, small_demo):
     out = trained / "compare"
     shapes = f"eval.datasets.shapes.root={small_demo}/eval/shapes"
-    result = run_cli("clipkit-eval", [f"checkpoint={trained / 'run'}", f"checkpoint={trained / 'run'}",
-                                      f"out={out}", shapes], trained)
+    result = run_cli(
+        "clipkit-eval",
+        [f"checkpoint={trained / 'run'}", f"checkpoint={trained / 'run'}", f"out={out}", shapes],
+        trained,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     table = (out / "comparison.md").read_text()
     assert "| set | metric | run_step_0000006 | run_step_0000006_2 |" in table and "| shapes | acc1 |" in table
@@ -174,9 +193,19 @@ def test_a_run_started_from_the_open_clip_export_has_its_embeddings(trained, sma
     result = run_cli("clipkit-export", [f"checkpoint={trained / 'run'}", "format=open_clip", f"out={out}"], trained)
     assert result.returncode == 0, result.stderr[-3000:]
     run = trained / "from_open_clip"
-    result = run_cli("clipkit-train", ["experiment=demo_bind_audio", *demo_overrides(small_demo),
-                                       f"hydra.run.dir={run}", "trainer.max_steps=2", "eval=none", "seed=5",
-                                       f"model.init.open_clip={out}"], trained)
+    result = run_cli(
+        "clipkit-train",
+        [
+            "experiment=demo_bind_audio",
+            *demo_overrides(small_demo),
+            f"hydra.run.dir={run}",
+            "trainer.max_steps=2",
+            "eval=none",
+            "seed=5",
+            f"model.init.open_clip={out}",
+        ],
+        trained,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "initialised the image and text towers from the open_clip model" in result.stdout
     assert "random initialisation" not in result.stdout + result.stderr
@@ -187,10 +216,19 @@ def test_a_run_started_from_the_open_clip_export_has_its_embeddings(trained, sma
     assert (started.encode_text(texts) - source.encode_text(texts)).abs().max() <= 1e-6
     audio = zip(started.model.towers["audio"].parameters(), source.model.towers["audio"].parameters())
     assert not all(torch.equal(new, old) for new, old in audio)  # a tower of its own
-    missing = run_cli("clipkit-train", [*demo_overrides(small_demo), f"hydra.run.dir={trained / 'no_init'}",
-                                        "trainer.max_steps=2", f"model.init.open_clip={trained / 'absent'}"], trained)
+    missing = run_cli(
+        "clipkit-train",
+        [
+            *demo_overrides(small_demo),
+            f"hydra.run.dir={trained / 'no_init'}",
+            "trainer.max_steps=2",
+            f"model.init.open_clip={trained / 'absent'}",
+        ],
+        trained,
+    )
     assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
-        f"clipkit-train: error: model.init.open_clip: no such file or folder: {trained / 'absent'}"]
+        f"clipkit-train: error: model.init.open_clip: no such file or folder: {trained / 'absent'}"
+    ]
     assert not (trained / "no_init").exists()
 
 
@@ -215,19 +253,40 @@ def test_a_zoo_architecture_trains_and_exports_to_open_clip(tmp_path, small_demo
     import clipkit
 
     run = tmp_path / "run"
-    shrunk = ["model.embed_dim=32", "model.towers.image.width=8", "model.towers.image.layers=[1,1,1,1]",
-              "model.towers.image.head_width=8", "model.towers.image.image_size=64", "model.towers.text.width=32",
-              "model.towers.text.heads=2", "model.towers.text.layers=1", "model.towers.text.context_length=16"]
-    result = run_cli("clipkit-train", ["experiment=demo_image_text", f"data.demo_root={small_demo}",
-                                       "data.train.num_samples=1200", "data.batch_size=16", "data.workers=1",
-                                       "trainer.max_steps=2", "eval=none", f"hydra.run.dir={run}",
-                                       "model.arch=RN50", *shrunk], tmp_path)
+    shrunk = [
+        "model.embed_dim=32",
+        "model.towers.image.width=8",
+        "model.towers.image.layers=[1,1,1,1]",
+        "model.towers.image.head_width=8",
+        "model.towers.image.image_size=64",
+        "model.towers.text.width=32",
+        "model.towers.text.heads=2",
+        "model.towers.text.layers=1",
+        "model.towers.text.context_length=16",
+    ]
+    result = run_cli(
+        "clipkit-train",
+        [
+            "experiment=demo_image_text",
+            f"data.demo_root={small_demo}",
+            "data.train.num_samples=1200",
+            "data.batch_size=16",
+            "data.workers=1",
+            "trainer.max_steps=2",
+            "eval=none",
+            f"hydra.run.dir={run}",
+            "model.arch=RN50",
+            *shrunk,
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "open_clip"
     result = run_cli("clipkit-export", [f"checkpoint={run}", "format=open_clip", f"out={out}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    fresh = subprocess.run([sys.executable, "-c", OPEN_CLIP_EMBEDDINGS, str(out)], capture_output=True, text=True,
-                           timeout=300)
+    fresh = subprocess.run(
+        [sys.executable, "-c", OPEN_CLIP_EMBEDDINGS, str(out)], capture_output=True, text=True, timeout=300
+    )
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     theirs = json.loads(fresh.stdout.strip().splitlines()[-1])
     ours = clipkit.load(str(run))
@@ -238,11 +297,14 @@ def test_a_zoo_architecture_trains_and_exports_to_open_clip(tmp_path, small_demo
     assert (ours.encode_text(["a red circle", "a blue square"]) - torch.tensor(theirs["text"])).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("args, key", [
-    (["checkpoint=/nowhere", "format=onnx", "out=x"], "checkpoint not found"),
-    (["checkpoint=/nowhere", "format=tflite", "out=x"], "format:"),
-    (["checkpoint=/nowhere", "format=onnx"], "out:"),
-])
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (["checkpoint=/nowhere", "format=onnx", "out=x"], "checkpoint not found"),
+        (["checkpoint=/nowhere", "format=tflite", "out=x"], "format:"),
+        (["checkpoint=/nowhere", "format=onnx"], "out:"),
+    ],
+)
 def test_export_bad_input_is_one_line_and_exit_2(tmp_path, args, key):
     result = run_cli("clipkit-export", args, tmp_path, timeout=120)
     assert result.returncode == 2

@@ -1,5 +1,6 @@
 """A real SLURM on localhost with two nodes: the sbatch script (srun -> torchrun on each node) and
 srun without torchrun."""
+
 import json
 import os
 import re
@@ -7,7 +8,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Tuple
 
 import pytest
 
@@ -25,8 +25,12 @@ def slurm(tmp_path_factory):
     cluster.start()
     # Jobs inherit the submitter's environment: clipkit's scripts on PATH, one thread per process,
     # and the rendezvous address, as the node names n1, n2 do not resolve here.
-    cluster.env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                       OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", RDZV_HOST="127.0.0.1")
+    cluster.env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        RDZV_HOST="127.0.0.1",
+    )
     yield cluster
     cluster.stop()
 
@@ -35,12 +39,22 @@ def trained_steps(run_dir: Path):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def submit(slurm: LocalSlurm, folder: Path, args, nodes: int = 1, **env: str) -> Tuple[str, str]:
+def submit(slurm: LocalSlurm, folder: Path, args, nodes: int = 1, **env: str) -> tuple[str, str]:
     """sbatch the launch script from ``folder``; the job id and its output once it has succeeded."""
     submitted = subprocess.run(
-        ["sbatch", "--parsable", f"--nodes={nodes}", f"--chdir={folder}", f"--output={folder}/job-%j.out",
-         str(SBATCH_SCRIPT), *args],
-        env={**slurm.env, **env}, capture_output=True, text=True)
+        [
+            "sbatch",
+            "--parsable",
+            f"--nodes={nodes}",
+            f"--chdir={folder}",
+            f"--output={folder}/job-%j.out",
+            str(SBATCH_SCRIPT),
+            *args,
+        ],
+        env={**slurm.env, **env},
+        capture_output=True,
+        text=True,
+    )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().split(";")[0]
     job = slurm.wait_for_job(job_id, timeout=300)
@@ -58,8 +72,13 @@ def test_sbatch_script_trains_on_two_nodes_and_a_resubmission_resumes(tmp_path, 
     assert trained_steps(run_dir)[-1]["samples_seen"] == 4 * 16 * 2  # 2 processes x batch 16
 
     # As after a time limit: a new job continues the old run folder from its last checkpoint.
-    _, output = submit(slurm, tmp_path, [*args, "trainer.max_steps=6", "trainer.resume=auto"],
-                       NPROC_PER_NODE="2", CLIPKIT_RUN_ID=f"slurm-{job_id}")
+    _, output = submit(
+        slurm,
+        tmp_path,
+        [*args, "trainer.max_steps=6", "trainer.resume=auto"],
+        NPROC_PER_NODE="2",
+        CLIPKIT_RUN_ID=f"slurm-{job_id}",
+    )
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_0000006"
     assert [r["step"] for r in trained_steps(run_dir)] == [1, 2, 3, 4, 5, 6]
     assert f"resumed from {run_dir / 'checkpoints' / 'step_0000004'} at step 4" in output
@@ -68,11 +87,20 @@ def test_sbatch_script_trains_on_two_nodes_and_a_resubmission_resumes(tmp_path, 
 @pytest.mark.faults
 def test_sigusr1_saves_requeues_and_the_requeued_job_resumes(tmp_path, small_demo, slurm):
     """What ``--signal=USR1@120`` does before a time limit, sent at once with scancel."""
-    args = [*demo_overrides(small_demo), "eval=none", "trainer.log_every_n_steps=1", "trainer.max_steps=300",
-            "trainer.ckpt_every_n_steps=1000"]
-    submitted = subprocess.run(["sbatch", "--parsable", f"--chdir={tmp_path}", f"--output={tmp_path}/job-%j.out",
-                                str(SBATCH_SCRIPT), *args], env={**slurm.env, "NPROC_PER_NODE": "2"},
-                               capture_output=True, text=True, check=True)
+    args = [
+        *demo_overrides(small_demo),
+        "eval=none",
+        "trainer.log_every_n_steps=1",
+        "trainer.max_steps=300",
+        "trainer.ckpt_every_n_steps=1000",
+    ]
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", f"--chdir={tmp_path}", f"--output={tmp_path}/job-%j.out", str(SBATCH_SCRIPT), *args],
+        env={**slurm.env, "NPROC_PER_NODE": "2"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     job_id = submitted.stdout.strip().split(";")[0]
     run_dir = tmp_path / "runs" / "demo" / f"slurm-{job_id}"
     deadline = time.time() + 120
@@ -99,9 +127,24 @@ def test_sigusr1_saves_requeues_and_the_requeued_job_resumes(tmp_path, small_dem
 def test_srun_without_torchrun_takes_ranks_from_slurm(tmp_path, small_demo, slurm):
     run_dir = tmp_path / "run"
     result = subprocess.run(
-        ["srun", "--ntasks=2", "--export=ALL", sys.executable, "-m", "clipkit.cli.train",
-         *demo_overrides(small_demo), "trainer.max_steps=4", "eval=none", f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, env=slurm.env, capture_output=True, text=True, timeout=300)
+        [
+            "srun",
+            "--ntasks=2",
+            "--export=ALL",
+            sys.executable,
+            "-m",
+            "clipkit.cli.train",
+            *demo_overrides(small_demo),
+            "trainer.max_steps=4",
+            "eval=none",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        env=slurm.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_0000004"
     assert trained_steps(run_dir)[-1]["samples_seen"] == 4 * 16 * 2

@@ -1,4 +1,5 @@
 """The real commands, run as a user runs them: clipkit-train, clipkit-eval, clipkit-data."""
+
 import json
 import re
 import signal
@@ -11,8 +12,16 @@ import pytest
 
 from tests.conftest import TINY_MODEL, demo_overrides, run_cli
 
-CONTRACT_KEYS = {"step", "samples_seen", "loss/total", "loss/contrastive/image_text", "lr",
-                 "logit_scale/image_text", "samples_per_second", "data_time"}
+CONTRACT_KEYS = {
+    "step",
+    "samples_seen",
+    "loss/total",
+    "loss/contrastive/image_text",
+    "lr",
+    "logit_scale/image_text",
+    "samples_per_second",
+    "data_time",
+}
 
 
 def logged_steps(run_dir: Path) -> int:
@@ -26,15 +35,18 @@ def read_metrics(run_dir: Path):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("override, key", [
-    ("trainer.max_step=5", "trainer.max_step"),
-    ("data.batch_size=lots", "data.batch_size"),
-    ('data.train.shards="/nowhere/shard-{0..3}.tar"', "data.train.shards"),
-    ("data.train.shards=/nowhere/shard-{0..3}.tar", "data.train.shards"),  # unquoted braces
-    ("trainer.parallel=fsdp", "trainer.parallel"),  # without torchrun or srun
-    ("model.arch=ViT-B-16-SigLIP", "model.arch"),  # an open_clip architecture clipkit cannot build
-    ("model.init.open_clip=/nowhere/open_clip_model.safetensors", "model.init.open_clip"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("trainer.max_step=5", "trainer.max_step"),
+        ("data.batch_size=lots", "data.batch_size"),
+        ('data.train.shards="/nowhere/shard-{0..3}.tar"', "data.train.shards"),
+        ("data.train.shards=/nowhere/shard-{0..3}.tar", "data.train.shards"),  # unquoted braces
+        ("trainer.parallel=fsdp", "trainer.parallel"),  # without torchrun or srun
+        ("model.arch=ViT-B-16-SigLIP", "model.arch"),  # an open_clip architecture clipkit cannot build
+        ("model.init.open_clip=/nowhere/open_clip_model.safetensors", "model.init.open_clip"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, small_demo, override, key):
     result = run_cli("clipkit-train", [f"data.demo_root={small_demo}", override], tmp_path, timeout=120)
     assert result.returncode == 2, result.stderr
@@ -46,9 +58,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, small_demo, override, key):
 @pytest.mark.slow
 def test_train_checkpoint_eval_and_reevaluate(tmp_path, small_demo):
     run_dir = tmp_path / "run"
-    result = run_cli("clipkit-train", [*demo_overrides(small_demo), f"hydra.run.dir={run_dir}",
-                                       "trainer.max_steps=12", "trainer.ckpt_every_n_steps=5",
-                                       "trainer.log_every_n_steps=2", "eval.every_n_steps=10"], tmp_path)
+    result = run_cli(
+        "clipkit-train",
+        [
+            *demo_overrides(small_demo),
+            f"hydra.run.dir={run_dir}",
+            "trainer.max_steps=12",
+            "trainer.ckpt_every_n_steps=5",
+            "trainer.log_every_n_steps=2",
+            "eval.every_n_steps=10",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     records = read_metrics(run_dir)
     steps = [r for r in records if "loss/total" in r]
@@ -69,7 +90,9 @@ def test_train_checkpoint_eval_and_reevaluate(tmp_path, small_demo):
     for figure in ("curves.png", "shapes_similarity.png", "shapes_projection.png", "scenes_projection.png"):
         assert (run_dir / figure).stat().st_size > 1000 and f"({figure})" in report
 
-    again = run_cli("clipkit-eval", [f"checkpoint={checkpoints / 'step_0000012'}", f"out={tmp_path / 'again'}"], tmp_path)
+    again = run_cli(
+        "clipkit-eval", [f"checkpoint={checkpoints / 'step_0000012'}", f"out={tmp_path / 'again'}"], tmp_path
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     for name, record in final.items():
         redo = json.loads((tmp_path / "again" / f"{name}.json").read_text())
@@ -79,16 +102,24 @@ def test_train_checkpoint_eval_and_reevaluate(tmp_path, small_demo):
 @pytest.mark.slow
 def test_sigkill_then_resume_auto_continues_from_last_complete_checkpoint(tmp_path, small_demo):
     run_dir = tmp_path / "run"
-    args = [*demo_overrides(small_demo), f"hydra.run.dir={run_dir}", "trainer.max_steps=40",
-            "trainer.ckpt_every_n_steps=8", "trainer.log_every_n_steps=1", "eval=none",
-            "data.train.resampled=false"]  # epoch mode: resuming skips what was consumed
+    args = [
+        *demo_overrides(small_demo),
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_steps=40",
+        "trainer.ckpt_every_n_steps=8",
+        "trainer.log_every_n_steps=1",
+        "eval=none",
+        "data.train.resampled=false",
+    ]  # epoch mode: resuming skips what was consumed
     exe = Path(sys.executable).parent / "clipkit-train"
-    process = subprocess.Popen([str(exe), *args, "trainer.resume=auto"], cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [str(exe), *args, "trainer.resume=auto"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     # Kill a few steps past the checkpoint at 8 (the next is at 16), so that some steps are redone.
-    while time.time() < deadline and not ((run_dir / "checkpoints" / "latest").is_file()
-                                          and logged_steps(run_dir) >= 10):
+    while time.time() < deadline and not (
+        (run_dir / "checkpoints" / "latest").is_file() and logged_steps(run_dir) >= 10
+    ):
         time.sleep(0.1)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -146,8 +177,11 @@ eval:
       task: zeroshot_classification
 """)
     run_dir = tmp_path / "run"
-    result = run_cli("clipkit-train", ["--config-dir", str(config_dir), "experiment=colours",
-                                       f"hydra.run.dir={run_dir}", *TINY_MODEL], tmp_path)
+    result = run_cli(
+        "clipkit-train",
+        ["--config-dir", str(config_dir), "experiment=colours", f"hydra.run.dir={run_dir}", *TINY_MODEL],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert [r["step"] for r in read_metrics(run_dir) if "loss/total" in r] == [2, 4, 6]
     assert json.loads((run_dir / "eval" / "shapes.json").read_text())["metrics"]["acc1"] >= 0
@@ -205,8 +239,9 @@ eval:
       modality: audio
 """)
     run_dir = tmp_path / "run"
-    result = run_cli("clipkit-train", ["--config-dir", str(config_dir), "experiment=clap",
-                                       f"hydra.run.dir={run_dir}"], tmp_path)
+    result = run_cli(
+        "clipkit-train", ["--config-dir", str(config_dir), "experiment=clap", f"hydra.run.dir={run_dir}"], tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     steps = [r for r in read_metrics(run_dir) if "loss/total" in r]
     assert [r["step"] for r in steps] == [2, 4] and "loss/contrastive/audio_text" in steps[-1]

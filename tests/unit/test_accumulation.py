@@ -1,4 +1,5 @@
 """accum_steps=K with batch B must give the gradients of one step on the concatenated K*B batch."""
+
 import pytest
 import torch
 
@@ -24,9 +25,18 @@ def two_micro_batches(small_demo, tmp_path, *overrides):
     return trainer, [trainer._inputs(b) for b in micro], [trainer._present(b) for b in micro]
 
 
-@pytest.mark.parametrize("negatives", [[], ["loss.contrastive.hard_negatives.source=demo",
-                                              "loss.contrastive.hard_negatives.k=2", "loss.contrastive.hardness=1.0"]],
-                         ids=["plain", "hard_negatives"])
+@pytest.mark.parametrize(
+    "negatives",
+    [
+        [],
+        [
+            "loss.contrastive.hard_negatives.source=demo",
+            "loss.contrastive.hard_negatives.k=2",
+            "loss.contrastive.hardness=1.0",
+        ],
+    ],
+    ids=["plain", "hard_negatives"],
+)
 def test_feature_cache_accumulation_equals_one_big_batch(small_demo, tmp_path, negatives):
     """Image, text and audio rows mixed, some lacking modalities; no random augmentation in the
     model, so the big batch's forward is comparable bit for bit. Hard-negative captions made by the
@@ -36,8 +46,9 @@ def test_feature_cache_accumulation_equals_one_big_batch(small_demo, tmp_path, n
     assert ("text_negatives" in inputs[0]) == bool(negatives)
 
     trainer.model.zero_grad()
-    accumulated_loss = forward_backward(trainer.model, trainer.objective, inputs, present,
-                                        trainer.autocast, trainer.scaler)["total"]
+    accumulated_loss = forward_backward(
+        trainer.model, trainer.objective, inputs, present, trainer.autocast, trainer.scaler
+    )["total"]
     accumulated = grads(trainer.model)
 
     trainer.model.zero_grad()
@@ -65,6 +76,5 @@ def test_gradient_pass_replays_the_random_draws_of_the_cached_pass(small_demo, t
     expected = trainer.objective(model, merged, all_present)["total"]
 
     torch.manual_seed(7)
-    last_pass = forward_backward(model, trainer.objective, inputs, present,
-                                 trainer.autocast, trainer.scaler)["total"]
+    last_pass = forward_backward(model, trainer.objective, inputs, present, trainer.autocast, trainer.scaler)["total"]
     assert torch.allclose(last_pass, expected, atol=1e-6)

@@ -13,8 +13,12 @@ from clipkit.data.decode import CorruptSample, SampleDecoder
 from clipkit.models.towers import TOWERS
 from clipkit.models.towers.audio import AudioCNNConfig, SpectrogramTransformerConfig
 
-FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"),
-           "mp3": ("MP3", "MPEG_LAYER_III")}
+FORMATS = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "ogg": ("OGG", "VORBIS"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+}
 
 
 def encoded(ext, wave, rate):
@@ -71,12 +75,24 @@ def test_corrupt_or_empty_audio_is_a_corrupt_sample():
 
 
 def test_front_end_matches_torchaudio_reference():
-    cfg = AudioCNNConfig(sample_rate=16000, clip_seconds=0.5, n_fft=512, hop_length=128, n_mels=40,
-                         f_min=50.0, f_max=7000.0, log_offset=1e-4, norm="fixed", norm_mean=-3.0, norm_std=2.0)
+    cfg = AudioCNNConfig(
+        sample_rate=16000,
+        clip_seconds=0.5,
+        n_fft=512,
+        hop_length=128,
+        n_mels=40,
+        f_min=50.0,
+        f_max=7000.0,
+        log_offset=1e-4,
+        norm="fixed",
+        norm_mean=-3.0,
+        norm_std=2.0,
+    )
     frontend = cfg.frontend().eval()
     wave = torch.randn(2, cfg.clip_samples)
-    reference = AT.MelSpectrogram(sample_rate=16000, n_fft=512, hop_length=128, n_mels=40, f_min=50.0,
-                                  f_max=7000.0, power=2.0)(wave)
+    reference = AT.MelSpectrogram(
+        sample_rate=16000, n_fft=512, hop_length=128, n_mels=40, f_min=50.0, f_max=7000.0, power=2.0
+    )(wave)
     expected = ((torch.log(reference + 1e-4) + 3.0) / 2.0).unsqueeze(1)
     assert torch.allclose(frontend(wave), expected, atol=1e-5)
     assert frontend(wave).shape == (2, 1, 40, frontend.frames(cfg.clip_samples))
@@ -93,11 +109,15 @@ def test_spec_augment_masks_in_training_only():
     assert (masked == 0).sum() > 0 and not torch.equal(masked, plain)
 
 
-@pytest.mark.parametrize("cfg", [
-    SpectrogramTransformerConfig(clip_seconds=0.5, n_mels=32, patch_size=16, patch_stride=10,
-                                 width=32, layers=1, heads=2),
-    AudioCNNConfig(clip_seconds=0.5, n_mels=32, channels=[8, 16]),
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SpectrogramTransformerConfig(
+            clip_seconds=0.5, n_mels=32, patch_size=16, patch_stride=10, width=32, layers=1, heads=2
+        ),
+        AudioCNNConfig(clip_seconds=0.5, n_mels=32, channels=[8, 16]),
+    ],
+)
 def test_audio_towers_embed_waveforms_and_lock(cfg):
     tower = TOWERS.get(cfg.name).build(cfg, 24)
     out = tower(torch.randn(3, cfg.clip_samples))
@@ -114,4 +134,6 @@ def test_overlapping_patches_make_a_finer_grid():
     frames = 16000 // 160 + 1
     assert plain.encoder.backbone.patch_embed.grid_size == (4, frames // 16)
     assert overlapping.encoder.backbone.patch_embed.grid_size == ((64 - 16) // 10 + 1, (frames - 16) // 10 + 1)
-    assert math.prod(overlapping.encoder.backbone.patch_embed.grid_size) > math.prod(plain.encoder.backbone.patch_embed.grid_size)
+    assert math.prod(overlapping.encoder.backbone.patch_embed.grid_size) > math.prod(
+        plain.encoder.backbone.patch_embed.grid_size
+    )

@@ -1,4 +1,5 @@
 """Caption generation (with and without the KV cache), caption scoring and embedding geometry."""
+
 import math
 
 import pytest
@@ -19,12 +20,16 @@ from clipkit.models.towers.text import TextTransformerConfig, build_tokenizer
 @pytest.fixture(scope="module")
 def captioner():
     torch.manual_seed(0)
-    return build_model(32, {"image": ViTConfig(image_size=16, patch_size=8, width=32, layers=1, head_width=16),
-                            "text": TextTransformerConfig(context_length=16, width=32, heads=2, layers=2),
-                            "audio": AudioCNNConfig(clip_seconds=0.25, n_mels=32, channels=[8, 16])},
-                       ["image_text", "audio_text"],
-                       caption=CaptionHeadConfig(sources=["image", "audio"], layers=2, heads=2, n_queries=4,
-                                                 pooler_heads=2)).eval()
+    return build_model(
+        32,
+        {
+            "image": ViTConfig(image_size=16, patch_size=8, width=32, layers=1, head_width=16),
+            "text": TextTransformerConfig(context_length=16, width=32, heads=2, layers=2),
+            "audio": AudioCNNConfig(clip_seconds=0.25, n_mels=32, channels=[8, 16]),
+        },
+        ["image_text", "audio_text"],
+        caption=CaptionHeadConfig(sources=["image", "audio"], layers=2, heads=2, n_queries=4, pooler_heads=2),
+    ).eval()
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "beam", "sample"])
@@ -33,8 +38,7 @@ def test_generation_gives_the_same_tokens_with_and_without_the_kv_cache(captione
     inputs = torch.randn(3, 3, 16, 16) if source == "image" else torch.randn(3, 4000)
     outputs = []
     for use_cache in (True, False):
-        cfg = GenerationConfig(strategy=strategy, max_length=12, num_beams=3, top_k=40, top_p=0.9,
-                               use_cache=use_cache)
+        cfg = GenerationConfig(strategy=strategy, max_length=12, num_beams=3, top_k=40, top_p=0.9, use_cache=use_cache)
         outputs.append(generate(captioner, source, inputs, cfg, torch.Generator().manual_seed(0)))
     assert torch.equal(outputs[0], outputs[1])
     tokens = outputs[0]
@@ -60,8 +64,10 @@ def test_decode_caption_stops_at_the_end_token():
     assert decode_caption(tokenizer, torch.tensor([SOT_ID, EOT_ID, 320])) == ""
 
 
-REFERENCES = {0: ["a small red circle", "a red circle on a plain background"],
-              1: ["three short high beeps", "the sound of three high beeps"]}
+REFERENCES = {
+    0: ["a small red circle", "a red circle on a plain background"],
+    1: ["three short high beeps", "the sound of three high beeps"],
+}
 
 
 def test_caption_scores_are_perfect_for_a_reference_and_low_for_nonsense():
@@ -115,6 +121,9 @@ def test_caption_loss_from_host_found_tokens_equals_the_masked_mean(captioner):
     nll, count = from_host
     assert count.tolist() == (text[:, 1:] != PAD_ID).sum(1).tolist()
     logits = head.logits("image", image_tokens, text_tokens)[:, :-1]
-    expected = F.cross_entropy(logits.flatten(0, 1).float(), text[:, 1:].flatten(), ignore_index=PAD_ID,
-                               reduction="none").view(2, -1).sum(1)
+    expected = (
+        F.cross_entropy(logits.flatten(0, 1).float(), text[:, 1:].flatten(), ignore_index=PAD_ID, reduction="none")
+        .view(2, -1)
+        .sum(1)
+    )
     assert torch.allclose(nll, expected, atol=1e-4)

@@ -24,9 +24,16 @@ def trained(seed=0):
 
 
 def manager(root, model, optimizer, progress=None, keep=3, resume="auto", asynchronous=False):
-    return CheckpointManager(root, CheckpointPolicy(1, keep, resume, "full", asynchronous), model, optimizer,
-                             shared={"progress": progress or TrainProgress()}, per_process={},
-                             config_yaml="a: 1\n", env=DistEnv())
+    return CheckpointManager(
+        root,
+        CheckpointPolicy(1, keep, resume, "full", asynchronous),
+        model,
+        optimizer,
+        shared={"progress": progress or TrainProgress()},
+        per_process={},
+        config_yaml="a: 1\n",
+        env=DistEnv(),
+    )
 
 
 def test_layout_manifest_latest_and_keep_last_k(tmp_path):
@@ -116,9 +123,17 @@ def test_a_checkpoint_from_before_manifests_still_resumes(tmp_path):
     folder = tmp_path / "step_0000005"
     folder.mkdir()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / ckpt.MODEL_FILE))
-    torch.save({"step": 5, "samples_seen": 50, "optimizer": optimizer.state_dict(), "scheduler": {}, "scaler": {},
-                "data": {"epoch": 0, "workers": 0, "skipped": 0, "ranks": [{"rng": {}, "taken": {}}]}},
-               folder / ckpt.STATE_FILE)
+    torch.save(
+        {
+            "step": 5,
+            "samples_seen": 50,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": {},
+            "scaler": {},
+            "data": {"epoch": 0, "workers": 0, "skipped": 0, "ranks": [{"rng": {}, "taken": {}}]},
+        },
+        folder / ckpt.STATE_FILE,
+    )
     (folder / ckpt.CONFIG_FILE).write_text("a: 1\n")
     fresh_model, _ = trained(seed=1)
     fresh_model.zero_grad(set_to_none=True)

@@ -1,4 +1,5 @@
 """trainer.compile: the compiled towers compute the same loss and gradients as the eager ones."""
+
 import json
 import math
 
@@ -18,19 +19,28 @@ from tests.conftest import TINY_MODEL, demo_overrides
 
 
 def loss_and_grads(device: torch.device, compiled: bool, precision: str = "fp32"):
-    checked = check_config(compose_config(["experiment=demo_image_text", "eval=none", *TINY_MODEL,
-                                           f"trainer.precision={precision}"]))
+    checked = check_config(
+        compose_config(["experiment=demo_image_text", "eval=none", *TINY_MODEL, f"trainer.precision={precision}"])
+    )
     torch.manual_seed(0)
     model = build_bundle(checked, device).model
     if compiled:
         compile_towers(model)
     generator = torch.Generator().manual_seed(1)
     rows = 8
-    inputs = {"image": torch.randn(rows, 3, 32, 32, generator=generator).to(device),
-              "text": torch.randint(1, 1000, (rows, 16), generator=generator).to(device)}
+    inputs = {
+        "image": torch.randn(rows, 3, 32, 32, generator=generator).to(device),
+        "text": torch.randint(1, 1000, (rows, 16), generator=generator).to(device),
+    }
     present = {m: torch.ones(rows, dtype=torch.bool, device=device) for m in inputs}
-    losses = forward_backward(model, Objective(checked.cfg.loss), [inputs], [present],
-                              autocast_factory(precision, device), grad_scaler(precision, device))
+    losses = forward_backward(
+        model,
+        Objective(checked.cfg.loss),
+        [inputs],
+        [present],
+        autocast_factory(precision, device),
+        grad_scaler(precision, device),
+    )
     grads = {n: p.grad.float().cpu() for n, p in model.named_parameters() if p.grad is not None}
     return losses["total"].item(), grads, model
 
@@ -63,9 +73,19 @@ def test_compiled_towers_give_the_eager_step_on_cuda(precision, tolerance):
 def test_compiled_trimodal_demo_trains_in_bf16(small_demo, tmp_path):
     """All three towers compiled under bf16 autocast, with rows lacking modalities: every loss
     finite (compiling the audio front end into the backbone's graph gave NaN from the 2nd step)."""
-    checked, sources = prepare(compose_config([*demo_overrides(small_demo), "trainer.max_steps=3",
-                                               "trainer.log_every_n_steps=1", "eval=none", "data.workers=0",
-                                               "trainer.compile=true", "trainer.precision=bf16"]))
+    checked, sources = prepare(
+        compose_config(
+            [
+                *demo_overrides(small_demo),
+                "trainer.max_steps=3",
+                "trainer.log_every_n_steps=1",
+                "eval=none",
+                "data.workers=0",
+                "trainer.compile=true",
+                "trainer.precision=bf16",
+            ]
+        )
+    )
     Trainer(checked, sources, tmp_path).fit()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]

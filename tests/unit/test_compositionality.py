@@ -1,4 +1,5 @@
 """The compositionality eval: its rule, and the demo's set."""
+
 import re
 
 import pytest
@@ -38,11 +39,17 @@ def words(caption):
 def test_the_demo_set_contradicts_each_caption_with_its_own_words(small_demo):
     """swap_colours and swap_sizes use the very words of the caption (a bag of words cannot tell
     them apart); swap_positions changes only the relation."""
-    samples = list(wds.WebDataset(sorted(str(p) for p in (small_demo / "eval/compositions/test").glob("*.tar")),
-                                  shardshuffle=False))
+    samples = list(
+        wds.WebDataset(
+            sorted(str(p) for p in (small_demo / "eval/compositions/test").glob("*.tar")), shardshuffle=False
+        )
+    )
     categories = [s["category.txt"].decode() for s in samples]
     assert len(samples) == 48 and {c: categories.count(c) for c in set(categories)} == {
-        "swap_colours": 16, "swap_sizes": 16, "swap_positions": 16}
+        "swap_colours": 16,
+        "swap_sizes": 16,
+        "swap_positions": 16,
+    }
     for sample in samples:
         caption, negative = sample["txt"].decode(), sample["neg.txt"].decode()
         assert caption != negative and "webp" in sample
@@ -60,8 +67,9 @@ def test_a_compositionality_set_without_perturbed_captions_is_skipped_sample_by_
         _composition({"txt": b"a red circle"})
     assert _composition({"txt": b"a red circle\n", "neg.txt": b"a blue circle\n\n"}).category == "all"
     with pytest.raises(ConfigError, match="cannot be matched"):
-        open_eval_set("c", EvalDatasetConfig(root=str(small_demo / "eval/compositions"), task="compositionality",
-                                             against="audio"))
+        open_eval_set(
+            "c", EvalDatasetConfig(root=str(small_demo / "eval/compositions"), task="compositionality", against="audio")
+        )
 
 
 def test_sounds_are_evaluated_like_images(tmp_path, small_demo):
@@ -79,22 +87,40 @@ def test_sounds_are_evaluated_like_images(tmp_path, small_demo):
     from tests.conftest import demo_overrides
 
     rng = random.Random(0)
-    sounds = [(Sound("beep", "high", "three", "loud"), "three short loud low beeps", "pitch"),
-              (Sound("buzz", "low", "long", "quiet", "rising"), "a long quiet low buzz slowly falling", "contour"),
-              (Sound("hiss", "high", "one", "loud"), "a short loud high rasp", "timbre")]
-    write_eval_set(tmp_path / "sound_compositions",
-                   ({"__key__": f"s{i}", "flac": encode_flac(render(sound, rng)), "txt": sound.captions()[0],
-                     "neg.txt": negative, "category.txt": category}
-                    for i, (sound, negative, category) in enumerate(sounds * 2)),
-                   per_shard=4, dataset_type="compositionality")
-    checked = check_config(compose_config([*demo_overrides(small_demo), "eval=none",
-                                           f"+eval.datasets.sounds.root={tmp_path / 'sound_compositions'}",
-                                           "+eval.datasets.sounds.task=compositionality",
-                                           "+eval.datasets.sounds.modality=audio"]))
+    sounds = [
+        (Sound("beep", "high", "three", "loud"), "three short loud low beeps", "pitch"),
+        (Sound("buzz", "low", "long", "quiet", "rising"), "a long quiet low buzz slowly falling", "contour"),
+        (Sound("hiss", "high", "one", "loud"), "a short loud high rasp", "timbre"),
+    ]
+    write_eval_set(
+        tmp_path / "sound_compositions",
+        (
+            {
+                "__key__": f"s{i}",
+                "flac": encode_flac(render(sound, rng)),
+                "txt": sound.captions()[0],
+                "neg.txt": negative,
+                "category.txt": category,
+            }
+            for i, (sound, negative, category) in enumerate(sounds * 2)
+        ),
+        per_shard=4,
+        dataset_type="compositionality",
+    )
+    checked = check_config(
+        compose_config(
+            [
+                *demo_overrides(small_demo),
+                "eval=none",
+                f"+eval.datasets.sounds.root={tmp_path / 'sound_compositions'}",
+                "+eval.datasets.sounds.task=compositionality",
+                "+eval.datasets.sounds.modality=audio",
+            ]
+        )
+    )
     cpu = torch.device("cpu")
     bundle = build_bundle(checked, cpu)
-    evaluator = Evaluator(checked.cfg.eval, bundle.eval_loaders(), bundle.tokenizer, cpu,
-                          autocast_factory("fp32", cpu))
+    evaluator = Evaluator(checked.cfg.eval, bundle.eval_loaders(), bundle.tokenizer, cpu, autocast_factory("fp32", cpu))
     metrics = evaluator.run(bundle.model, 0, None)["sounds"]
     assert metrics["num_samples"] == 6
     assert set(metrics) == {"acc", "acc_contour", "acc_pitch", "acc_timbre", "num_samples"}

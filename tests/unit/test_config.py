@@ -51,7 +51,8 @@ def test_tower_fields_are_typed_by_their_registry_entry():
     assert "Could not find 'model/towers/image/transformer'" in error_line(["model/towers/image=transformer"])
     assert error_line(["model.towers.image.width=wide"]).startswith("model.towers.image.width:")
     assert error_line(["model.towers.image.widht=3"]) == (
-        "model.towers.image.widht: Key 'widht' not in 'ViTConfig' (did you mean 'width'?)")
+        "model.towers.image.widht: Key 'widht' not in 'ViTConfig' (did you mean 'width'?)"
+    )
     assert error_line(["model.towers.image.image_size=-32"]) == "model.towers.image.image_size: must be > 0, got -32"
     assert error_line(["model.towers.audio.channels=[8,0]"]).startswith("model.towers.audio.channels[1]: must be > 0")
     check_config(compose_config(["model.towers.audio.num_masks=0"]))  # counts may be 0
@@ -74,35 +75,41 @@ def test_missing_and_empty_shards_are_clear_errors(tmp_path):
         resolve_sources(str(tmp_path / "x-{000000..000001}.tar"))
     with pytest.raises(ConfigError, match="empty shard pattern"):
         resolve_sources("")
-    with pytest.raises(ConfigError, match=r"data.train.shards: unbalanced braces in the shard pattern '.*x-\{0..3.tar'"):
+    with pytest.raises(
+        ConfigError, match=r"data.train.shards: unbalanced braces in the shard pattern '.*x-\{0..3.tar'"
+    ):
         resolve_sources(str(tmp_path / "x-{0..3.tar"))
 
 
 def test_weighted_sources(tmp_path):
     for name in ("a-0.tar", "a-1.tar", "b-0.tar"):
         (tmp_path / name).write_bytes(b"")
-    sources = resolve_sources([{"shards": str(tmp_path / "a-{0..1}.tar"), "weight": 3},
-                               {"shards": str(tmp_path / "b-0.tar")}])
+    sources = resolve_sources(
+        [{"shards": str(tmp_path / "a-{0..1}.tar"), "weight": 3}, {"shards": str(tmp_path / "b-0.tar")}]
+    )
     assert [len(s.urls) for s in sources] == [2, 1] and [s.weight for s in sources] == [3.0, 1.0]
     with pytest.raises(ConfigError, match=r"\[0\].weight: must be a positive number"):
         resolve_sources([{"shards": str(tmp_path / "b-0.tar"), "weight": 0}])
 
 
-@pytest.mark.parametrize("overrides, key", [
-    (["loss.caption.weight=1"], "loss.caption.weight"),  # no decoder to train
-    (["model.caption.sources=[image]"], "model.caption.sources"),  # a decoder without a loss
-    (["model.caption.sources=[text]", "loss=coca"], "model.caption.sources"),
-    (["loss=siglip", "loss.sigmoid.weight=0"], "loss"),  # nothing left to train
-    (["+loss.sigmoid.pair_weights.image_speech=1"], "loss.sigmoid.pair_weights.image_speech"),
-    (["loss=clip_unif_align", "loss.uniformity.t=0"], "loss.uniformity.t"),
-    (["loss.contrastive.scale_warmup_start=0"], "loss.contrastive.scale_warmup_start"),
-    (["loss.contrastive.scale_warmup_steps=-5"], "loss.contrastive.scale_warmup_steps"),
-    (["eval.generation.strategy=nucleus"], "eval.generation.strategy"),
-    (["+eval.datasets.caps.root=/x", "+eval.datasets.caps.task=captioning"], "eval.datasets.caps.task"),
-    (["experiment=demo_image_text", "+loss.anchors.image_audio=image"], "loss.anchors.image_audio"),
-    (["+loss.anchors.image_text=audio"], "loss.anchors.image_text"),  # not in the pair
-    (["experiment=demo_image_text", "+loss.anchors.image_text=text"], "loss.anchors"),  # no gradient
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["loss.caption.weight=1"], "loss.caption.weight"),  # no decoder to train
+        (["model.caption.sources=[image]"], "model.caption.sources"),  # a decoder without a loss
+        (["model.caption.sources=[text]", "loss=coca"], "model.caption.sources"),
+        (["loss=siglip", "loss.sigmoid.weight=0"], "loss"),  # nothing left to train
+        (["+loss.sigmoid.pair_weights.image_speech=1"], "loss.sigmoid.pair_weights.image_speech"),
+        (["loss=clip_unif_align", "loss.uniformity.t=0"], "loss.uniformity.t"),
+        (["loss.contrastive.scale_warmup_start=0"], "loss.contrastive.scale_warmup_start"),
+        (["loss.contrastive.scale_warmup_steps=-5"], "loss.contrastive.scale_warmup_steps"),
+        (["eval.generation.strategy=nucleus"], "eval.generation.strategy"),
+        (["+eval.datasets.caps.root=/x", "+eval.datasets.caps.task=captioning"], "eval.datasets.caps.task"),
+        (["experiment=demo_image_text", "+loss.anchors.image_audio=image"], "loss.anchors.image_audio"),
+        (["+loss.anchors.image_text=audio"], "loss.anchors.image_text"),  # not in the pair
+        (["experiment=demo_image_text", "+loss.anchors.image_text=text"], "loss.anchors"),  # no gradient
+    ],
+)
 def test_objective_and_captioning_settings_are_checked(overrides, key):
     assert error_line(overrides).startswith(f"{key}:")
 
@@ -117,7 +124,9 @@ def test_objective_presets_compose():
 
 
 def test_an_eval_set_can_be_added_from_the_command_line():
-    cfg = check_config(compose_config(["+eval.datasets.mine.root=/data/mine", "+eval.datasets.mine.task=retrieval"])).cfg
+    cfg = check_config(
+        compose_config(["+eval.datasets.mine.root=/data/mine", "+eval.datasets.mine.task=retrieval"])
+    ).cfg
     mine = cfg.eval.datasets["mine"]
     assert (mine.root, mine.task, mine.modality, mine.split) == ("/data/mine", "retrieval", "image", "test")
     assert error_line(["+eval.datasets.mine.rot=/x"]).startswith("eval.datasets.mine.rot:")

@@ -48,8 +48,7 @@ def test_gather_hook_scores_local_rows_against_all_columns():
     local_loss = clip_loss(a_all[local], b_all[local], scale, gather)
     logits = scale * a_all @ b_all.T
     labels = torch.arange(6)
-    expected = (F.cross_entropy(logits[local], labels[local])
-                + F.cross_entropy(logits.T[local], labels[local])) / 2
+    expected = (F.cross_entropy(logits[local], labels[local]) + F.cross_entropy(logits.T[local], labels[local])) / 2
     assert torch.allclose(local_loss, expected, atol=1e-10)
 
 
@@ -86,8 +85,7 @@ def naive_direction(a, columns, scale, valid_rows, valid_columns, rule, column_l
         m = len(negatives)
         summed = m * (importance * exps).sum() / importance.sum()  # their reweight_neg
         if rule.debias:
-            summed = torch.clamp((summed - rule.debias * m * positive) / (1 - rule.debias),
-                                 min=m * torch.exp(-scale))
+            summed = torch.clamp((summed - rule.debias * m * positive) / (1 - rule.debias), min=m * torch.exp(-scale))
         total = total - torch.log(positive / (summed if rule.decoupled else positive + summed))
     return total
 
@@ -124,8 +122,10 @@ def test_negative_rules_match_their_naive_formulas_values_and_gradients(name):
     got = clip_loss(a, b, scale, valid=valid, rule=RULES[name])
     want = naive_variant_loss(a, b, scale, RULES[name], valid)
     assert torch.allclose(got, want, atol=1e-10)
-    assert all(torch.allclose(g, w, atol=1e-10) for g, w in
-               zip(torch.autograd.grad(got, (a, b)), torch.autograd.grad(want, (a, b))))
+    assert all(
+        torch.allclose(g, w, atol=1e-10)
+        for g, w in zip(torch.autograd.grad(got, (a, b)), torch.autograd.grad(want, (a, b)))
+    )
 
 
 def test_hard_negative_columns_match_the_naive_formula_under_every_rule():
@@ -156,8 +156,7 @@ def test_a_vanishing_hardness_is_plain_infonce():
     a = F.normalize(torch.randn(6, 4, dtype=torch.float64), dim=-1)
     b = F.normalize(torch.randn(6, 4, dtype=torch.float64), dim=-1)
     scale = torch.tensor(20.0, dtype=torch.float64)
-    assert torch.allclose(clip_loss(a, b, scale, rule=NegativeRule(hardness=1e-12)), clip_loss(a, b, scale),
-                          atol=1e-9)
+    assert torch.allclose(clip_loss(a, b, scale, rule=NegativeRule(hardness=1e-12)), clip_loss(a, b, scale), atol=1e-9)
 
 
 def test_rules_stay_finite_at_clip_scale_in_float32_and_without_negatives():
@@ -192,8 +191,14 @@ def test_plain_infonce_is_bit_for_bit_clips_formula():
     b = F.normalize(torch.randn(64, 32), dim=-1)
     scale = torch.tensor(14.3)
     labels = torch.arange(64)
-    expected = (F.cross_entropy(scale * a @ b.T, labels, reduction="sum")
-                + F.cross_entropy(scale * b @ a.T, labels, reduction="sum")) / 2 / 64
+    expected = (
+        (
+            F.cross_entropy(scale * a @ b.T, labels, reduction="sum")
+            + F.cross_entropy(scale * b @ a.T, labels, reduction="sum")
+        )
+        / 2
+        / 64
+    )
     got = clip_loss(a, b, scale)
     assert torch.equal(got, expected)
     assert torch.equal(torch.autograd.grad(got, a)[0], torch.autograd.grad(expected, a)[0])

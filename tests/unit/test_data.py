@@ -33,14 +33,31 @@ def make_samples(n, corrupt=()):
 
 
 def decoder(context_length=8):
-    return SampleDecoder(SampleKeysConfig(), ImageLoader(build_eval_image_transform(ImageTransformConfig(), 16)),
-                         build_tokenizer(TextTransformerConfig(context_length=context_length)))
+    return SampleDecoder(
+        SampleKeysConfig(),
+        ImageLoader(build_eval_image_transform(ImageTransformConfig(), 16)),
+        build_tokenizer(TextTransformerConfig(context_length=context_length)),
+    )
 
 
 def stream(tmp_path, batch_size=4, workers=0, skip=None, shuffle=10, epoch=0, first_worker=0):
     sources = resolve_sources(str(tmp_path / "shard-{000000..000003}.tar"))
-    return make_loader(TrainStream(sources, decoder(), batch_size, False, shuffle, seed=3, epoch=epoch,
-                                   rank=0, world_size=1, skip=skip, first_worker=first_worker), workers)
+    return make_loader(
+        TrainStream(
+            sources,
+            decoder(),
+            batch_size,
+            False,
+            shuffle,
+            seed=3,
+            epoch=epoch,
+            rank=0,
+            world_size=1,
+            skip=skip,
+            first_worker=first_worker,
+        ),
+        workers,
+    )
 
 
 @pytest.fixture
@@ -97,8 +114,9 @@ def test_resume_continues_exactly_where_the_stream_was(shards, consumed):
         saved.consume(batch)
     state = StreamState(workers=2)
     state.load_process_states([saved.state_dict()], rank=0, world_size=1)
-    resumed = [b for b in stream(shards, workers=2, skip=state.replay, first_worker=state.replay_first_worker)
-               if b["num_rows"]]
+    resumed = [
+        b for b in stream(shards, workers=2, skip=state.replay, first_worker=state.replay_first_worker) if b["num_rows"]
+    ]
     assert [b["position"] for b in resumed] == [b["position"] for b in full[consumed:]]
     assert all(torch.equal(a["text"], b["text"]) for a, b in zip(resumed, full[consumed:]))
 
@@ -128,12 +146,15 @@ def test_weighted_sources_mix_in_proportion(tmp_path):
     for name, count in (("a", 3), ("b", 1)):
         samples = ({"__key__": f"{name}{i}", "png": png((0, 0, 0)), "txt": name} for i in range(count * 20))
         write_shards(samples, tmp_path, name, 20)
-    sources = resolve_sources([{"shards": str(tmp_path / "a-{000000..000002}.tar"), "weight": 3},
-                               {"shards": str(tmp_path / "b-000000.tar"), "weight": 1}])
+    sources = resolve_sources(
+        [
+            {"shards": str(tmp_path / "a-{000000..000002}.tar"), "weight": 3},
+            {"shards": str(tmp_path / "b-000000.tar"), "weight": 1},
+        ]
+    )
     tokenizer = build_tokenizer(TextTransformerConfig(context_length=8))
     a_tokens = tokenizer(["a"])[0]
-    loader = make_loader(TrainStream(sources, decoder(), 8, True, 10, seed=0, epoch=0, rank=0,
-                                     world_size=1), 0)
+    loader = make_loader(TrainStream(sources, decoder(), 8, True, 10, seed=0, epoch=0, rank=0, world_size=1), 0)
     texts = []
     for batch in loader:
         texts.extend(batch["text"])
@@ -154,13 +175,22 @@ def test_a_resumed_stream_is_bit_identical_with_workers_augmentation_and_mixing(
     """Random crops, two weighted sources (the smaller one runs out before the resume point) and
     two data workers: the batches after a resume are those of the uninterrupted stream."""
     for name, count, per_shard in (("a", 48, 12), ("b", 8, 4)):  # 24 + 4 samples per worker
-        samples = ({"__key__": f"{name}{i}", "png": noise_png(i + 1000 * (name == "b")), "txt": f"{name} {i}"}
-                   for i in range(count))
+        samples = (
+            {"__key__": f"{name}{i}", "png": noise_png(i + 1000 * (name == "b")), "txt": f"{name} {i}"}
+            for i in range(count)
+        )
         write_shards(samples, tmp_path, name, per_shard)
-    sources = resolve_sources([{"shards": str(tmp_path / "a-{000000..000003}.tar"), "weight": 2},
-                               {"shards": str(tmp_path / "b-{000000..000001}.tar"), "weight": 1}])
-    train_decoder = SampleDecoder(SampleKeysConfig(), build_train_image_loader(ImageTransformConfig(), 16),
-                                  build_tokenizer(TextTransformerConfig(context_length=8)))
+    sources = resolve_sources(
+        [
+            {"shards": str(tmp_path / "a-{000000..000003}.tar"), "weight": 2},
+            {"shards": str(tmp_path / "b-{000000..000001}.tar"), "weight": 1},
+        ]
+    )
+    train_decoder = SampleDecoder(
+        SampleKeysConfig(),
+        build_train_image_loader(ImageTransformConfig(), 16),
+        build_tokenizer(TextTransformerConfig(context_length=8)),
+    )
 
     def run(skip=None):
         stream = TrainStream(sources, train_decoder, 4, False, 10, seed=5, epoch=0, rank=0, world_size=1, skip=skip)

@@ -4,15 +4,16 @@ CI has no GPU: the device side runs here on the CPU (torchvision's decode_jpeg t
 there), which checks everything but nvJPEG itself; the refusal without a GPU is checked as a user
 meets it.
 """
+
 import pytest
 import torch
 
 from clipkit.config.compose import compose_config
+from clipkit.config.schema import SampleKeysConfig
 from clipkit.config.validate import check_config
 from clipkit.data.decode import SampleDecoder
 from clipkit.data.device_decode import DeferredImageDecoder, DeviceImages, EncodedJpeg
 from clipkit.data.image_crop import ImageNormalizer, TrainImageDecoder
-from clipkit.config.schema import SampleKeysConfig
 from clipkit.errors import ConfigError
 from tests.conftest import run_cli
 from tests.unit.test_image_crop import MEAN, STD, photo
@@ -63,7 +64,7 @@ def test_a_batch_decoded_on_the_device_matches_the_cpu_path_within_rounding():
 def test_a_jpeg_that_cannot_be_decoded_leaves_the_batch_and_the_rest_stays():
     sound, damaged = photo(60, 50), bytearray(photo(60, 50))
     scan = damaged.index(b"\xff\xda")  # start of scan: the header before it stays readable
-    damaged[scan + 30:scan + 32] = b"\xff\xc8"  # a marker libjpeg refuses, inside the coded data
+    damaged[scan + 30 : scan + 32] = b"\xff\xc8"  # a marker libjpeg refuses, inside the coded data
     deferred = DeferredImageDecoder(SIZE, (0.5, 1.0))
     batch = deferred.collate([deferred(sound), deferred(bytes(damaged))])
     present = torch.tensor([True, True])
@@ -86,12 +87,14 @@ def test_host_tensors_pass_to_the_device_normalised():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_cuda_decode_without_a_gpu_is_one_line_and_exit_2(tmp_path, small_demo):
-    result = run_cli("clipkit-train", [f"data.demo_root={small_demo}", "data.decode_device=cuda"], tmp_path,
-                     timeout=120)
+    result = run_cli(
+        "clipkit-train", [f"data.demo_root={small_demo}", "data.decode_device=cuda"], tmp_path, timeout=120
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
         "clipkit-train: error: data.decode_device: cuda decodes JPEGs on the training GPU, but no CUDA "
-        "device is available; use data.decode_device=cpu"]
+        "device is available; use data.decode_device=cpu"
+    ]
     assert not (tmp_path / "runs").exists()
 
 

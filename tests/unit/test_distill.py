@@ -1,5 +1,6 @@
 """loss.distill: the KL term against a naive reference, teachers from a clipkit checkpoint and from
 an open_clip folder, the refusal of a teacher that takes other inputs, and 2-step runs."""
+
 import json
 import math
 
@@ -58,8 +59,15 @@ def teacher_run(small_demo, tmp_path_factory):
 
 
 def test_a_clipkit_teacher_teaches_every_pair_it_shares(small_demo, teacher_run, tmp_path):
-    trainer, records = _run(small_demo, tmp_path, "trainer.max_steps=2", "trainer.log_every_n_steps=1",
-                            "loss=distill", f"loss.distill.teacher={teacher_run}", "seed=3")
+    trainer, records = _run(
+        small_demo,
+        tmp_path,
+        "trainer.max_steps=2",
+        "trainer.log_every_n_steps=1",
+        "loss=distill",
+        f"loss.distill.teacher={teacher_run}",
+        "seed=3",
+    )
     assert {"loss/distill/image_text", "loss/distill/audio_text", "loss/distill/image_audio"} <= set(records[-1])
     assert all(records[-1][k] > 0 for k in ("loss/distill/image_text", "loss/distill/audio_text"))
     assert not any(p.requires_grad for p in trainer.teacher.model.parameters())
@@ -71,24 +79,50 @@ def test_an_open_clip_teacher_from_its_folder(small_demo, teacher_run, tmp_path)
 
     _, checked, bundle = load_checkpoint(str(teacher_run), torch.device("cpu"))
     export_open_clip(checked, bundle.model, tmp_path / "open_clip")  # image and text only
-    image_text = ["experiment=demo_image_text", f"data.demo_root={small_demo}", "data.train.num_samples=1200",
-                  "data.batch_size=16", "data.workers=1", *TINY_MODEL]
-    checked, sources = prepare(compose_config([*image_text, "eval=none", "trainer.max_steps=2",
-                                               "trainer.log_every_n_steps=1", "loss=distill",
-                                               f"loss.distill.teacher={tmp_path / 'open_clip'}"]))
+    image_text = [
+        "experiment=demo_image_text",
+        f"data.demo_root={small_demo}",
+        "data.train.num_samples=1200",
+        "data.batch_size=16",
+        "data.workers=1",
+        *TINY_MODEL,
+    ]
+    checked, sources = prepare(
+        compose_config(
+            [
+                *image_text,
+                "eval=none",
+                "trainer.max_steps=2",
+                "trainer.log_every_n_steps=1",
+                "loss=distill",
+                f"loss.distill.teacher={tmp_path / 'open_clip'}",
+            ]
+        )
+    )
     (tmp_path / "run").mkdir()
     trainer = Trainer(checked, sources, tmp_path / "run")
     assert trainer.teacher.pairs == ["image_text"]
-    torch.testing.assert_close(trainer.teacher.model.towers["image"].encoder.proj, bundle.model.towers["image"].encoder.proj)
+    torch.testing.assert_close(
+        trainer.teacher.model.towers["image"].encoder.proj, bundle.model.towers["image"].encoder.proj
+    )
     trainer.fit()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["loss/distill/image_text"] > 0
 
 
 def test_a_teacher_with_other_inputs_is_refused(small_demo, teacher_run):
-    checked, sources = prepare(compose_config([*demo_overrides(small_demo), "eval=none", "trainer.max_steps=2",
-                                               "loss=distill", f"loss.distill.teacher={teacher_run}",
-                                               "model.towers.image.image_size=48"]))
+    checked, sources = prepare(
+        compose_config(
+            [
+                *demo_overrides(small_demo),
+                "eval=none",
+                "trainer.max_steps=2",
+                "loss=distill",
+                f"loss.distill.teacher={teacher_run}",
+                "model.towers.image.image_size=48",
+            ]
+        )
+    )
     with pytest.raises(ConfigError, match="the teacher's image inputs .* differ from the student's"):
         Trainer(checked, sources, teacher_run / "never")
     with pytest.raises(ConfigError, match="loss.distill.teacher"):

@@ -1,5 +1,6 @@
 """trainer.ema: the update rule, and a run whose checkpoints, evaluation and readers use the average,
 resumed exactly."""
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -9,8 +10,8 @@ import clipkit
 from clipkit.cli.prepare import prepare
 from clipkit.config.compose import compose_config
 from clipkit.config.schema import EMAConfig
-from clipkit.errors import ConfigError
 from clipkit.config.validate import check_config
+from clipkit.errors import ConfigError
 from clipkit.train import checkpoint as ckpt
 from clipkit.train.ema import WeightAverage
 from clipkit.train.trainer import Trainer
@@ -42,8 +43,17 @@ def test_update_rule(warmup):
 
 
 def _trainer(small_demo, run, *overrides):
-    checked, sources = prepare(compose_config([*demo_overrides(small_demo), "eval=none", "trainer.ema.decay=0.5",
-                                               "trainer.ckpt_every_n_steps=2", *overrides]))
+    checked, sources = prepare(
+        compose_config(
+            [
+                *demo_overrides(small_demo),
+                "eval=none",
+                "trainer.ema.decay=0.5",
+                "trainer.ckpt_every_n_steps=2",
+                *overrides,
+            ]
+        )
+    )
     run.mkdir(exist_ok=True)
     return Trainer(checked, sources, run)
 

@@ -1,4 +1,5 @@
 """What each export format accepts, without training."""
+
 import pytest
 import torch
 
@@ -16,16 +17,31 @@ def bundle(overrides):
 
 
 def test_open_clip_refuses_a_model_without_image_and_text_towers(tmp_path):
-    checked, built = bundle(["model=audio_text_small", "model.towers.text.width=32", "model.towers.text.heads=2",
-                             "model.towers.text.layers=1", "eval=none",
-                             "~loss.contrastive.pair_weights.image_audio", "~loss.anchors.image_audio"])
+    checked, built = bundle(
+        [
+            "model=audio_text_small",
+            "model.towers.text.width=32",
+            "model.towers.text.heads=2",
+            "model.towers.text.layers=1",
+            "eval=none",
+            "~loss.contrastive.pair_weights.image_audio",
+            "~loss.anchors.image_audio",
+        ]
+    )
     with pytest.raises(ExportError, match="format=onnx"):
         export_open_clip(checked, built.model, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
-COCA = ["experiment=demo_coca", *TINY_MODEL, *TINY_AUDIO, "model.caption.heads=2", "model.caption.pooler_heads=2",
-        "model.towers.image.attn_pooler_heads=2", "model.towers.image.attn_pooler_queries=5"]
+COCA = [
+    "experiment=demo_coca",
+    *TINY_MODEL,
+    *TINY_AUDIO,
+    "model.caption.heads=2",
+    "model.caption.pooler_heads=2",
+    "model.towers.image.attn_pooler_heads=2",
+    "model.towers.image.attn_pooler_queries=5",
+]
 
 
 def test_a_coca_model_exports_as_open_clips_coca(tmp_path):
@@ -64,10 +80,18 @@ def test_a_siglip_model_exports_its_temperature_and_bias():
 def test_a_timm_image_tower_exports_with_the_same_embeddings(tmp_path):
     import open_clip
 
-    checked, built = bundle(["experiment=demo_image_text", "model=timm_resnet50", "eval=none",
-                             "model.towers.image.model_name=test_convnext", "model.towers.image.image_size=32",
-                             "model.towers.image.pool=avg", "model.towers.image.proj=linear",
-                             *[o for o in TINY_MODEL if "towers.image" not in o]])
+    checked, built = bundle(
+        [
+            "experiment=demo_image_text",
+            "model=timm_resnet50",
+            "eval=none",
+            "model.towers.image.model_name=test_convnext",
+            "model.towers.image.image_size=32",
+            "model.towers.image.pool=avg",
+            "model.towers.image.proj=linear",
+            *[o for o in TINY_MODEL if "towers.image" not in o],
+        ]
+    )
     assert checked.towers["image"].model_name == "test_convnext"
     model = built.model.eval()
     export_open_clip(checked, model, tmp_path / "timm")
@@ -78,8 +102,9 @@ def test_a_timm_image_tower_exports_with_the_same_embeddings(tmp_path):
         assert (loaded.encode_image(images, normalize=True) - model.encode("image", images)).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("interpolation,resize_mode", [("bicubic", "shortest"), ("bilinear", "longest"),
-                                                       ("bicubic", "squash")])
+@pytest.mark.parametrize(
+    "interpolation,resize_mode", [("bicubic", "shortest"), ("bilinear", "longest"), ("bicubic", "squash")]
+)
 def test_eval_preprocessing_is_what_open_clip_builds_from_the_export_bit_for_bit(interpolation, resize_mode):
     """clipkit-eval's image input equals what open_clip (and so CLIP_benchmark) makes of the same
     image from the exported preprocess_cfg, so an exported model scores the same there."""
@@ -91,10 +116,18 @@ def test_eval_preprocessing_is_what_open_clip_builds_from_the_export_bit_for_bit
 
     from clipkit.export.open_clip import open_clip_config
 
-    checked, built = bundle(["experiment=demo_image_text", *TINY_MODEL, "eval=none",
-                             f"data.image.interpolation={interpolation}", f"data.image.resize_mode={resize_mode}"])
-    theirs = image_transform_v2(PreprocessCfg(**open_clip_config(checked, built.model)["preprocess_cfg"]),
-                                is_train=False)
+    checked, built = bundle(
+        [
+            "experiment=demo_image_text",
+            *TINY_MODEL,
+            "eval=none",
+            f"data.image.interpolation={interpolation}",
+            f"data.image.resize_mode={resize_mode}",
+        ]
+    )
+    theirs = image_transform_v2(
+        PreprocessCfg(**open_clip_config(checked, built.model)["preprocess_cfg"]), is_train=False
+    )
     rng = np.random.default_rng(0)
     for width, height in ((57, 40), (33, 90)):
         buffer = io.BytesIO()

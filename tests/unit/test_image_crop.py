@@ -1,4 +1,5 @@
 """The uint8 training crop: torchvision's crop distribution, open_clip's pixels, ToTensor+Normalize's floats."""
+
 import io
 
 import numpy as np
@@ -39,8 +40,9 @@ def test_the_crops_are_torchvisions_for_the_same_generator():
 @pytest.mark.parametrize("size,interpolation", [(224, "bicubic"), (96, "bilinear")])
 def test_without_dct_scaling_the_pixels_are_open_clips_within_rounding(size, interpolation):
     """open_clip's training crop is bicubic whatever its (eval) interpolation."""
-    reference = image_transform(size, is_train=True, mean=MEAN, std=STD, interpolation=interpolation,
-                                aug_cfg=AugmentationCfg(scale=(0.9, 1.0)))
+    reference = image_transform(
+        size, is_train=True, mean=MEAN, std=STD, interpolation=interpolation, aug_cfg=AugmentationCfg(scale=(0.9, 1.0))
+    )
     decoder, normalize = TrainImageDecoder(size, (0.9, 1.0)), ImageNormalizer(MEAN, STD)
     data = photo(int(size * 1.6), int(size * 1.3))  # every crop < 2x size: decoded at full size
     for seed in range(5):
@@ -72,7 +74,7 @@ def test_a_dct_scaled_decode_keeps_the_crop_in_place():
         top, left, crop_height, crop_width = decoder.crop_box(height, width)
         reduction = dct_reduction(crop_width, crop_height, 32)
         reductions.add(reduction)
-        crop = full[top:top + crop_height, left:left + crop_width].permute(2, 0, 1)[None]
+        crop = full[top : top + crop_height, left : left + crop_width].permute(2, 0, 1)[None]
         expected = F.interpolate(crop, size=(32, 32), mode="bicubic", antialias=True)[0, :2].float()
         torch.manual_seed(seed)
         ours = decoder(data)[:2].float()
@@ -102,8 +104,9 @@ def test_a_truncated_jpeg_fails_in_the_decoder():
 
 def test_normalising_a_uint8_batch_is_totensor_and_normalize_bit_for_bit():
     pixels = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
-    expected = torch.stack([Normalize(MEAN, STD)(ToTensor()(Image.fromarray(p.permute(1, 2, 0).numpy())))
-                            for p in pixels])
+    expected = torch.stack(
+        [Normalize(MEAN, STD)(ToTensor()(Image.fromarray(p.permute(1, 2, 0).numpy()))) for p in pixels]
+    )
     assert torch.equal(ImageNormalizer(MEAN, STD)(pixels), expected)
     stand_in = torch.zeros(2, 3, 8, 8)
     assert ImageNormalizer(MEAN, STD)(stand_in) is stand_in  # absent images' float zeros pass as they are

@@ -6,6 +6,7 @@ next step. On the CPU every tensor is a host tensor, so these tests make every s
 the training process (data workers, separate processes, decode as they like) for the steps between
 logging steps: a new read in the model, the objectives or the step fails here.
 """
+
 import os
 
 import pytest
@@ -37,8 +38,11 @@ def forbid_host_reads(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def unlogged_steps_read_nothing(small_demo, tmp_path, monkeypatch, *overrides: str) -> None:
-    checked, sources = prepare(compose_config([*demo_overrides(small_demo), "trainer.max_steps=6",
-                                               "trainer.log_every_n_steps=6", "eval=none", *overrides]))
+    checked, sources = prepare(
+        compose_config(
+            [*demo_overrides(small_demo), "trainer.max_steps=6", "trainer.log_every_n_steps=6", "eval=none", *overrides]
+        )
+    )
     trainer = Trainer(checked, sources, tmp_path)
     take_step = trainer._train_step
     checked_steps = []
@@ -70,8 +74,9 @@ def test_accumulated_steps_read_nothing_on_the_host(small_demo, tmp_path, monkey
 @pytest.mark.parametrize("accum_steps", [1, 2])
 def test_captioning_steps_read_nothing_on_the_host(small_demo, tmp_path, monkeypatch, accum_steps):
     """CoCa: the caption head scores only the non-padding tokens, found on the host's copy."""
-    unlogged_steps_read_nothing(small_demo, tmp_path, monkeypatch, "experiment=demo_coca",
-                                f"trainer.accum_steps={accum_steps}")
+    unlogged_steps_read_nothing(
+        small_demo, tmp_path, monkeypatch, "experiment=demo_coca", f"trainer.accum_steps={accum_steps}"
+    )
 
 
 def test_the_guard_catches_a_read(monkeypatch):
@@ -90,9 +95,19 @@ def test_the_guard_catches_a_read(monkeypatch):
 def test_unlogged_cuda_steps_never_synchronize(small_demo, tmp_path, recipe):
     """On a GPU, CUDA's own detector: any synchronising call (a read, a blocking copy, a mask
     indexed on the device) raises between logging steps."""
-    checked, sources = prepare(compose_config([*demo_overrides(small_demo), *recipe, "trainer.device=cuda",
-                                               "trainer.precision=bf16", "trainer.max_steps=6",
-                                               "trainer.log_every_n_steps=6", "eval=none"]))
+    checked, sources = prepare(
+        compose_config(
+            [
+                *demo_overrides(small_demo),
+                *recipe,
+                "trainer.device=cuda",
+                "trainer.precision=bf16",
+                "trainer.max_steps=6",
+                "trainer.log_every_n_steps=6",
+                "eval=none",
+            ]
+        )
+    )
     trainer = Trainer(checked, sources, tmp_path)
     take_step = trainer._train_step
 

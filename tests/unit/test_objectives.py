@@ -1,13 +1,22 @@
 """The sigmoid, uniformity, alignment, cross-uniformity and caption terms against direct formulas."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from clipkit.config.schema import (AlignmentLossConfig, CaptionHeadConfig, CaptionLossConfig,
-                                   ContrastiveLossConfig, CrossUniformityLossConfig, LossConfig,
-                                   ModelConfig, SigmoidLossConfig, UniformityLossConfig)
+from clipkit.config.schema import (
+    AlignmentLossConfig,
+    CaptionHeadConfig,
+    CaptionLossConfig,
+    ContrastiveLossConfig,
+    CrossUniformityLossConfig,
+    LossConfig,
+    ModelConfig,
+    SigmoidLossConfig,
+    UniformityLossConfig,
+)
 from clipkit.models.build import pair_parameters
 from clipkit.models.multimodal import build_model
 from clipkit.models.towers.image import ViTConfig
@@ -38,7 +47,8 @@ def test_sigmoid_loss_scores_only_rows_with_both_modalities():
     valid = torch.tensor([True, False, True, True, False, True])
     t, bias = torch.tensor(3.0), torch.tensor(-2.0)
     assert sigmoid_loss(a, b, t, bias, valid=valid).item() == pytest.approx(
-        sigmoid_loss(a[valid], b[valid], t, bias).item(), rel=1e-6)
+        sigmoid_loss(a[valid], b[valid], t, bias).item(), rel=1e-6
+    )
     assert sigmoid_loss(a, b, t, bias, valid=torch.zeros(6, dtype=torch.bool)).item() == 0.0
 
 
@@ -71,14 +81,22 @@ def test_geometry_terms_score_only_rows_with_both_modalities():
     assert uniformity(x, valid=valid).item() == pytest.approx(uniformity(x[valid]).item(), rel=1e-6)
     assert alignment(x, y, valid=valid).item() == pytest.approx(alignment(x[valid], y[valid]).item(), rel=1e-6)
     assert cross_uniformity(x, y, valid=valid).item() == pytest.approx(
-        cross_uniformity(x[valid], y[valid]).item(), rel=1e-6)
+        cross_uniformity(x[valid], y[valid]).item(), rel=1e-6
+    )
 
 
-def tiny_model(loss: LossConfig, caption: CaptionHeadConfig = CaptionHeadConfig()):
+def tiny_model(loss: LossConfig, caption: CaptionHeadConfig | None = None):
     torch.manual_seed(0)
-    return build_model(16, {"image": ViTConfig(image_size=16, patch_size=8, width=32, layers=1, head_width=16),
-                            "text": TextTransformerConfig(context_length=8, width=32, heads=2, layers=1)},
-                       ["image_text"], pair_parameters(ModelConfig(), loss), caption)
+    return build_model(
+        16,
+        {
+            "image": ViTConfig(image_size=16, patch_size=8, width=32, layers=1, head_width=16),
+            "text": TextTransformerConfig(context_length=8, width=32, heads=2, layers=1),
+        },
+        ["image_text"],
+        pair_parameters(ModelConfig(), loss),
+        caption,
+    )
 
 
 def batch(n: int = 4):
@@ -100,12 +118,20 @@ def test_zero_weights_switch_terms_and_their_parameters_off():
     assert set(terms) == {"sigmoid/image_text", "total"}
     assert set(tiny_model(LossConfig()).sigmoid_scales) == set()
 
-    everything = LossConfig(uniformity=UniformityLossConfig(weight=1.0), alignment=AlignmentLossConfig(weight=1.0),
-                            cross_uniformity=CrossUniformityLossConfig(weight=1.0))
+    everything = LossConfig(
+        uniformity=UniformityLossConfig(weight=1.0),
+        alignment=AlignmentLossConfig(weight=1.0),
+        cross_uniformity=CrossUniformityLossConfig(weight=1.0),
+    )
     model = tiny_model(everything)
     terms = Objective(everything)(model, model(inputs, present), present)
-    assert set(terms) == {"contrastive/image_text", "uniformity/image_text", "alignment/image_text",
-                          "cross_uniformity/image_text", "total"}
+    assert set(terms) == {
+        "contrastive/image_text",
+        "uniformity/image_text",
+        "alignment/image_text",
+        "cross_uniformity/image_text",
+        "total",
+    }
 
 
 def test_temperature_warm_up_scales_the_learned_logit_scale_until_its_last_step():
@@ -118,8 +144,9 @@ def test_temperature_warm_up_scales_the_learned_logit_scale_until_its_last_step(
     for step, factor in ((0, 0.5), (50, 0.75), (100, 1.0), (5000, 1.0)):
         objective.at_step(step)
         expected = clip_loss(outputs["image"], outputs["text"], factor * learned)
-        assert objective(model, outputs, present)["contrastive/image_text"].item() == \
-            pytest.approx(expected.item(), rel=1e-6)
+        assert objective(model, outputs, present)["contrastive/image_text"].item() == pytest.approx(
+            expected.item(), rel=1e-6
+        )
     objective.at_step(40)
     objective(model, outputs, present)["total"].backward()
     assert model.logit_scales["image_text"].grad is not None  # the learned scale still learns
@@ -157,6 +184,7 @@ def test_caption_loss_is_next_token_cross_entropy_ignoring_padding():
     logits = model.caption.logits("image", image_tokens, text_tokens[:, :-1])
     expected = F.cross_entropy(logits.transpose(1, 2), inputs["text"][:, 1:], ignore_index=0, reduction="sum")
     assert out["caption_nll/image"].sum().item() == pytest.approx(expected.item(), rel=1e-5)
-    terms = Objective(LossConfig(contrastive=ContrastiveLossConfig(weight=0.0),
-                                 caption=CaptionLossConfig(weight=1.0)))(model, out, present)
+    terms = Objective(LossConfig(contrastive=ContrastiveLossConfig(weight=0.0), caption=CaptionLossConfig(weight=1.0)))(
+        model, out, present
+    )
     assert terms["caption/image"].item() == pytest.approx(expected.item() / 24, rel=1e-5)

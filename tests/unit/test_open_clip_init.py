@@ -1,5 +1,6 @@
 """model.init.open_clip: open_clip models as open_clip itself saves them load into clipkit's towers
 with identical embeddings; anything else is refused naming the first offending key."""
+
 import pytest
 import torch
 from open_clip.model import CLIP, CustomTextCLIP
@@ -35,15 +36,24 @@ def assert_same_embeddings(ours, theirs):
     images = torch.randn(3, 3, 32, 32)
     tokens = torch.randint(1, 1000, (3, 16))
     with torch.no_grad():
-        for got, expected in ((ours.encode("image", images), theirs.encode_image(images, normalize=True)),
-                              (ours.encode("text", tokens), theirs.encode_text(tokens, normalize=True))):
+        for got, expected in (
+            (ours.encode("image", images), theirs.encode_image(images, normalize=True)),
+            (ours.encode("text", tokens), theirs.encode_text(tokens, normalize=True)),
+        ):
             assert (got - expected).abs().max().item() <= 1e-6
 
 
 def save_training_checkpoint(model, path):
     """As open_clip_train writes epoch_N.pt: the DDP-wrapped state dict with the run's bookkeeping."""
-    torch.save({"epoch": 3, "name": "run", "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
-                "optimizer": {"state": {}, "param_groups": []}}, path)
+    torch.save(
+        {
+            "epoch": 3,
+            "name": "run",
+            "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
+            "optimizer": {"state": {}, "param_groups": []},
+        },
+        path,
+    )
 
 
 @pytest.mark.parametrize("layout", ["epoch_pt", "pytorch_bin", "safetensors_folder"])
@@ -97,15 +107,23 @@ def test_other_towers_keep_their_own_weights(tmp_path):
 
 
 def test_another_architecture_is_refused_naming_the_key(tmp_path):
-    wider = CLIP(EMBED, ViTConfig(image_size=32, patch_size=8, width=64, layers=2, head_width=16).open_clip_cfg(),
-                 TEXT.open_clip_cfg())
+    wider = CLIP(
+        EMBED,
+        ViTConfig(image_size=32, patch_size=8, width=64, layers=2, head_width=16).open_clip_cfg(),
+        TEXT.open_clip_cfg(),
+    )
     torch.save(wider.state_dict(), tmp_path / "wide.bin")
     with pytest.raises(CheckpointError, match=r"visual\.class_embedding has shape \[64\], this model's \[32\]"):
         load_open_clip_init(clipkit_model(seed=5), str(tmp_path / "wide.bin"))
-    deeper = CLIP(EMBED, IMAGE.open_clip_cfg(), TextTransformerConfig(context_length=16, width=32, heads=2,
-                                                                      layers=3).open_clip_cfg())
+    deeper = CLIP(
+        EMBED,
+        IMAGE.open_clip_cfg(),
+        TextTransformerConfig(context_length=16, width=32, heads=2, layers=3).open_clip_cfg(),
+    )
     torch.save(deeper.state_dict(), tmp_path / "deep.bin")
-    with pytest.raises(CheckpointError, match=r"has text\.transformer\.resblocks\.2\.\S+, which this model has no place"):
+    with pytest.raises(
+        CheckpointError, match=r"has text\.transformer\.resblocks\.2\.\S+, which this model has no place"
+    ):
         load_open_clip_init(clipkit_model(seed=5), str(tmp_path / "deep.bin"))
     state = open_clip_model().state_dict()
     del state["visual.proj"]

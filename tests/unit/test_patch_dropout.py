@@ -1,5 +1,6 @@
 """Patch dropout keeps its share of patches in training, none in evaluation, and the final unmasked
 phase (trainer.unmasked_final_steps) switches it off for the last steps of a real run."""
+
 import pytest
 import torch
 
@@ -22,9 +23,13 @@ def _tokens_seen(tower, images) -> int:
     return seen[0]
 
 
-@pytest.mark.parametrize("config", [ViTConfig(image_size=32, patch_size=8, width=32, layers=1, head_width=16,
-                                              patch_dropout=0.5),
-                                    TimmConfig(model_name="vit_tiny_patch16_224", image_size=224, patch_dropout=0.75)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        ViTConfig(image_size=32, patch_size=8, width=32, layers=1, head_width=16, patch_dropout=0.5),
+        TimmConfig(model_name="vit_tiny_patch16_224", image_size=224, patch_dropout=0.75),
+    ],
+)
 def test_share_of_patches_kept(config):
     tower = TOWERS.get(config.name).build(config, 16)
     patches = (config.image_size // (8 if config.name == "vit" else 16)) ** 2
@@ -39,13 +44,22 @@ def test_share_of_patches_kept(config):
 
 
 def test_last_steps_of_a_run_see_every_patch(small_demo, tmp_path):
-    checked, sources = prepare(compose_config([*demo_overrides(small_demo), "eval=none", "trainer.max_steps=3",
-                                               "model.towers.image.patch_dropout=0.5",
-                                               "trainer.unmasked_final_steps=1"]))
+    checked, sources = prepare(
+        compose_config(
+            [
+                *demo_overrides(small_demo),
+                "eval=none",
+                "trainer.max_steps=3",
+                "model.towers.image.patch_dropout=0.5",
+                "trainer.unmasked_final_steps=1",
+            ]
+        )
+    )
     trainer = Trainer(checked, sources, tmp_path)
     seen = []
     trainer.core.towers["image"].encoder.transformer.register_forward_pre_hook(
-        lambda module, args: seen.append(args[0].shape[1]) if module.training else None)
+        lambda module, args: seen.append(args[0].shape[1]) if module.training else None
+    )
     trainer.fit()
     patches = (32 // 8) ** 2  # the tiny towers' 32 px images, patch 8 (model=tiny's)
     assert seen == [1 + patches // 2, 1 + patches // 2, 1 + patches]

@@ -1,4 +1,5 @@
 """The preemption watch notes the stop signals while installed and restores the handlers after."""
+
 import os
 import signal
 

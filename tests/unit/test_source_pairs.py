@@ -1,4 +1,5 @@
 """A source whose samples give no pair of the model both its modalities is refused by name."""
+
 import pytest
 
 from clipkit.data.shards import ShardSource, check_sources_feed_pairs

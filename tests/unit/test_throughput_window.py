@@ -1,4 +1,5 @@
 """ThroughputWindow: samples/s over the logged window, without the evaluation and checkpoint pauses."""
+
 import pytest
 
 from clipkit.train import metrics

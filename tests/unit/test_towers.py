@@ -16,8 +16,11 @@ def test_registry_lists_builtin_towers():
 
 
 def test_vit_and_text_towers_embed_to_embed_dim():
-    model = build_model(24, {"image": ViTConfig(**VIT), "text": TextTransformerConfig(context_length=8, width=32, heads=2, layers=1)},
-                        ["image_text"])
+    model = build_model(
+        24,
+        {"image": ViTConfig(**VIT), "text": TextTransformerConfig(context_length=8, width=32, heads=2, layers=1)},
+        ["image_text"],
+    )
     tokens = build_tokenizer(model.towers["text"].config)(["a red circle", "a blue square"])
     everything = {"image": torch.ones(2, dtype=torch.bool), "text": torch.ones(2, dtype=torch.bool)}
     out = model({"image": torch.randn(2, 3, 32, 32), "text": tokens}, everything)
@@ -27,8 +30,11 @@ def test_vit_and_text_towers_embed_to_embed_dim():
 
 
 def test_logit_scale_is_clamped_at_max():
-    model = build_model(8, {"image": ViTConfig(**VIT), "text": TextTransformerConfig(context_length=8, width=32, heads=2, layers=1)},
-                        ["image_text"])
+    model = build_model(
+        8,
+        {"image": ViTConfig(**VIT), "text": TextTransformerConfig(context_length=8, width=32, heads=2, layers=1)},
+        ["image_text"],
+    )
     with torch.no_grad():
         model.logit_scales["image_text"].fill_(10.0)
     assert model.logit_scale("image_text").item() == pytest.approx(100.0)

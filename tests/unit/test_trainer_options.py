@@ -1,4 +1,5 @@
 """Short in-process runs of the trainer with the options a recipe can switch on."""
+
 import json
 
 import pytest
@@ -11,8 +12,11 @@ from tests.conftest import SMALL_DEMO_SAMPLES, demo_overrides
 
 
 def train(small_demo, tmp_path, *overrides):
-    checked, sources = prepare(compose_config([*demo_overrides(small_demo), "trainer.max_steps=3",
-                                               "trainer.log_every_n_steps=1", "eval=none", *overrides]))
+    checked, sources = prepare(
+        compose_config(
+            [*demo_overrides(small_demo), "trainer.max_steps=3", "trainer.log_every_n_steps=1", "eval=none", *overrides]
+        )
+    )
     Trainer(checked, sources, tmp_path).fit()
     return [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
 
@@ -30,15 +34,23 @@ def test_accumulation_counts_the_accumulated_batch(small_demo, tmp_path):
 
 
 def test_epochs_with_sizes_json_and_tensorboard(small_demo, tmp_path):
-    records = train(small_demo, tmp_path, "trainer.max_steps=null", "trainer.epochs=1",
-                    "data.train.num_samples=null", "data.train.resampled=false", "logger.tensorboard=true")
+    records = train(
+        small_demo,
+        tmp_path,
+        "trainer.max_steps=null",
+        "trainer.epochs=1",
+        "data.train.num_samples=null",
+        "data.train.resampled=false",
+        "logger.tensorboard=true",
+    )
     assert records[-1]["step"] == SMALL_DEMO_SAMPLES // 16  # from the sources' sizes.json files
     assert any((tmp_path / "tensorboard").iterdir())
 
 
 def test_locked_tower_does_not_change(small_demo, tmp_path):
-    checked, sources = prepare(compose_config([*demo_overrides(small_demo), "trainer.max_steps=2",
-                                               "eval=none", "model.towers.text.lock=true"]))
+    checked, sources = prepare(
+        compose_config([*demo_overrides(small_demo), "trainer.max_steps=2", "eval=none", "model.towers.text.lock=true"])
+    )
     trainer = Trainer(checked, sources, tmp_path)
     before = {k: v.clone() for k, v in trainer.model.towers["text"].state_dict().items()}
     image_before = trainer.model.towers["image"].encoder.proj.clone()
@@ -48,20 +60,24 @@ def test_locked_tower_does_not_change(small_demo, tmp_path):
     assert not (trainer.model.towers["image"].encoder.proj == image_before).all()
 
 
-@pytest.mark.parametrize("overrides, warned", [
-    ([], ["image", "text"]),  # demo_bind_audio without the model to bind to
-    (["model.init.open_clip=/models/b32"], []),
-    (["model.init.open_clip=/models/b32", "model.init.towers=[image]"], ["text"]),
-    (["model.towers.image.weights=/w/image.safetensors", "model.towers.text.lock=false"], []),
-])
+@pytest.mark.parametrize(
+    "overrides, warned",
+    [
+        ([], ["image", "text"]),  # demo_bind_audio without the model to bind to
+        (["model.init.open_clip=/models/b32"], []),
+        (["model.init.open_clip=/models/b32", "model.init.towers=[image]"], ["text"]),
+        (["model.towers.image.weights=/w/image.safetensors", "model.towers.text.lock=false"], []),
+    ],
+)
 def test_a_frozen_tower_without_weights_is_named(overrides, warned):
     checked = check_config(compose_config(["experiment=demo_bind_audio", *overrides]))
     assert locked_without_weights(checked) == warned
 
 
 def test_resume_skip_applies_to_the_interrupted_epoch_only(small_demo, tmp_path):
-    checked, sources = prepare(compose_config([*demo_overrides(small_demo), "trainer.max_steps=3", "eval=none",
-                                               "data.train.resampled=false"]))  # epochs: a finite stream
+    checked, sources = prepare(
+        compose_config([*demo_overrides(small_demo), "trainer.max_steps=3", "eval=none", "data.train.resampled=false"])
+    )  # epochs: a finite stream
     trainer = Trainer(checked, sources, tmp_path)
     trainer.stream.replay = {0: [1000, 0, 0]}  # as restored: 1000 of the 1200 image-text samples taken
     loader = trainer._loader()
@@ -72,13 +88,23 @@ def test_resume_skip_applies_to_the_interrupted_epoch_only(small_demo, tmp_path)
 
 
 def test_layer_decay_trains_every_tower_at_its_rates(small_demo, tmp_path):
-    checked, sources = prepare(compose_config([*demo_overrides(small_demo), "trainer.max_steps=2", "eval=none",
-                                               "optim.layer_decay.image=0.7", "optim.layer_decay.text=0.8",
-                                               "optim.layer_decay.audio=0.9"]))
+    checked, sources = prepare(
+        compose_config(
+            [
+                *demo_overrides(small_demo),
+                "trainer.max_steps=2",
+                "eval=none",
+                "optim.layer_decay.image=0.7",
+                "optim.layer_decay.text=0.8",
+                "optim.layer_decay.audio=0.9",
+            ]
+        )
+    )
     trainer = Trainer(checked, sources, tmp_path)
     trainer.fit()
-    rates = sorted({round(group["lr"] / trainer.optimizer.param_groups[0]["lr"], 6)
-                    for group in trainer.optimizer.param_groups})
+    rates = sorted(
+        {round(group["lr"] / trainer.optimizer.param_groups[0]["lr"], 6) for group in trainer.optimizer.param_groups}
+    )
     # image and text: a stem and 1 block (0.7, 0.49; 0.8, 0.64); the audio CNN: 2 blocks, no stem (0.9, 0.81)
     assert rates == sorted({1.0, 0.7, 0.49, 0.8, 0.64, 0.9, 0.81})
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -1,5 +1,6 @@
 """open_clip's model zoo by name: every architecture clipkit claims builds exactly open_clip's
 module tree, each refused one says why, and the config keys compose, override and refuse."""
+
 import dataclasses
 
 import open_clip
@@ -39,8 +40,10 @@ def test_architecture_builds_open_clips_module_tree(name):
         ours = build_model(arch.embed_dim, {"image": arch.image, "text": arch.text}, ["image_text"])
         theirs = their_class(**config)
     expected = _shapes(convert_to_custom_text_state_dict(theirs.state_dict()))
-    got = {**{f"visual.{k}": tuple(v.shape) for k, v in ours.towers["image"].encoder.state_dict().items()},
-           **{f"text.{k}": tuple(v.shape) for k, v in ours.towers["text"].encoder.state_dict().items()}}
+    got = {
+        **{f"visual.{k}": tuple(v.shape) for k, v in ours.towers["image"].encoder.state_dict().items()},
+        **{f"text.{k}": tuple(v.shape) for k, v in ours.towers["text"].encoder.state_dict().items()},
+    }
     assert got == expected
 
 
@@ -54,10 +57,12 @@ def test_refused_architecture_says_why(name):
 # One architecture per tower kind, shrunk where the real size is slow on a CPU: with the same
 # random weights, clipkit's towers and open_clip's model embed alike (activation and all).
 SHRUNK = {
-    "ViT-B-32-quickgelu": dict(image=dict(width=64, layers=2, head_width=32, image_size=64),
-                               text=dict(width=64, heads=2, layers=2)),
-    "RN50": dict(image=dict(width=16, image_size=64, head_width=16, layers=[1, 1, 1, 1]),
-                 text=dict(width=64, heads=2, layers=2)),
+    "ViT-B-32-quickgelu": dict(
+        image=dict(width=64, layers=2, head_width=32, image_size=64), text=dict(width=64, heads=2, layers=2)
+    ),
+    "RN50": dict(
+        image=dict(width=16, image_size=64, head_width=16, layers=[1, 1, 1, 1]), text=dict(width=64, heads=2, layers=2)
+    ),
     "MobileCLIP-S1": dict(image=dict(image_size=64), text=dict(width=64, heads=2, layers=2)),
 }
 
@@ -69,8 +74,12 @@ def test_shrunk_architecture_embeds_as_open_clip(name):
     text = dataclasses.replace(arch.text, **SHRUNK[name]["text"])
     torch.manual_seed(0)
     ours = build_model(arch.embed_dim, {"image": image, "text": text}, ["image_text"]).eval()
-    theirs = CLIP(arch.embed_dim, image.open_clip_cfg(), text.open_clip_cfg(),
-                  quick_gelu=open_clip.get_model_config(name).get("quick_gelu", False)).eval()
+    theirs = CLIP(
+        arch.embed_dim,
+        image.open_clip_cfg(),
+        text.open_clip_cfg(),
+        quick_gelu=open_clip.get_model_config(name).get("quick_gelu", False),
+    ).eval()
     state = convert_to_custom_text_state_dict(theirs.state_dict())
     ours.towers["image"].encoder.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("visual.")})
     ours.towers["text"].encoder.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("text.")})
@@ -91,8 +100,14 @@ def test_quick_gelu_reaches_both_towers():
 
 
 def test_model_arch_composes_with_overrides_on_top():
-    raw = compose_config(["experiment=demo_image_text", "model.arch=ViT-B-16", "model.towers.image.patch_dropout=0.5",
-                          "model.towers.text.layers=3"])
+    raw = compose_config(
+        [
+            "experiment=demo_image_text",
+            "model.arch=ViT-B-16",
+            "model.towers.image.patch_dropout=0.5",
+            "model.towers.text.layers=3",
+        ]
+    )
     checked = check_config(raw)
     image, text = checked.towers["image"], checked.towers["text"]
     assert checked.cfg.model.arch == "ViT-B-16" and checked.cfg.model.embed_dim == 512
@@ -104,12 +119,19 @@ def test_model_arch_composes_with_overrides_on_top():
 
 def test_overrides_stay_type_checked():
     with pytest.raises(ConfigError, match="model.towers.image.width"):
-        check_config(compose_config(["experiment=demo_image_text", "model.arch=ViT-B-32", "model.towers.image.width=wide"]))
+        check_config(
+            compose_config(["experiment=demo_image_text", "model.arch=ViT-B-32", "model.towers.image.width=wide"])
+        )
 
 
-@pytest.mark.parametrize("name, reason", [("ViT-B-16-SigLIP", "Hugging Face tokenizer"),
-                                          ("roberta-ViT-B-32", "Hugging Face model"),
-                                          ("ViT-B-3", "did you mean")])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("ViT-B-16-SigLIP", "Hugging Face tokenizer"),
+        ("roberta-ViT-B-32", "Hugging Face model"),
+        ("ViT-B-3", "did you mean"),
+    ],
+)
 def test_arch_refused_before_any_work(name, reason):
     with pytest.raises(ConfigError, match=reason):
         compose_config([f"model.arch={name}"])

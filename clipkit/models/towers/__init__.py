@@ -1,5 +1,6 @@
 """Tower registry. Importing this package registers every built-in tower."""
-from clipkit.models.towers.base import TOWERS, Tower, TowerConfig
+
 from clipkit.models.towers import audio, image, text  # noqa: F401  (registration side effect)
+from clipkit.models.towers.base import TOWERS, Tower, TowerConfig
 
 __all__ = ["TOWERS", "Tower", "TowerConfig"]

@@ -6,11 +6,12 @@ conv blocks, mean over frequency, mean + max over time) with GroupNorm rather th
 BatchNorm: an embedding must not depend on which rows share its (masked, accumulated, per-process)
 batch, or the contrastive gradients stop being those of the global batch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import ClassVar, List, Optional
+from typing import ClassVar
 
 import torch
 from timm.layers import PatchEmbed
@@ -32,7 +33,7 @@ class AudioTowerConfig(TowerConfig):
     hop_length: int = 160
     n_mels: int = 128
     f_min: float = 0.0
-    f_max: Optional[float] = None  # None: sample_rate / 2
+    f_max: float | None = None  # None: sample_rate / 2
     log_offset: float = 1e-6
     norm: str = "instance"  # instance (per clip) | fixed (norm_mean / norm_std)
     norm_mean: float = 0.0
@@ -46,9 +47,21 @@ class AudioTowerConfig(TowerConfig):
         return int(round(self.sample_rate * self.clip_seconds))
 
     def frontend(self) -> LogMelFrontend:
-        return LogMelFrontend(self.sample_rate, self.n_fft, self.hop_length, self.n_mels, self.f_min,
-                              self.f_max, self.log_offset, self.norm, self.norm_mean, self.norm_std,
-                              self.freq_mask, self.time_mask, self.num_masks)
+        return LogMelFrontend(
+            self.sample_rate,
+            self.n_fft,
+            self.hop_length,
+            self.n_mels,
+            self.f_min,
+            self.f_max,
+            self.log_offset,
+            self.norm,
+            self.norm_mean,
+            self.norm_std,
+            self.freq_mask,
+            self.time_mask,
+            self.num_masks,
+        )
 
 
 @dataclass
@@ -67,7 +80,7 @@ class SpectrogramTransformerConfig(AudioTowerConfig):
 @dataclass
 class AudioCNNConfig(AudioTowerConfig):
     name: str = "cnn"
-    channels: List[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
 
 
 class StridedPatchEmbed(PatchEmbed):
@@ -101,7 +114,7 @@ class AudioEncoder(nn.Module):
         if features.ndim == 4:  # one token per cell of the CNN's map
             tokens = features.flatten(2).transpose(1, 2)
         else:
-            tokens = features[:, getattr(self.backbone, "num_prefix_tokens", 0):]
+            tokens = features[:, getattr(self.backbone, "num_prefix_tokens", 0) :]
         return embedding, tokens
 
     def compile(self, *args, **kwargs) -> None:  # type: ignore[override]
@@ -119,14 +132,21 @@ class AudioEncoder(nn.Module):
 
 
 class AudioCNN(nn.Module):
-    def __init__(self, channels: List[int]) -> None:
+    def __init__(self, channels: list[int]) -> None:
         super().__init__()
         blocks, previous = [], 1
         for width in channels:
-            blocks.append(nn.Sequential(
-                nn.Conv2d(previous, width, 3, padding=1, bias=False), nn.GroupNorm(min(8, width), width), nn.ReLU(),
-                nn.Conv2d(width, width, 3, padding=1, bias=False), nn.GroupNorm(min(8, width), width), nn.ReLU(),
-                nn.AvgPool2d(2)))
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(previous, width, 3, padding=1, bias=False),
+                    nn.GroupNorm(min(8, width), width),
+                    nn.ReLU(),
+                    nn.Conv2d(width, width, 3, padding=1, bias=False),
+                    nn.GroupNorm(min(8, width), width),
+                    nn.ReLU(),
+                    nn.AvgPool2d(2),
+                )
+            )
             previous = width
         self.blocks = nn.ModuleList(blocks)
         self.grad_checkpointing = False
@@ -159,9 +179,18 @@ def build_spectrogram_transformer(cfg: SpectrogramTransformerConfig, embed_dim: 
     frontend = cfg.frontend()
     grid = (cfg.n_mels, frontend.frames(cfg.clip_samples))
     backbone = VisionTransformer(
-        img_size=grid, patch_size=cfg.patch_size, in_chans=1, num_classes=0, global_pool=cfg.pool,
-        embed_dim=cfg.width, depth=cfg.layers, num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
-        drop_path_rate=cfg.drop_path, embed_layer=partial(StridedPatchEmbed, stride=cfg.patch_stride))
+        img_size=grid,
+        patch_size=cfg.patch_size,
+        in_chans=1,
+        num_classes=0,
+        global_pool=cfg.pool,
+        embed_dim=cfg.width,
+        depth=cfg.layers,
+        num_heads=cfg.heads,
+        mlp_ratio=cfg.mlp_ratio,
+        drop_path_rate=cfg.drop_path,
+        embed_layer=partial(StridedPatchEmbed, stride=cfg.patch_stride),
+    )
     return _finish(AudioEncoder(frontend, backbone, cfg.width, embed_dim), cfg, cfg.width)
 
 

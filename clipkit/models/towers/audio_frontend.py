@@ -2,6 +2,7 @@
 
 torchaudio computes the mel filterbank; SpecAugment masks (time and frequency) apply in training only.
 """
+
 from __future__ import annotations
 
 import torch
@@ -10,12 +11,32 @@ from torch import nn
 
 
 class LogMelFrontend(nn.Module):
-    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, f_min: float,
-                 f_max: float | None, log_offset: float, norm: str, norm_mean: float, norm_std: float,
-                 freq_mask: int, time_mask: int, num_masks: int) -> None:
+    def __init__(
+        self,
+        sample_rate: int,
+        n_fft: int,
+        hop_length: int,
+        n_mels: int,
+        f_min: float,
+        f_max: float | None,
+        log_offset: float,
+        norm: str,
+        norm_mean: float,
+        norm_std: float,
+        freq_mask: int,
+        time_mask: int,
+        num_masks: int,
+    ) -> None:
         super().__init__()
-        self.mel = AT.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length,
-                                     n_mels=n_mels, f_min=f_min, f_max=f_max, power=2.0)
+        self.mel = AT.MelSpectrogram(
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            hop_length=hop_length,
+            n_mels=n_mels,
+            f_min=f_min,
+            f_max=f_max,
+            power=2.0,
+        )
         self.log_offset = log_offset
         self.norm = norm
         self.norm_mean = norm_mean

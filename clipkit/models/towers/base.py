@@ -1,9 +1,10 @@
 """What every tower shares: its config fields, its wrapper, and loading local weights."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Optional, Tuple
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -19,7 +20,7 @@ class TowerConfig:
     name: str = ""
     lock: bool = False  # freeze the tower (LiT-style); see each tower for partial unlocking
     grad_checkpointing: bool = False
-    weights: Optional[str] = None  # local state dict (.safetensors or torch file) for this tower
+    weights: str | None = None  # local state dict (.safetensors or torch file) for this tower
 
 
 class Tower(nn.Module):
@@ -31,8 +32,14 @@ class Tower(nn.Module):
     ``tokens_pooled``: they are already pooled by attention (open_clip's CoCa image tower).
     """
 
-    def __init__(self, modality: str, encoder: nn.Module, config: TowerConfig,
-                 token_width: Optional[int] = None, tokens_pooled: bool = False) -> None:
+    def __init__(
+        self,
+        modality: str,
+        encoder: nn.Module,
+        config: TowerConfig,
+        token_width: int | None = None,
+        tokens_pooled: bool = False,
+    ) -> None:
         super().__init__()
         self.modality = modality
         self.encoder = encoder
@@ -43,8 +50,10 @@ class Tower(nn.Module):
     def enable_tokens(self) -> int:
         """From now on the encoder also returns its token features; returns their width."""
         if self.token_width is None:
-            raise ConfigError("model.caption.sources", f"the '{self.config.name}' {self.modality} tower "
-                              "gives no token features to caption from")
+            raise ConfigError(
+                "model.caption.sources",
+                f"the '{self.config.name}' {self.modality} tower gives no token features to caption from",
+            )
         self.encoder.output_tokens = True
         return self.token_width
 
@@ -52,7 +61,7 @@ class Tower(nn.Module):
         out = self.encoder(inputs)
         return out[0] if isinstance(out, tuple) else out
 
-    def forward_with_tokens(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_tokens(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(embedding (B, embed_dim), token features (B, T, token_width)); needs enable_tokens."""
         embedding, tokens = self.encoder(inputs)
         return embedding, tokens
@@ -82,8 +91,10 @@ def load_weights(module: nn.Module, path: str) -> None:
     try:
         missing, unexpected = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches raise even when strict=False
-        raise CheckpointError(f"weights file {path} does not fit {type(module).__name__}: "
-                              f"{str(exc).strip().splitlines()[-1].strip()[:200]}") from None
+        raise CheckpointError(
+            f"weights file {path} does not fit {type(module).__name__}: "
+            f"{str(exc).strip().splitlines()[-1].strip()[:200]}"
+        ) from None
     if unexpected or len(missing) == len(list(module.state_dict())):
         raise CheckpointError(
             f"weights file {path} does not fit {type(module).__name__}: "

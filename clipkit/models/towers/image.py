@@ -1,8 +1,9 @@
 """Image towers: open_clip's VisionTransformer at any size, and any timm backbone."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, List, Optional
+from typing import ClassVar
 
 from omegaconf import MISSING
 from open_clip.model import CLIPVisionCfg, _build_vision_tower
@@ -28,7 +29,7 @@ class ViTConfig(ImageTowerConfig):
     layers: int = 12
     head_width: int = 64
     mlp_ratio: float = 4.0
-    ls_init_value: Optional[float] = None
+    ls_init_value: float | None = None
     patch_dropout: float = 0.0
     pool_type: str = "tok"  # tok | avg
     final_ln_after_pool: bool = False
@@ -44,12 +45,20 @@ class ViTConfig(ImageTowerConfig):
 
     def open_clip_cfg(self) -> CLIPVisionCfg:
         return CLIPVisionCfg(
-            layers=self.layers, width=self.width, head_width=self.head_width,
-            mlp_ratio=self.mlp_ratio, patch_size=self.patch_size, image_size=self.image_size,
-            ls_init_value=self.ls_init_value, patch_dropout=self.patch_dropout,
-            pool_type=self.pool_type, final_ln_after_pool=self.final_ln_after_pool,
-            no_ln_pre=self.no_ln_pre, attentional_pool=self.attentional_pool,
-            attn_pooler_queries=self.attn_pooler_queries, attn_pooler_heads=self.attn_pooler_heads,
+            layers=self.layers,
+            width=self.width,
+            head_width=self.head_width,
+            mlp_ratio=self.mlp_ratio,
+            patch_size=self.patch_size,
+            image_size=self.image_size,
+            ls_init_value=self.ls_init_value,
+            patch_dropout=self.patch_dropout,
+            pool_type=self.pool_type,
+            final_ln_after_pool=self.final_ln_after_pool,
+            no_ln_pre=self.no_ln_pre,
+            attentional_pool=self.attentional_pool,
+            attn_pooler_queries=self.attn_pooler_queries,
+            attn_pooler_heads=self.attn_pooler_heads,
         )
 
 
@@ -61,16 +70,21 @@ class TimmConfig(ImageTowerConfig):
     proj: str = "linear"  # linear | mlp | none
     proj_bias: bool = False
     drop: float = 0.0
-    drop_path: Optional[float] = None
+    drop_path: float | None = None
     patch_dropout: float = 0.0
-    trunk_weights: Optional[str] = None  # a local timm checkpoint for the backbone alone
+    trunk_weights: str | None = None  # a local timm checkpoint for the backbone alone
 
     def open_clip_cfg(self) -> CLIPVisionCfg:
         return CLIPVisionCfg(
-            image_size=self.image_size, patch_dropout=self.patch_dropout,
-            timm_model_name=self.model_name, timm_model_pretrained=False, timm_pool=self.pool,
-            timm_proj="" if self.proj == "none" else self.proj, timm_proj_bias=self.proj_bias,
-            timm_drop=self.drop, timm_drop_path=self.drop_path,
+            image_size=self.image_size,
+            patch_dropout=self.patch_dropout,
+            timm_model_name=self.model_name,
+            timm_model_pretrained=False,
+            timm_pool=self.pool,
+            timm_proj="" if self.proj == "none" else self.proj,
+            timm_proj_bias=self.proj_bias,
+            timm_drop=self.drop,
+            timm_drop_path=self.drop_path,
         )
 
 
@@ -79,17 +93,17 @@ class ResNetConfig(ImageTowerConfig):
     """OpenAI's CLIP ResNet (open_clip's ModifiedResNet: attention pooling, anti-aliased strides)."""
 
     name: str = "resnet"
-    layers: List[int] = field(default_factory=lambda: [3, 4, 6, 3])  # blocks per stage (RN50)
+    layers: list[int] = field(default_factory=lambda: [3, 4, 6, 3])  # blocks per stage (RN50)
     width: int = 64  # of the stem; the stages are 1, 2, 4 and 8 times as wide (x4 channels)
     head_width: int = 64  # the attention pool's heads: width * 32 / head_width
 
     def open_clip_cfg(self) -> CLIPVisionCfg:
-        return CLIPVisionCfg(layers=tuple(self.layers), width=self.width, head_width=self.head_width,
-                             image_size=self.image_size)
+        return CLIPVisionCfg(
+            layers=tuple(self.layers), width=self.width, head_width=self.head_width, image_size=self.image_size
+        )
 
 
-def _finish_image_tower(encoder, cfg: ImageTowerConfig, token_width: Optional[int],
-                        tokens_pooled: bool = False) -> Tower:
+def _finish_image_tower(encoder, cfg: ImageTowerConfig, token_width: int | None, tokens_pooled: bool = False) -> Tower:
     if cfg.weights:
         load_weights(encoder, cfg.weights)
     if cfg.lock:

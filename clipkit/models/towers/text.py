@@ -1,8 +1,9 @@
 """Text tower: open_clip's TextTransformer, fed by open_clip's bundled (offline) BPE tokenizer."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 from open_clip.model import CLIPTextCfg, _build_text_tower
 from open_clip.tokenizer import SimpleTokenizer
@@ -21,7 +22,7 @@ class TextTransformerConfig(TowerConfig):
     heads: int = 8
     layers: int = 12
     mlp_ratio: float = 4.0
-    ls_init_value: Optional[float] = None
+    ls_init_value: float | None = None
     pool_type: str = "argmax"  # argmax (end-of-text token, as CLIP) | first | last
     proj_bias: bool = False
     no_causal_mask: bool = False  # every token attends to every other (MobileCLIP's text towers)
@@ -31,9 +32,15 @@ class TextTransformerConfig(TowerConfig):
 
     def open_clip_cfg(self) -> CLIPTextCfg:
         return CLIPTextCfg(
-            context_length=self.context_length, vocab_size=self.vocab_size, width=self.width,
-            heads=self.heads, layers=self.layers, mlp_ratio=self.mlp_ratio,
-            ls_init_value=self.ls_init_value, pool_type=self.pool_type, proj_bias=self.proj_bias,
+            context_length=self.context_length,
+            vocab_size=self.vocab_size,
+            width=self.width,
+            heads=self.heads,
+            layers=self.layers,
+            mlp_ratio=self.mlp_ratio,
+            ls_init_value=self.ls_init_value,
+            pool_type=self.pool_type,
+            proj_bias=self.proj_bias,
             no_causal_mask=self.no_causal_mask,
         )
 
