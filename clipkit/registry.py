@@ -44,5 +44,9 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def items(self) -> list[tuple[str, Entry[T]]]:
+        """Every entry, in the order they were registered."""
+        return list(self._entries.items())
+
     def __contains__(self, name: Any) -> bool:
         return name in self._entries

@@ -9,7 +9,7 @@ from typing import NoReturn
 from hydra.errors import HydraException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from clipkit.config.validate import did_you_mean
+from clipkit.config.checks import did_you_mean
 from clipkit.errors import ClipkitError
 
 USER_ERRORS = (ClipkitError, HydraException, OmegaConfBaseException)

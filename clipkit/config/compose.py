@@ -13,8 +13,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from clipkit.config.checks import did_you_mean
 from clipkit.config.schema import ClipkitConfig
-from clipkit.config.validate import did_you_mean
 from clipkit.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"

@@ -14,6 +14,19 @@ from typing import Any
 
 from omegaconf import MISSING
 
+# Configs that live beside their components, exported here too (X as X): the schema is where every
+# group's fields can be found.
+from clipkit.data.negatives import HardNegativesConfig as HardNegativesConfig
+from clipkit.objectives.caption_loss import CaptionLossConfig as CaptionLossConfig
+from clipkit.objectives.loss_config import LossConfig
+from clipkit.objectives.terms.base import PairTermConfig as PairTermConfig
+from clipkit.objectives.terms.contrastive import ContrastiveLossConfig as ContrastiveLossConfig
+from clipkit.objectives.terms.distill import DistillLossConfig as DistillLossConfig
+from clipkit.objectives.terms.geometry import AlignmentLossConfig as AlignmentLossConfig
+from clipkit.objectives.terms.geometry import CrossUniformityLossConfig as CrossUniformityLossConfig
+from clipkit.objectives.terms.geometry import UniformityLossConfig as UniformityLossConfig
+from clipkit.objectives.terms.sigmoid import SigmoidLossConfig as SigmoidLossConfig
+
 
 # ----------------------------------------------------------------------------------------- model
 @dataclass
@@ -105,118 +118,6 @@ class DataConfig:
     keys: SampleKeysConfig = field(default_factory=SampleKeysConfig)
     # When set, the built-in demo data set is generated here first if it is absent.
     demo_root: str | None = None
-
-
-# ------------------------------------------------------------------------------------------ loss
-# Every term has a weight; 0 switches it off entirely (not computed, no parameters, not logged).
-@dataclass
-class PairTermConfig:
-    weight: float = 0.0
-    # Relative weight per pair of model.pairs (e.g. {audio_text: 0.5}); pairs not listed weigh 1.
-    pair_weights: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class HardNegativesConfig:
-    """Per caption, up to k captions that contradict it (NegCLIP), encoded in the same step and
-    added as columns of the image->text and audio->text InfoNCE (see clipkit.data.negatives)."""
-
-    # shards (a neg.txt / neg.json member of each sample) | swap_attributes | swap_relations | demo
-    # (generators, from the caption); None: off
-    source: str | None = None
-    k: int = 1
-    weight: float = 1.0  # each hard-negative column's share of the denominator is multiplied by this
-
-
-@dataclass
-class ContrastiveLossConfig(PairTermConfig):
-    """Symmetric InfoNCE (CLIP), with a learnable logit scale per pair."""
-
-    weight: float = 1.0
-    # Across processes: each scores its own rows against all gathered columns (B x N logits).
-    # false: every process scores the full N x N matrix; same gradients, more memory.
-    local_loss: bool = True
-    # Temperature warm-up: for the first scale_warmup_steps the loss uses the learned logit scale
-    # times a factor rising linearly from scale_warmup_start to 1 (0 steps: off). A lower scale
-    # early keeps short runs off the initial loss plateau (see clipkit.objectives.objective).
-    scale_warmup_steps: int = 0
-    scale_warmup_start: float = 0.5
-    # Hardness-weighted negatives (Robinson et al. 2021): each negative weighted by exp(hardness *
-    # cosine), normalised over the row's negatives; 0: plain InfoNCE. (Robinson et al. apply beta to
-    # the scaled logit: their beta is hardness / logit scale.)
-    hardness: float = 0.0
-    # Their debiasing for false negatives: the prior share tau+ of negatives that are positives, in
-    # [0, 1); 0: off.
-    debias: float = 0.0
-    # Decoupled contrastive learning (Yeh et al. 2022): the positive left out of the denominator.
-    decoupled: bool = False
-    hard_negatives: HardNegativesConfig = field(default_factory=HardNegativesConfig)
-
-
-@dataclass
-class SigmoidLossConfig(PairTermConfig):
-    """SigLIP's pairwise sigmoid loss, with a learnable temperature and bias per pair."""
-
-    init_scale: float = 2.302585092994046  # log of the temperature: log 10
-    init_bias: float = -10.0
-
-
-@dataclass
-class UniformityLossConfig(PairTermConfig):
-    """log mean exp(-t |x_i - x_j|^2) of each modality of a pair, averaged over the two."""
-
-    t: float = 2.0
-
-
-@dataclass
-class AlignmentLossConfig(PairTermConfig):
-    """mean |x_i - y_i|^alpha over a pair's partners."""
-
-    alpha: float = 2.0
-
-
-@dataclass
-class CrossUniformityLossConfig(PairTermConfig):
-    """log mean exp(-t |x_i - y_j|^2) over the non-partners of a pair."""
-
-    t: float = 2.0
-
-
-@dataclass
-class DistillLossConfig(PairTermConfig):
-    """KL from a frozen teacher's logit distributions to the student's, per pair the teacher has
-    (open_clip's DistillClipLoss; see clipkit.objectives.distill)."""
-
-    # A clipkit run or checkpoint folder, an open_clip local-dir folder, or an open_clip weights
-    # file (epoch_N.pt, .bin, .safetensors) with teacher_arch naming its architecture.
-    teacher: str | None = None
-    teacher_arch: str | None = None
-
-
-@dataclass
-class CaptionLossConfig:
-    """Next-token cross-entropy of model.caption's decoder (padding ignored), per source."""
-
-    weight: float = 0.0
-    source_weights: dict[str, float] = field(default_factory=dict)  # e.g. {audio: 0.5}; others 1
-
-
-PAIR_TERMS = ("contrastive", "sigmoid", "uniformity", "alignment", "cross_uniformity", "distill")  # LossConfig's
-
-
-@dataclass
-class LossConfig:
-    contrastive: ContrastiveLossConfig = field(default_factory=ContrastiveLossConfig)
-    sigmoid: SigmoidLossConfig = field(default_factory=SigmoidLossConfig)
-    uniformity: UniformityLossConfig = field(default_factory=UniformityLossConfig)
-    alignment: AlignmentLossConfig = field(default_factory=AlignmentLossConfig)
-    cross_uniformity: CrossUniformityLossConfig = field(default_factory=CrossUniformityLossConfig)
-    distill: DistillLossConfig = field(default_factory=DistillLossConfig)
-    caption: CaptionLossConfig = field(default_factory=CaptionLossConfig)
-    # pair -> the modality its terms treat as a fixed target: no gradient flows into that side from
-    # this pair, e.g. {image_audio: image} binds audio to the image space without moving it
-    # (ImageBind's image anchor, here learned in the same run).
-    anchors: dict[str, str] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------- optim/sched

@@ -5,7 +5,6 @@ Everything raises :class:`ConfigError` naming the offending key.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -14,25 +13,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from clipkit.config.schema import (
-    PAIR_TERMS,
-    CaptionHeadConfig,
-    ClipkitConfig,
-    ContrastiveLossConfig,
-    EvalDatasetConfig,
-    GenerationConfig,
-    LossConfig,
-)
-from clipkit.data.negatives import GENERATORS
+from clipkit.config.checks import RunFacts, did_you_mean, positive
+from clipkit.config.schema import CaptionHeadConfig, ClipkitConfig, EvalDatasetConfig, GenerationConfig
 from clipkit.errors import ConfigError
-from clipkit.models.multimodal import split_pair
 from clipkit.models.towers import TOWERS, TowerConfig
+from clipkit.pairs import split_pair
 from clipkit.train.precision import PRECISIONS
-
-
-def did_you_mean(key: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(key, candidates, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def omegaconf_problem(exc: OmegaConfBaseException, prefix: str = "", schema: type | None = None) -> ConfigError:
@@ -75,11 +61,6 @@ def _typed(schema: type, node: Any, key: str) -> Any:
         raise omegaconf_problem(exc, key, schema) from None
 
 
-def _positive(key: str, value: float | None, allow_zero: bool = False) -> None:
-    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
-        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
 # Counts that may be 0; every other whole number of a tower (a size, a count) must be > 0.
 _TOWER_COUNTS_FROM_ZERO = {"unlocked_groups", "unlocked_layers", "freq_mask", "time_mask", "num_masks"}
 _TOWER_POSITIVE_REALS = {"clip_seconds", "mlp_ratio"}
@@ -92,12 +73,12 @@ def _check_tower_numbers(key: str, tower: TowerConfig) -> None:
         if isinstance(value, bool):
             continue
         if isinstance(value, int):
-            _positive(f"{key}.{name}", value, allow_zero=name in _TOWER_COUNTS_FROM_ZERO)
+            positive(f"{key}.{name}", value, allow_zero=name in _TOWER_COUNTS_FROM_ZERO)
         elif isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             for i, item in enumerate(value):
-                _positive(f"{key}.{name}[{i}]", item)
+                positive(f"{key}.{name}[{i}]", item)
         elif name in _TOWER_POSITIVE_REALS or name in _TOWER_REALS_FROM_ZERO:
-            _positive(f"{key}.{name}", value, allow_zero=name in _TOWER_REALS_FROM_ZERO)
+            positive(f"{key}.{name}", value, allow_zero=name in _TOWER_REALS_FROM_ZERO)
 
 
 @dataclass
@@ -119,7 +100,7 @@ def check_config(raw: DictConfig) -> CheckedConfig:
         raise ConfigError("model.towers", "no towers configured")
     for modality, tower in towers.items():
         _check_tower_numbers(f"model.towers.{modality}", tower)
-    _positive("model.embed_dim", cfg.model.embed_dim)
+    positive("model.embed_dim", cfg.model.embed_dim)
     for i, pair in enumerate(cfg.model.pairs):
         first, second = split_pair(pair)
         for modality in (first, second):
@@ -131,16 +112,19 @@ def check_config(raw: DictConfig) -> CheckedConfig:
             raise ConfigError(f"model.pairs[{i}]", f"pair '{pair}' joins a modality with itself")
 
     _check_caption_head(cfg.model.caption, towers)
-    _check_loss(cfg.loss, cfg.model.pairs, cfg.model.caption.sources)
-    _check_anchors(
-        cfg.loss.anchors, cfg.model.pairs, cfg.model.caption.sources, {m for m, tower in towers.items() if tower.lock}
+    run = RunFacts(
+        towers=frozenset(towers),
+        locked=frozenset(m for m, tower in towers.items() if tower.lock),
+        pairs=tuple(cfg.model.pairs),
+        caption_sources=tuple(cfg.model.caption.sources),
     )
+    cfg.loss.check(run)
 
     data = cfg.data
-    _positive("data.batch_size", data.batch_size)
-    _positive("data.workers", data.workers, allow_zero=True)
-    _positive("data.train.num_samples", data.train.num_samples)
-    _positive("data.train.shuffle_buffer", data.train.shuffle_buffer, allow_zero=True)
+    positive("data.batch_size", data.batch_size)
+    positive("data.workers", data.workers, allow_zero=True)
+    positive("data.train.num_samples", data.train.num_samples)
+    positive("data.train.shuffle_buffer", data.train.shuffle_buffer, allow_zero=True)
     if len(data.image.mean) != 3 or len(data.image.std) != 3:
         raise ConfigError("data.image.mean", "mean and std need 3 values (RGB)")
     _check_decode_device(data.decode_device, cfg.trainer.device)
@@ -148,8 +132,8 @@ def check_config(raw: DictConfig) -> CheckedConfig:
     trainer = cfg.trainer
     if (trainer.max_steps is None) == (trainer.epochs is None):
         raise ConfigError("trainer.max_steps", "set exactly one of trainer.max_steps and trainer.epochs")
-    _positive("trainer.max_steps", trainer.max_steps)
-    _positive("trainer.epochs", trainer.epochs)
+    positive("trainer.max_steps", trainer.max_steps)
+    positive("trainer.epochs", trainer.epochs)
     if trainer.precision not in PRECISIONS:
         raise ConfigError("trainer.precision", f"'{trainer.precision}' is not one of {', '.join(PRECISIONS)}")
     if trainer.device not in ("auto", "cpu", "cuda"):
@@ -170,30 +154,30 @@ def check_config(raw: DictConfig) -> CheckedConfig:
         raise ConfigError(
             "trainer.ema.decay", "the moving average is not sharded yet: use trainer.parallel=ddp, or no trainer.ema"
         )
-    _positive("trainer.unmasked_final_steps", trainer.unmasked_final_steps, allow_zero=True)
+    positive("trainer.unmasked_final_steps", trainer.unmasked_final_steps, allow_zero=True)
     for key in ("accum_steps", "log_every_n_steps", "ckpt_every_n_steps", "keep_last_k", "max_nonfinite_steps"):
-        _positive(f"trainer.{key}", getattr(trainer, key))
-    _positive("trainer.grad_clip_norm", trainer.grad_clip_norm)
+        positive(f"trainer.{key}", getattr(trainer, key))
+    positive("trainer.grad_clip_norm", trainer.grad_clip_norm)
     if trainer.resume not in (None, "auto") and not Path(trainer.resume).expanduser().exists():
         raise ConfigError("trainer.resume", f"no checkpoint at {trainer.resume} (use auto, null or a path)")
 
     if cfg.optim.name != "adamw":
         raise ConfigError("optim.name", f"unknown optimizer '{cfg.optim.name}' (known: adamw)")
-    _positive("optim.lr", cfg.optim.lr)
+    positive("optim.lr", cfg.optim.lr)
     for modality, decay in vars(cfg.optim.layer_decay).items():
         if not 0.0 < decay <= 1.0:
             raise ConfigError(f"optim.layer_decay.{modality}", f"must lie in (0, 1] (1: off), got {decay}")
-    _positive("optim.weight_decay", cfg.optim.weight_decay, allow_zero=True)
+    positive("optim.weight_decay", cfg.optim.weight_decay, allow_zero=True)
     if len(cfg.optim.betas) != 2:
         raise ConfigError("optim.betas", "needs two values")
     if cfg.sched.name not in ("cosine", "constant"):
         raise ConfigError("sched.name", f"unknown schedule '{cfg.sched.name}' (known: cosine, constant)")
-    _positive("sched.warmup_steps", cfg.sched.warmup_steps, allow_zero=True)
+    positive("sched.warmup_steps", cfg.sched.warmup_steps, allow_zero=True)
     if not 0 <= cfg.sched.min_lr_ratio <= 1:
         raise ConfigError("sched.min_lr_ratio", f"must lie in [0, 1], got {cfg.sched.min_lr_ratio}")
 
-    _positive("eval.every_n_steps", cfg.eval.every_n_steps, allow_zero=True)
-    _positive("eval.batch_size", cfg.eval.batch_size)
+    positive("eval.every_n_steps", cfg.eval.every_n_steps, allow_zero=True)
+    positive("eval.batch_size", cfg.eval.batch_size)
     _check_generation(cfg.eval.generation)
     # An open mapping in the schema, so that `+eval.datasets.NAME.root=...` can add a set (OmegaConf
     # cannot add a dict to a mapping typed with a dataclass); typed here, each entry.
@@ -226,8 +210,8 @@ def _check_generation(generation: GenerationConfig) -> None:
     if generation.strategy not in ("greedy", "beam", "sample"):
         raise ConfigError("eval.generation.strategy", f"'{generation.strategy}' is not one of greedy, beam, sample")
     for key in ("max_length", "num_beams", "temperature"):
-        _positive(f"eval.generation.{key}", getattr(generation, key))
-    _positive("eval.generation.top_k", generation.top_k, allow_zero=True)
+        positive(f"eval.generation.{key}", getattr(generation, key))
+    positive("eval.generation.top_k", generation.top_k, allow_zero=True)
     if not 0 < generation.top_p <= 1:
         raise ConfigError("eval.generation.top_p", f"must lie in (0, 1], got {generation.top_p}")
 
@@ -242,99 +226,4 @@ def _check_caption_head(head: CaptionHeadConfig, towers: dict[str, Any]) -> None
     if head.sources and "text" not in towers:
         raise ConfigError("model.caption.sources", "captioning needs a text tower")
     for key in ("layers", "heads", "n_queries", "pooler_heads"):
-        _positive(f"model.caption.{key}", getattr(head, key))
-
-
-def _check_loss(loss: LossConfig, pairs: list[str], caption_sources: list[str]) -> None:
-    _positive("loss.contrastive.scale_warmup_steps", loss.contrastive.scale_warmup_steps, allow_zero=True)
-    if not 0 < loss.contrastive.scale_warmup_start <= 1:
-        raise ConfigError(
-            "loss.contrastive.scale_warmup_start", f"must lie in (0, 1], got {loss.contrastive.scale_warmup_start}"
-        )
-    _check_hard_negatives(loss.contrastive, pairs)
-    _positive("loss.contrastive.hardness", loss.contrastive.hardness, allow_zero=True)
-    if not 0 <= loss.contrastive.debias < 1:
-        raise ConfigError(
-            "loss.contrastive.debias", f"a share of false negatives in [0, 1), got {loss.contrastive.debias}"
-        )
-    for term in PAIR_TERMS:
-        term_cfg = getattr(loss, term)
-        _positive(f"loss.{term}.weight", term_cfg.weight, allow_zero=True)
-        for pair, weight in term_cfg.pair_weights.items():
-            if pair not in pairs:
-                raise ConfigError(
-                    f"loss.{term}.pair_weights.{pair}",
-                    f"not a pair of model.pairs {pairs}; remove the weight or add the pair",
-                )
-            _positive(f"loss.{term}.pair_weights.{pair}", weight, allow_zero=True)
-    _positive("loss.uniformity.t", loss.uniformity.t)
-    _positive("loss.cross_uniformity.t", loss.cross_uniformity.t)
-    _positive("loss.alignment.alpha", loss.alignment.alpha)
-    _positive("loss.caption.weight", loss.caption.weight, allow_zero=True)
-    for source, weight in loss.caption.source_weights.items():
-        if source not in caption_sources:
-            raise ConfigError(
-                f"loss.caption.source_weights.{source}", f"not a source of model.caption.sources {caption_sources}"
-            )
-        _positive(f"loss.caption.source_weights.{source}", weight, allow_zero=True)
-    if loss.caption.weight > 0 and not caption_sources:
-        raise ConfigError(
-            "loss.caption.weight",
-            "a caption loss needs a decoder: set model.caption.sources (e.g. [image]) or pick model=tiny_coca",
-        )
-    if caption_sources and loss.caption.weight == 0:
-        raise ConfigError(
-            "model.caption.sources",
-            "the caption decoder would not train with loss.caption.weight=0; set a weight or drop the sources",
-        )
-    if loss.distill.weight > 0 and not loss.distill.teacher:
-        raise ConfigError(
-            "loss.distill.teacher",
-            "distillation needs a teacher: a clipkit run or checkpoint "
-            "folder, an open_clip local-dir folder, or an open_clip weights file",
-        )
-    if not any(getattr(loss, term).weight > 0 for term in (*PAIR_TERMS, "caption")):
-        raise ConfigError("loss", "every loss term has weight 0; nothing would train")
-
-
-def _check_hard_negatives(contrastive: ContrastiveLossConfig, pairs: list[str]) -> None:
-    hard = contrastive.hard_negatives
-    if hard.source is None:
-        return
-    key = "loss.contrastive.hard_negatives"
-    if hard.source != "shards" and hard.source not in GENERATORS:
-        raise ConfigError(
-            f"{key}.source",
-            f"unknown source '{hard.source}'; known: shards (a neg.txt / neg.json "
-            f"member per sample), {', '.join(GENERATORS.names())}",
-        )
-    _positive(f"{key}.k", hard.k)
-    _positive(f"{key}.weight", hard.weight)
-    if contrastive.weight == 0 or not any("text" in split_pair(pair) for pair in pairs):
-        raise ConfigError(
-            f"{key}.source",
-            "hard-negative captions join the contrastive terms of the pairs with "
-            f"text; this run has none (model.pairs {pairs}, loss.contrastive.weight "
-            f"{contrastive.weight})",
-        )
-
-
-def _check_anchors(anchors: dict[str, str], pairs: list[str], caption_sources: list[str], locked: set[str]) -> None:
-    for pair, modality in anchors.items():
-        if pair not in pairs:
-            raise ConfigError(
-                f"loss.anchors.{pair}",
-                f"not a pair of model.pairs {pairs}; remove the anchor (~loss.anchors.{pair}) or add the pair",
-            )
-        if modality not in split_pair(pair):
-            raise ConfigError(
-                f"loss.anchors.{pair}", f"{modality!r} is not one of the pair's modalities {list(split_pair(pair))}"
-            )
-    for modality in sorted({m for pair in pairs for m in split_pair(pair)}):
-        trained_by = [p for p in pairs if modality in split_pair(p) and anchors.get(p) != modality]
-        if not trained_by and modality not in caption_sources and modality not in locked:
-            raise ConfigError(
-                "loss.anchors",
-                f"every pair anchors {modality}, so its tower would get no "
-                f"gradient; freeze it with model.towers.{modality}.lock=true instead",
-            )
+        positive(f"model.caption.{key}", getattr(head, key))

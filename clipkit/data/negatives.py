@@ -28,12 +28,39 @@ import json
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
-from clipkit.config.schema import HardNegativesConfig
+from clipkit.config.checks import positive
+from clipkit.errors import ConfigError
 from clipkit.registry import Registry
 
 Generator = Callable[[str], list[str]]
 GENERATORS: Registry[list[str]] = Registry("hard-negative generator")  # build: a caption -> its negatives
+
+
+@dataclass
+class HardNegativesConfig:
+    """Per caption, up to k captions that contradict it (NegCLIP), encoded in the same step and
+    added as columns of the image->text and audio->text InfoNCE (loss.contrastive.hard_negatives)."""
+
+    # shards (a neg.txt / neg.json member of each sample) | swap_attributes | swap_relations | demo
+    # (generators, from the caption); None: off
+    source: str | None = None
+    k: int = 1
+    weight: float = 1.0  # each hard-negative column's share of the denominator is multiplied by this
+
+    def check(self, key: str) -> None:
+        if self.source is None:
+            return
+        if self.source != "shards" and self.source not in GENERATORS:
+            raise ConfigError(
+                f"{key}.source",
+                f"unknown source '{self.source}'; known: shards (a neg.txt / neg.json "
+                f"member per sample), {', '.join(GENERATORS.names())}",
+            )
+        positive(f"{key}.k", self.k)
+        positive(f"{key}.weight", self.weight)
+
 
 COLOURS = frozenset(
     """red orange yellow green blue purple pink brown black white grey gray silver gold beige

@@ -50,12 +50,11 @@ class ModelBundle:
 
 def pair_parameters(model: ModelConfig, loss: LossConfig) -> PairParameters:
     """The per-pair parameters that the configured loss terms need."""
-    sigmoid = loss.sigmoid
-    return PairParameters(
-        contrastive_scale=model.init_logit_scale if loss.contrastive.weight > 0 or loss.distill.weight > 0 else None,
-        sigmoid=(sigmoid.init_scale, sigmoid.init_bias) if sigmoid.weight > 0 else None,
-        max_logit_scale=model.max_logit_scale,
-    )
+    needed = {"contrastive_scale": None}  # PairParameters' defaults are InfoNCE's: off unless a term asks
+    for term in loss.pair_terms().values():
+        if term.weight > 0:
+            needed.update(term.pair_parameters(model.init_logit_scale))
+    return PairParameters(**needed, max_logit_scale=model.max_logit_scale)
 
 
 def build_bundle(checked: CheckedConfig, device: torch.device) -> ModelBundle:

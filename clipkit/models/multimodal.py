@@ -20,12 +20,6 @@ from clipkit.models.towers import TOWERS, Tower, TowerConfig
 LossFn = Callable[["MultiModalModel", dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
-def split_pair(pair: str) -> tuple[str, str]:
-    """'image_text' -> ('image', 'text')."""
-    first, _, second = pair.partition("_")
-    return first, second
-
-
 @dataclass(frozen=True)
 class PairParameters:
     """Initial values of the learnable per-pair parameters of the objectives that are on; None:

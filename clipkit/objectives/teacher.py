@@ -20,12 +20,13 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from clipkit.config.schema import DistillLossConfig, ImageTransformConfig
+from clipkit.config.schema import ImageTransformConfig
 from clipkit.config.validate import CheckedConfig
 from clipkit.errors import ConfigError
 from clipkit.models.multimodal import MultiModalModel, PairParameters, build_model
 from clipkit.models.open_clip_init import CONFIG_FILE, load_open_clip_init
 from clipkit.models.zoo import ArchRefused, arch_towers, towers_from_model_config
+from clipkit.objectives.terms.distill import DistillLossConfig
 
 log = logging.getLogger(__name__)
 

@@ -152,7 +152,7 @@ def test_temperature_warm_up_scales_the_learned_logit_scale_until_its_last_step(
     assert model.logit_scales["image_text"].grad is not None  # the learned scale still learns
     off = Objective(LossConfig())
     off.at_step(0)
-    assert off.scale_factor == 1.0
+    assert off.terms["contrastive"].scale_factor == 1.0
 
 
 def test_an_anchored_side_gets_no_gradient_from_its_pair():

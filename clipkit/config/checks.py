@@ -1,0 +1,41 @@
+"""What a component's ``check()`` uses: value checks that raise :class:`ConfigError` naming the key,
+and the facts about the rest of the run that a component's config may be checked against.
+
+A leaf module: components import it, it imports no component, so configs can live beside their
+code without a cycle through ``clipkit.config``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from clipkit.errors import ConfigError
+
+
+def did_you_mean(key: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(candidates), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def positive(key: str, value: float | None, allow_zero: bool = False) -> None:
+    """None passes (an optional setting left out)."""
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def one_of(key: str, value: str, allowed: Iterable[str]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(key, f"'{value}' is not one of {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """The parts of a run that a component's config is checked against."""
+
+    towers: frozenset[str]  # the modalities with a tower
+    locked: frozenset[str]  # the modalities whose tower is frozen
+    pairs: tuple[str, ...]  # model.pairs
+    caption_sources: tuple[str, ...]  # model.caption.sources

@@ -1,0 +1,46 @@
+"""``loss.caption``: next-token cross-entropy of model.caption's decoder, per source modality."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from clipkit.config.checks import RunFacts, positive
+from clipkit.errors import ConfigError
+from clipkit.objectives.collectives import Collectives
+
+
+@dataclass
+class CaptionLossConfig:
+    """Next-token cross-entropy of model.caption's decoder (padding ignored), per source."""
+
+    weight: float = 0.0
+    source_weights: dict[str, float] = field(default_factory=dict)  # e.g. {audio: 0.5}; others 1
+
+    def check(self, key: str, run: RunFacts) -> None:
+        positive(f"{key}.weight", self.weight, allow_zero=True)
+        for source, weight in self.source_weights.items():
+            if source not in run.caption_sources:
+                raise ConfigError(
+                    f"{key}.source_weights.{source}",
+                    f"not a source of model.caption.sources {list(run.caption_sources)}",
+                )
+            positive(f"{key}.source_weights.{source}", weight, allow_zero=True)
+        if self.weight > 0 and not run.caption_sources:
+            raise ConfigError(
+                f"{key}.weight",
+                "a caption loss needs a decoder: set model.caption.sources (e.g. [image]) or pick model=tiny_coca",
+            )
+        if run.caption_sources and self.weight == 0:
+            raise ConfigError(
+                "model.caption.sources",
+                f"the caption decoder would not train with {key}.weight=0; set a weight or drop the sources",
+            )
+
+
+def caption_loss(nll: torch.Tensor, tokens: torch.Tensor, comm: Collectives) -> torch.Tensor:
+    """Mean next-token loss over the global batch's scored tokens; averaged over processes (as DDP
+    averages gradients) it is the global mean."""
+    count = comm.sum(tokens.sum().float()).detach()
+    return nll.sum() * comm.world_size / count.clamp(min=1)  # no token: an exact zero
