@@ -17,7 +17,7 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Entry(Generic[T]):
     name: str
-    config_class: type
+    config_class: type | None  # None: the entries share one config (e.g. eval tasks)
     build: Callable[..., T]
 
 
@@ -26,7 +26,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, config_class: type) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(self, name: str, config_class: type | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def decorate(build: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")

@@ -5,6 +5,10 @@ value of the wrong type is rejected while the config is composed, before any wor
 configs are the one polymorphic part: their fields depend on the registry entry that ``name``
 selects, so ``model.towers`` is an open mapping here and each entry is checked against its
 registered dataclass in :mod:`clipkit.config.validate`.
+
+A component's own config (a loss term, the caption head, generation, the schedule, an eval set, ...)
+lives beside the component's code with its ``check()``; this module assembles the groups from them
+and re-exports them (``X as X`` where it only re-exports), so every group's fields can be found here.
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ from typing import Any
 
 from omegaconf import MISSING
 
-# Configs that live beside their components, exported here too (X as X): the schema is where every
-# group's fields can be found.
+from clipkit.data.decode import SampleKeysConfig
 from clipkit.data.negatives import HardNegativesConfig as HardNegativesConfig
+from clipkit.data.transforms import ImageTransformConfig
+from clipkit.eval.datasets import EvalDatasetConfig as EvalDatasetConfig
+from clipkit.models.caption import CaptionHeadConfig
+from clipkit.models.generate import GenerationConfig
 from clipkit.objectives.caption_loss import CaptionLossConfig as CaptionLossConfig
 from clipkit.objectives.loss_config import LossConfig
 from clipkit.objectives.terms.base import PairTermConfig as PairTermConfig
@@ -26,23 +33,14 @@ from clipkit.objectives.terms.geometry import AlignmentLossConfig as AlignmentLo
 from clipkit.objectives.terms.geometry import CrossUniformityLossConfig as CrossUniformityLossConfig
 from clipkit.objectives.terms.geometry import UniformityLossConfig as UniformityLossConfig
 from clipkit.objectives.terms.sigmoid import SigmoidLossConfig as SigmoidLossConfig
+from clipkit.train.ema import EMAConfig
+from clipkit.train.layer_decay import LayerDecayConfig as LayerDecayConfig
+from clipkit.train.metrics import LoggerConfig
+from clipkit.train.optim import OptimConfig, SchedConfig
+from clipkit.train.parallel import FSDPConfig
 
 
 # ----------------------------------------------------------------------------------------- model
-@dataclass
-class CaptionHeadConfig:
-    """A CoCa-style multimodal text decoder (open_clip's MultimodalTransformer, as wide as the text
-    tower) that captions a source modality by cross-attending to its tower's token features,
-    pooled to n_queries by attention. No sources: no decoder."""
-
-    sources: list[str] = field(default_factory=list)  # e.g. [image, audio]
-    layers: int = 2
-    heads: int = 8
-    n_queries: int = 64
-    pooler_heads: int = 8
-    mlp_ratio: float = 4.0
-
-
 @dataclass
 class ModelInitConfig:
     """Weights a new run starts from (a resumed run takes its checkpoint's instead)."""
@@ -86,27 +84,6 @@ class TrainDataConfig:
 
 
 @dataclass
-class ImageTransformConfig:
-    mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
-    std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
-    # bicubic | bilinear | nearest: the eval resize (training crops are bicubic, as open_clip's)
-    interpolation: str = "bicubic"
-    resize_mode: str = "shortest"  # shortest | longest | squash (eval resize, as open_clip)
-    # RandomResizedCrop scale range for training; eval uses resize + center crop.
-    train_crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])
-
-
-@dataclass
-class SampleKeysConfig:
-    """Which file extensions in a webdataset sample carry which modality."""
-
-    image: list[str] = field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
-    text: list[str] = field(default_factory=lambda: ["txt", "json"])
-    audio: list[str] = field(default_factory=lambda: ["flac", "wav", "mp3", "ogg"])
-    caption_field: str = "caption"  # the field holding the caption in a `json` member
-
-
-@dataclass
 class DataConfig:
     train: TrainDataConfig = field(default_factory=TrainDataConfig)
     batch_size: int = 64  # per process
@@ -120,51 +97,7 @@ class DataConfig:
     demo_root: str | None = None
 
 
-# ----------------------------------------------------------------------------------- optim/sched
-@dataclass
-class LayerDecayConfig:
-    """Layer-wise learning-rate decay per tower (BEiT's rule, see clipkit.train.layer_decay): a
-    tower's block i of L trains at lr * decay ** (L + 1 - i); 1: off. Fine-tuning values: 0.65-0.85."""
-
-    image: float = 1.0
-    text: float = 1.0
-    audio: float = 1.0
-
-
-@dataclass
-class OptimConfig:
-    name: str = "adamw"
-    lr: float = 5e-4
-    weight_decay: float = 0.2
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-6
-    layer_decay: LayerDecayConfig = field(default_factory=LayerDecayConfig)
-
-
-@dataclass
-class SchedConfig:
-    name: str = "cosine"  # cosine | constant
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.0  # final lr as a fraction of optim.lr
-
-
 # --------------------------------------------------------------------------------------- trainer
-@dataclass
-class FSDPConfig:
-    """trainer.parallel=fsdp: FSDP2 (clipkit.train.parallel)."""
-
-    reshard_after_forward: bool = True  # free each unit's gathered parameters after its forward
-    cpu_offload: bool = False  # parameters, gradients and optimizer state kept on the host
-
-
-@dataclass
-class EMAConfig:
-    """An exponential moving average of the weights, evaluated and exported in their place."""
-
-    decay: float = 0.0  # per step, e.g. 0.999; 0: off
-    warmup: bool = False  # decay min(decay, 1 - step ** -2/3): short runs are not held at the start
-
-
 @dataclass
 class TrainerConfig:
     max_steps: int | None = None
@@ -191,43 +124,7 @@ class TrainerConfig:
     resume: str | None = "auto"  # auto | PATH (a checkpoint folder) | null
 
 
-# ---------------------------------------------------------------------------------------- logger
-@dataclass
-class LoggerConfig:
-    console: bool = True
-    wandb: bool = False
-    wandb_project: str = "clipkit"
-    wandb_mode: str = "offline"  # offline | online | disabled; offline never needs the network
-    tensorboard: bool = False
-
-
 # ------------------------------------------------------------------------------------------ eval
-@dataclass
-class EvalDatasetConfig:
-    root: str = MISSING
-    task: str = "zeroshot_classification"  # zeroshot_classification | retrieval | captioning | compositionality
-    modality: str = "image"  # what the samples are: image | audio
-    split: str = "test"
-    # retrieval only: what the items are matched with: text (the captions) or the other
-    # modality the samples carry (image <-> audio retrieval)
-    against: str = "text"
-
-
-@dataclass
-class GenerationConfig:
-    """How the captioning task generates (model.caption's decoder)."""
-
-    strategy: str = "beam"  # greedy | beam | sample
-    max_length: int = 24  # tokens generated after the start token, end token included
-    num_beams: int = 3
-    length_penalty: float = 1.0  # beam scores are divided by length ** length_penalty
-    temperature: float = 1.0  # sample: logits / temperature
-    top_k: int = 0  # sample: keep the k most likely tokens (0: all)
-    top_p: float = 1.0  # sample: keep the smallest set of tokens with this much probability
-    use_cache: bool = True  # keys and values of earlier tokens kept: linear, not quadratic, cost
-    seed: int = 0  # sample: the generator's seed
-
-
 @dataclass
 class EvalConfig:
     every_n_steps: int = 0  # 0: only at the end of training

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from clipkit.config.checks import RunFacts, did_you_mean, positive
-from clipkit.config.schema import CaptionHeadConfig, ClipkitConfig, EvalDatasetConfig, GenerationConfig
+from clipkit.config.schema import ClipkitConfig, EvalDatasetConfig
 from clipkit.errors import ConfigError
 from clipkit.models.towers import TOWERS, TowerConfig
 from clipkit.pairs import split_pair
@@ -111,7 +111,7 @@ def check_config(raw: DictConfig) -> CheckedConfig:
         if first == second:
             raise ConfigError(f"model.pairs[{i}]", f"pair '{pair}' joins a modality with itself")
 
-    _check_caption_head(cfg.model.caption, towers)
+    cfg.model.caption.check("model.caption", frozenset(towers))
     run = RunFacts(
         towers=frozenset(towers),
         locked=frozenset(m for m, tower in towers.items() if tower.lock),
@@ -161,24 +161,12 @@ def check_config(raw: DictConfig) -> CheckedConfig:
     if trainer.resume not in (None, "auto") and not Path(trainer.resume).expanduser().exists():
         raise ConfigError("trainer.resume", f"no checkpoint at {trainer.resume} (use auto, null or a path)")
 
-    if cfg.optim.name != "adamw":
-        raise ConfigError("optim.name", f"unknown optimizer '{cfg.optim.name}' (known: adamw)")
-    positive("optim.lr", cfg.optim.lr)
-    for modality, decay in vars(cfg.optim.layer_decay).items():
-        if not 0.0 < decay <= 1.0:
-            raise ConfigError(f"optim.layer_decay.{modality}", f"must lie in (0, 1] (1: off), got {decay}")
-    positive("optim.weight_decay", cfg.optim.weight_decay, allow_zero=True)
-    if len(cfg.optim.betas) != 2:
-        raise ConfigError("optim.betas", "needs two values")
-    if cfg.sched.name not in ("cosine", "constant"):
-        raise ConfigError("sched.name", f"unknown schedule '{cfg.sched.name}' (known: cosine, constant)")
-    positive("sched.warmup_steps", cfg.sched.warmup_steps, allow_zero=True)
-    if not 0 <= cfg.sched.min_lr_ratio <= 1:
-        raise ConfigError("sched.min_lr_ratio", f"must lie in [0, 1], got {cfg.sched.min_lr_ratio}")
+    cfg.optim.check("optim")
+    cfg.sched.check("sched")
 
     positive("eval.every_n_steps", cfg.eval.every_n_steps, allow_zero=True)
     positive("eval.batch_size", cfg.eval.batch_size)
-    _check_generation(cfg.eval.generation)
+    cfg.eval.generation.check("eval.generation")
     # An open mapping in the schema, so that `+eval.datasets.NAME.root=...` can add a set (OmegaConf
     # cannot add a dict to a mapping typed with a dataclass); typed here, each entry.
     cfg.eval.datasets = {
@@ -187,12 +175,7 @@ def check_config(raw: DictConfig) -> CheckedConfig:
         if node is not None
     }  # null: dropped
     for name, dataset in cfg.eval.datasets.items():
-        if dataset.task == "captioning" and dataset.modality not in cfg.model.caption.sources:
-            raise ConfigError(
-                f"eval.datasets.{name}.task",
-                f"captioning {dataset.modality} needs "
-                f"'{dataset.modality}' in model.caption.sources {cfg.model.caption.sources}",
-            )
+        dataset.check(f"eval.datasets.{name}", run)
     return CheckedConfig(cfg, towers)
 
 
@@ -204,26 +187,3 @@ def _check_decode_device(decode_device: str, training_device: str) -> None:
         raise ConfigError(
             "data.decode_device", f"cuda decodes JPEGs on the training GPU, but {where}; use data.decode_device=cpu"
         )
-
-
-def _check_generation(generation: GenerationConfig) -> None:
-    if generation.strategy not in ("greedy", "beam", "sample"):
-        raise ConfigError("eval.generation.strategy", f"'{generation.strategy}' is not one of greedy, beam, sample")
-    for key in ("max_length", "num_beams", "temperature"):
-        positive(f"eval.generation.{key}", getattr(generation, key))
-    positive("eval.generation.top_k", generation.top_k, allow_zero=True)
-    if not 0 < generation.top_p <= 1:
-        raise ConfigError("eval.generation.top_p", f"must lie in (0, 1], got {generation.top_p}")
-
-
-def _check_caption_head(head: CaptionHeadConfig, towers: dict[str, Any]) -> None:
-    for source in head.sources:
-        if source == "text" or source not in towers:
-            raise ConfigError(
-                "model.caption.sources",
-                f"cannot caption from '{source}': sources are non-text towers (configured: {', '.join(towers)})",
-            )
-    if head.sources and "text" not in towers:
-        raise ConfigError("model.caption.sources", "captioning needs a text tower")
-    for key in ("layers", "heads", "n_queries", "pooler_heads"):
-        positive(f"model.caption.{key}", getattr(head, key))

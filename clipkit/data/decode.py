@@ -8,12 +8,23 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 
-from clipkit.config.schema import SampleKeysConfig
 from clipkit.data.negatives import NegativeCaptions
+
+
+@dataclass
+class SampleKeysConfig:
+    """Which file extensions in a webdataset sample carry which modality."""
+
+    image: list[str] = field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
+    text: list[str] = field(default_factory=lambda: ["txt", "json"])
+    audio: list[str] = field(default_factory=lambda: ["flac", "wav", "mp3", "ogg"])
+    caption_field: str = "caption"  # the field holding the caption in a `json` member
+
 
 MODALITIES = ("image", "text", "audio")
 

@@ -4,12 +4,23 @@ exactly what was used; training's is the uint8 crop of clipkit.data.image_crop (
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from open_clip.transform import image_transform
 
-from clipkit.config.schema import ImageTransformConfig
 from clipkit.data.device_decode import DeferredImageDecoder
 from clipkit.data.image_crop import TrainImageDecoder
+
+
+@dataclass
+class ImageTransformConfig:
+    mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
+    std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
+    # bicubic | bilinear | nearest: the eval resize (training crops are bicubic, as open_clip's)
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"  # shortest | longest | squash (eval resize, as open_clip)
+    # RandomResizedCrop scale range for training; eval uses resize + center crop.
+    train_crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])
 
 
 def build_eval_image_transform(cfg: ImageTransformConfig, image_size: int) -> Callable:

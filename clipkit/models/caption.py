@@ -11,15 +11,43 @@ Teacher-forced here; generation lives in :mod:`clipkit.models.generate`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import AttentionalPooler, MultimodalTransformer
 from torch import nn
 
-from clipkit.config.schema import CaptionHeadConfig
+from clipkit.config.checks import positive
 from clipkit.errors import ConfigError
 
 PAD_ID = 0  # open_clip's tokenizer pads with 0
+
+
+@dataclass
+class CaptionHeadConfig:
+    """A CoCa-style multimodal text decoder (open_clip's MultimodalTransformer, as wide as the text
+    tower) that captions a source modality by cross-attending to its tower's token features,
+    pooled to n_queries by attention. No sources: no decoder."""
+
+    sources: list[str] = field(default_factory=list)  # e.g. [image, audio]
+    layers: int = 2
+    heads: int = 8
+    n_queries: int = 64
+    pooler_heads: int = 8
+    mlp_ratio: float = 4.0
+
+    def check(self, key: str, towers: frozenset[str]) -> None:
+        for source in self.sources:
+            if source == "text" or source not in towers:
+                raise ConfigError(
+                    f"{key}.sources",
+                    f"cannot caption from '{source}': sources are non-text towers (configured: {', '.join(towers)})",
+                )
+        if self.sources and "text" not in towers:
+            raise ConfigError(f"{key}.sources", "captioning needs a text tower")
+        for name in ("layers", "heads", "n_queries", "pooler_heads"):
+            positive(f"{key}.{name}", getattr(self, name))
 
 
 def scored_positions(text: torch.Tensor) -> torch.Tensor:

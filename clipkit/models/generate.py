@@ -14,15 +14,66 @@ the rows of the surviving beams).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
-from clipkit.config.schema import GenerationConfig
+from clipkit.config.checks import positive
+from clipkit.errors import ConfigError
 from clipkit.models.caption import PAD_ID
+from clipkit.registry import Registry
 
 SOT_ID, EOT_ID = 49406, 49407  # open_clip's tokenizer: start and end of text
+
+
+@dataclass
+class GenerationConfig:
+    """How the captioning task generates (model.caption's decoder)."""
+
+    strategy: str = "beam"  # a registered strategy: greedy | beam | sample
+    max_length: int = 24  # tokens generated after the start token, end token included
+    num_beams: int = 3
+    length_penalty: float = 1.0  # beam scores are divided by length ** length_penalty
+    temperature: float = 1.0  # sample: logits / temperature
+    top_k: int = 0  # sample: keep the k most likely tokens (0: all)
+    top_p: float = 1.0  # sample: keep the smallest set of tokens with this much probability
+    use_cache: bool = True  # keys and values of earlier tokens kept: linear, not quadratic, cost
+    seed: int = 0  # sample: the generator's seed
+
+    def check(self, key: str) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"{key}.strategy", f"'{self.strategy}' is not one of {', '.join(STRATEGIES.names())}")
+        for name in ("max_length", "num_beams", "temperature"):
+            positive(f"{key}.{name}", getattr(self, name))
+        positive(f"{key}.top_k", self.top_k, allow_zero=True)
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"{key}.top_p", f"must lie in (0, 1], got {self.top_p}")
+
+
+class Strategy:
+    """How the next token of each row is chosen; rows are beams where ``beams`` says so."""
+
+    def beams(self, cfg: GenerationConfig) -> int:
+        return 1
+
+    def step(
+        self,
+        decoding,
+        tokens: torch.Tensor,
+        finished: torch.Tensor,
+        scores: torch.Tensor,
+        logits: torch.Tensor,
+        cfg: GenerationConfig,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rows' tokens with one more, which rows have ended, and the beams' scores."""
+        raise NotImplementedError
+
+
+STRATEGIES: Registry[Strategy] = Registry("generation strategy")
 
 
 class FullDecoding:
@@ -135,11 +186,10 @@ def generate(
 ) -> torch.Tensor:
     """(B, <= 1 + max_length) token ids: the start token, the caption, its end token, then padding."""
     cfg = cfg or GenerationConfig()
-    if cfg.strategy not in ("greedy", "beam", "sample"):
-        raise ValueError(f"unknown generation strategy '{cfg.strategy}' (greedy, beam, sample)")
+    strategy = STRATEGIES.get(cfg.strategy).build()
     _, source_tokens = model.towers[source].forward_with_tokens(inputs)
     memory = model.caption.memory(source, source_tokens)
-    beams = cfg.num_beams if cfg.strategy == "beam" else 1
+    beams = strategy.beams(cfg)
     memory = memory.repeat_interleave(beams, dim=0)
     decoding = (CachedDecoding if cfg.use_cache else FullDecoding)(model, memory)
     rows = memory.shape[0]
@@ -152,13 +202,7 @@ def generate(
     for _ in range(min(cfg.max_length, context - 1)):
         logits = decoding.step(tokens).float()
         logits[:, [PAD_ID, SOT_ID]] = float("-inf")  # never generated: 0 marks "no token" here
-        if cfg.strategy == "greedy":
-            tokens, finished = _finish(tokens, finished, logits.argmax(-1))
-        elif cfg.strategy == "sample":
-            probs = _filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1)
-            tokens, finished = _finish(tokens, finished, torch.multinomial(probs, 1, generator=generator)[:, 0])
-        else:
-            tokens, finished, scores = _beam_step(decoding, tokens, finished, scores, logits, beams)
+        tokens, finished, scores = strategy.step(decoding, tokens, finished, scores, logits, cfg, generator)
         if finished.all():
             break
     if beams > 1:
@@ -168,8 +212,35 @@ def generate(
     return tokens
 
 
+@STRATEGIES.register("greedy", GenerationConfig)
+class Greedy(Strategy):
+    def step(self, decoding, tokens, finished, scores, logits, cfg, generator):
+        return (*_finish(tokens, finished, logits.argmax(-1)), scores)
+
+
+@STRATEGIES.register("sample", GenerationConfig)
+class Sample(Strategy):
+    def step(self, decoding, tokens, finished, scores, logits, cfg, generator):
+        probs = _filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1)
+        return (*_finish(tokens, finished, torch.multinomial(probs, 1, generator=generator)[:, 0]), scores)
+
+
+@STRATEGIES.register("beam", GenerationConfig)
+class BeamSearch(Strategy):
+    def beams(self, cfg: GenerationConfig) -> int:
+        return cfg.num_beams
+
+    def step(self, decoding, tokens, finished, scores, logits, cfg, generator):
+        return _beam_step(decoding, tokens, finished, scores, logits, cfg.num_beams)
+
+
 def _beam_step(
-    decoding, tokens: torch.Tensor, finished: torch.Tensor, scores: torch.Tensor, logits: torch.Tensor, beams: int
+    decoding,
+    tokens: torch.Tensor,
+    finished: torch.Tensor,
+    scores: torch.Tensor,
+    logits: torch.Tensor,
+    beams: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     log_probs = logits.log_softmax(-1)
     # A finished beam continues only with padding, at no cost, so its score stays as it ended.

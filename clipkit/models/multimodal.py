@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from clipkit.config.schema import CaptionHeadConfig
-from clipkit.models.caption import CaptionHead, scored_positions
+from clipkit.models.caption import CaptionHead, CaptionHeadConfig, scored_positions
 from clipkit.models.towers import TOWERS, Tower, TowerConfig
 
 # Scores a forward's outputs: the model (for its learnable scales) and the outputs -> loss terms.

@@ -14,11 +14,19 @@ raw weights, and a resumed run goes on averaging from it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from clipkit.config.schema import EMAConfig
+
+@dataclass
+class EMAConfig:
+    """An exponential moving average of the weights, evaluated and exported in their place."""
+
+    decay: float = 0.0  # per step, e.g. 0.999; 0: off
+    warmup: bool = False  # decay min(decay, 1 - step ** -2/3): short runs are not held at the start
 
 
 class WeightAverage:

@@ -14,10 +14,27 @@ a stage counts as one layer) and clipkit's audio towers (``blocks.N``).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from torch import nn
 
 from clipkit.errors import ConfigError
+
+
+@dataclass
+class LayerDecayConfig:
+    """Per tower: a tower's block i of L trains at lr * decay ** (L + 1 - i); 1: off. Fine-tuning
+    values: 0.65-0.85."""
+
+    image: float = 1.0
+    text: float = 1.0
+    audio: float = 1.0
+
+    def check(self, key: str) -> None:
+        for modality, decay in vars(self).items():
+            if not 0.0 < decay <= 1.0:
+                raise ConfigError(f"{key}.{modality}", f"must lie in (0, 1] (1: off), got {decay}")
+
 
 _BLOCK = re.compile(r"^(?:transformer\.resblocks|blocks|layers|stages)\.(\d+)\.")
 _RESNET_STAGE = re.compile(r"^layer(\d+)\.")  # open_clip's ModifiedResNet: layer1..layer4

@@ -16,7 +16,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from clipkit.config.schema import LoggerConfig
+
+@dataclass
+class LoggerConfig:
+    console: bool = True
+    wandb: bool = False
+    wandb_project: str = "clipkit"
+    wandb_mode: str = "offline"  # offline | online | disabled; offline never needs the network
+    tensorboard: bool = False
+
 
 log = logging.getLogger("clipkit")
 

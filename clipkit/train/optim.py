@@ -1,14 +1,66 @@
-"""AdamW with CLIP's parameter groups, and warmup + cosine learning-rate schedule."""
+"""``optim`` and ``sched``: AdamW with CLIP's parameter groups, and the warmup + decay learning-rate
+schedules (a registry: cosine, constant)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from clipkit.config.schema import OptimConfig, SchedConfig
-from clipkit.train.layer_decay import lr_scales
+from clipkit.config.checks import positive
+from clipkit.errors import ConfigError
+from clipkit.registry import Registry
+from clipkit.train.layer_decay import LayerDecayConfig, lr_scales
+
+Decay = Callable[[float], float]  # progress after warmup, 0..1 -> the factor, 1..0 (min_lr_ratio applied after)
+SCHEDULES: Registry[Decay] = Registry("schedule")
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    # Layer-wise learning-rate decay per tower (BEiT's rule, see clipkit.train.layer_decay)
+    layer_decay: LayerDecayConfig = field(default_factory=LayerDecayConfig)
+
+    def check(self, key: str) -> None:
+        if self.name != "adamw":
+            raise ConfigError(f"{key}.name", f"unknown optimizer '{self.name}' (known: adamw)")
+        positive(f"{key}.lr", self.lr)
+        self.layer_decay.check(f"{key}.layer_decay")
+        positive(f"{key}.weight_decay", self.weight_decay, allow_zero=True)
+        if len(self.betas) != 2:
+            raise ConfigError(f"{key}.betas", "needs two values")
+
+
+@dataclass
+class SchedConfig:
+    name: str = "cosine"  # a registered schedule: cosine | constant
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0  # final lr as a fraction of optim.lr
+
+    def check(self, key: str) -> None:
+        if self.name not in SCHEDULES:
+            raise ConfigError(f"{key}.name", f"unknown schedule '{self.name}' (known: {', '.join(SCHEDULES.names())})")
+        positive(f"{key}.warmup_steps", self.warmup_steps, allow_zero=True)
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"{key}.min_lr_ratio", f"must lie in [0, 1], got {self.min_lr_ratio}")
+
+
+@SCHEDULES.register("cosine", SchedConfig)
+def cosine(progress: float) -> float:
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@SCHEDULES.register("constant", SchedConfig)
+def constant(progress: float) -> float:
+    return 1.0
 
 
 def _exempt_from_decay(name: str, param: nn.Parameter) -> bool:
@@ -46,11 +98,9 @@ def lr_factor(step: int, total_steps: int, cfg: SchedConfig) -> float:
     """Multiplier of optim.lr at ``step``: linear warmup, then cosine (or constant) decay."""
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    if cfg.name == "constant":
-        return 1.0
     progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
+    decay = SCHEDULES.get(cfg.name).build(min(1.0, progress))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
 
 
 def build_scheduler(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -27,8 +28,16 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from clipkit.config.schema import FSDPConfig
 from clipkit.models.multimodal import MultiModalModel
+
+
+@dataclass
+class FSDPConfig:
+    """trainer.parallel=fsdp: FSDP2 (clipkit.train.parallel)."""
+
+    reshard_after_forward: bool = True  # free each unit's gathered parameters after its forward
+    cpu_offload: bool = False  # parameters, gradients and optimizer state kept on the host
+
 
 # Containers whose children are a tower's repeated blocks, by attribute name.
 _BLOCK_LISTS = re.compile(r"^(resblocks|blocks|stages|layers)$")

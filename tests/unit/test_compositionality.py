@@ -61,7 +61,7 @@ def test_the_demo_set_contradicts_each_caption_with_its_own_words(small_demo):
 
 
 def test_a_compositionality_set_without_perturbed_captions_is_skipped_sample_by_sample(small_demo):
-    from clipkit.eval.datasets import _composition
+    from clipkit.eval.tasks.compositionality import read_composition as _composition
 
     with pytest.raises(ValueError, match="at least one perturbed one"):
         _composition({"txt": b"a red circle"})
