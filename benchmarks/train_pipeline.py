@@ -101,11 +101,11 @@ def loader_alone(args: argparse.Namespace, batches: int) -> float:
     """Samples/s of the training loader with no model: what the CPU side can deliver."""
     import torch
 
-    from clipkit.cli.prepare import prepare
     from clipkit.config.compose import compose_config
     from clipkit.data.decode import SampleDecoder
     from clipkit.data.pipeline import TrainStream, make_loader
     from clipkit.models.build import build_bundle
+    from clipkit.train.prepare import prepare
 
     checked, sources = prepare(compose_config(overrides(args)))
     cfg = checked.cfg

@@ -60,6 +60,12 @@ def launched() -> bool:
     return _launcher_env() is not None
 
 
+def launched_rank() -> int:
+    """This process's rank as the launcher gives it (0 without one), known before any process group exists."""
+    launched = _launcher_env()
+    return launched[0] if launched else 0
+
+
 def launched_world_size() -> int:
     """Processes the launcher started (1 without one), known before any process group exists."""
     launched = _launcher_env()

@@ -15,11 +15,11 @@ from omegaconf import DictConfig
 
 from clipkit.cli.errors import USER_ERRORS, fail
 from clipkit.cli.launch import run_main
-from clipkit.cli.prepare import precheck, prepare
 from clipkit.config.compose import CONF_DIR, HYDRA_VERSION_BASE, arch_shorthand, compose_config, register_schema
 from clipkit.errors import ConfigError
 from clipkit.lifetime import die_with_torchrun
 from clipkit.train.preemption import EXIT_PREEMPTED, Preempted, requeue_if_asked
+from clipkit.train.prepare import precheck
 
 PROGRAM = "clipkit-train"
 log = logging.getLogger("clipkit")
@@ -49,45 +49,21 @@ def _precheck_argv(argv: list) -> None:
     precheck(compose_config(overrides, config_dir=args.config_dir, config_name=args.config_name or "config"))
 
 
-def _shared_run_dir(own: Path) -> Path:
-    """Rank 0's run folder: with a timestamped default, processes started a second apart would
-    otherwise each pick their own."""
-    from clipkit.distributed import broadcast_object
-
-    shared = Path(broadcast_object(str(own)))
-    if shared != own:
-        log.warning("using rank 0's run folder %s (set hydra.run.dir to choose one)", shared)
-    return shared
-
-
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=HYDRA_VERSION_BASE)
 def _train(raw: DictConfig) -> None:
-    from clipkit import distributed  # heavy imports only once the config is good
-    from clipkit.train.trainer import Trainer
+    from clipkit.distributed import launched_rank  # heavy imports only once the config is good
+    from clipkit.train.run import train
 
-    env = None
     preempted: Preempted | None = None
     try:
-        env = distributed.init_distributed(raw.trainer.device, raw.trainer.dist_backend)
-        if not env.is_main:
-            logging.getLogger("clipkit").setLevel(logging.WARNING)
-        run_dir = _shared_run_dir(Path(HydraConfig.get().runtime.output_dir))
-        if env.is_main:
-            checked, sources = prepare(raw)
-        distributed.barrier()  # the demo data, if it had to be generated, is complete now
-        if not env.is_main:
-            checked, sources = prepare(raw, is_main=False)
-        Trainer(checked, sources, run_dir, env).fit()
+        train(raw, Path(HydraConfig.get().runtime.output_dir))
     except USER_ERRORS as exc:
         fail(PROGRAM, exc)
     except Preempted as stop:
         preempted = stop
-        if env.is_main:
+        if launched_rank() == 0:
             log.warning("%s", stop)
             requeue_if_asked(stop.signum)
-    finally:
-        if env is not None:
-            distributed.shutdown(env)
     if preempted is not None:
         sys.exit(EXIT_PREEMPTED)
 

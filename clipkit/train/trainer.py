@@ -166,7 +166,7 @@ class Trainer:
         slots = self.env.world_size * max(self.cfg.data.workers, 1)
         return math.ceil(num_samples / slots) if num_samples else None
 
-    def _loader(self) -> DataLoader:
+    def loader(self) -> DataLoader:
         """The loader of every pass from the current one on; what a resumed run had consumed of
         this pass (``self.stream.replay``) is skipped once."""
         stream = TrainStream(
@@ -200,7 +200,7 @@ class Trainer:
                 self.total_steps,
                 self.progress.step,
             )
-        data = batches(self._loader(), self.stream, lambda have: dist_utils.all_ranks_agree(have, self.device))
+        data = batches(self.loader(), self.stream, lambda have: dist_utils.all_ranks_agree(have, self.device))
         results: dict[str, dict[str, float]] = {}
         try:
             self.model.train()
@@ -254,7 +254,7 @@ class Trainer:
         self.checkpoints.wait()
         raise Preempted(signum, step, self.checkpoints.root / ckpt.step_dir_name(step))
 
-    def _inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+    def model_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
         """Every modality of the model; one that no row of the batch carries comes as zeros. Rows
         that the device cannot decode leave the batch's masks and count as skipped samples."""
         inputs = {}
@@ -271,7 +271,7 @@ class Trainer:
             self.rows_with_negatives[1] += batch["num_rows"]
         return inputs
 
-    def _present(self, batch: dict) -> dict[str, torch.Tensor]:
+    def row_masks(self, batch: dict) -> dict[str, torch.Tensor]:
         """The row masks, left on the host (see forward_backward); with a caption head also the
         host's copy of the token ids, where the head finds the tokens it scores."""
         present = {m: batch[f"has_{m}"] for m in self.core.modalities}
@@ -290,8 +290,8 @@ class Trainer:
         start = time.perf_counter()
         micro = [next(data) for _ in range(self.cfg.trainer.accum_steps)]
         window.add_step(time.perf_counter() - start)
-        inputs = [self._inputs(b) for b in micro]
-        present = [self._present(b) for b in micro]
+        inputs = [self.model_inputs(b) for b in micro]
+        present = [self.row_masks(b) for b in micro]
         self.optimizer.zero_grad(set_to_none=True)
         self.objective.at_step(self.progress.step)
         losses = forward_backward(

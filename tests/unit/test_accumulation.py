@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from clipkit.cli.prepare import prepare
 from clipkit.config.compose import compose_config
 from clipkit.data.pipeline import batches
+from clipkit.train.prepare import prepare
 from clipkit.train.step import forward_backward
 from clipkit.train.trainer import Trainer
 from tests.conftest import demo_overrides
@@ -20,9 +20,9 @@ def grads(model):
 def two_micro_batches(small_demo, tmp_path, *overrides):
     checked, sources = prepare(compose_config([*demo_overrides(small_demo), "trainer.accum_steps=2", *overrides]))
     trainer = Trainer(checked, sources, tmp_path)
-    data = batches(trainer._loader(), trainer.stream)
+    data = batches(trainer.loader(), trainer.stream)
     micro = [next(data), next(data)]
-    return trainer, [trainer._inputs(b) for b in micro], [trainer._present(b) for b in micro]
+    return trainer, [trainer.model_inputs(b) for b in micro], [trainer.row_masks(b) for b in micro]
 
 
 @pytest.mark.parametrize(

@@ -6,15 +6,14 @@ import math
 import pytest
 import torch
 
-from clipkit.cli.prepare import prepare
 from clipkit.config.compose import compose_config
 from clipkit.config.validate import check_config
 from clipkit.models.build import build_bundle
 from clipkit.objectives.objective import Objective
 from clipkit.train.compile import compile_towers
 from clipkit.train.precision import autocast_factory, grad_scaler
+from clipkit.train.run import train
 from clipkit.train.step import forward_backward
-from clipkit.train.trainer import Trainer
 from tests.conftest import TINY_MODEL, demo_overrides
 
 
@@ -73,7 +72,7 @@ def test_compiled_towers_give_the_eager_step_on_cuda(precision, tolerance):
 def test_compiled_trimodal_demo_trains_in_bf16(small_demo, tmp_path):
     """All three towers compiled under bf16 autocast, with rows lacking modalities: every loss
     finite (compiling the audio front end into the backbone's graph gave NaN from the 2nd step)."""
-    checked, sources = prepare(
+    train(
         compose_config(
             [
                 *demo_overrides(small_demo),
@@ -84,9 +83,9 @@ def test_compiled_trimodal_demo_trains_in_bf16(small_demo, tmp_path):
                 "trainer.compile=true",
                 "trainer.precision=bf16",
             ]
-        )
+        ),
+        tmp_path,
     )
-    Trainer(checked, sources, tmp_path).fit()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     for record in records:

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipkit.cli.prepare import prepare
 from clipkit.config.compose import compose_config
 from clipkit.errors import ConfigError
 from clipkit.objectives.distill import distill_loss
+from clipkit.train.prepare import prepare
 from clipkit.train.trainer import Trainer
 from tests.conftest import TINY_MODEL, demo_overrides
 

@@ -7,13 +7,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 import clipkit
-from clipkit.cli.prepare import prepare
 from clipkit.config.compose import compose_config
 from clipkit.config.schema import EMAConfig
 from clipkit.config.validate import check_config
 from clipkit.errors import ConfigError
 from clipkit.train import checkpoint as ckpt
 from clipkit.train.ema import WeightAverage
+from clipkit.train.prepare import prepare
 from clipkit.train.trainer import Trainer
 from tests.conftest import demo_overrides
 

@@ -12,8 +12,8 @@ import os
 import pytest
 import torch
 
-from clipkit.cli.prepare import prepare
 from clipkit.config.compose import compose_config
+from clipkit.train.prepare import prepare
 from clipkit.train.trainer import Trainer
 from tests.conftest import demo_overrides
 

@@ -4,11 +4,11 @@ phase (trainer.unmasked_final_steps) switches it off for the last steps of a rea
 import pytest
 import torch
 
-from clipkit.cli.prepare import prepare
 from clipkit.config.compose import compose_config
 from clipkit.models.towers import TOWERS
 from clipkit.models.towers.image import TimmConfig, ViTConfig
 from clipkit.train.patch_dropout import switch_off_patch_dropout
+from clipkit.train.prepare import prepare
 from clipkit.train.trainer import Trainer
 from tests.conftest import demo_overrides
 

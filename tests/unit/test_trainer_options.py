@@ -4,20 +4,21 @@ import json
 
 import pytest
 
-from clipkit.cli.prepare import prepare
 from clipkit.config.compose import compose_config
 from clipkit.config.validate import check_config
+from clipkit.train.prepare import prepare
+from clipkit.train.run import train as run
 from clipkit.train.trainer import Trainer, locked_without_weights
 from tests.conftest import SMALL_DEMO_SAMPLES, demo_overrides
 
 
 def train(small_demo, tmp_path, *overrides):
-    checked, sources = prepare(
+    run(
         compose_config(
             [*demo_overrides(small_demo), "trainer.max_steps=3", "trainer.log_every_n_steps=1", "eval=none", *overrides]
-        )
+        ),
+        tmp_path,
     )
-    Trainer(checked, sources, tmp_path).fit()
     return [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -80,7 +81,7 @@ def test_resume_skip_applies_to_the_interrupted_epoch_only(small_demo, tmp_path)
     )  # epochs: a finite stream
     trainer = Trainer(checked, sources, tmp_path)
     trainer.stream.replay = {0: [1000, 0, 0]}  # as restored: 1000 of the 1200 image-text samples taken
-    loader = trainer._loader()
+    loader = trainer.loader()
     resumed_epoch = sum(1 for b in loader if b["num_rows"])
     loader.dataset.set_epoch(1)
     next_epoch = sum(1 for b in loader if b["num_rows"])
