@@ -14,6 +14,7 @@ from torch.distributed.tensor import DTensor
 
 from clipkit.models.caption import CaptionHead, CaptionHeadConfig, scored_positions
 from clipkit.models.towers import TOWERS, Tower, TowerConfig
+from clipkit.models.towers.base import below_two_dimensions
 
 # Scores a forward's outputs: the model (for its learnable scales) and the outputs -> loss terms.
 LossFn = Callable[["MultiModalModel", dict[str, torch.Tensor]], dict[str, torch.Tensor]]
@@ -69,6 +70,16 @@ class MultiModalModel(nn.Module):
         if caption is not None:
             for modality in ("text", *caption.sources):
                 self.towers[modality].enable_tokens()
+
+    def no_weight_decay(self) -> set[str]:
+        """The parameters the optimizer trains without weight decay: each tower's own (see
+        Tower.no_weight_decay), the per-pair scales and biases, and the caption decoder's biases
+        and norm gains."""
+        names = {f"towers.{m}.{name}" for m, tower in self.towers.items() for name in tower.no_weight_decay()}
+        names |= {name for name, _ in self.named_parameters() if name.startswith(_PER_PAIR)}
+        if self.caption is not None:
+            names |= {f"caption.{name}" for name in below_two_dimensions(self.caption)}
+        return names
 
     @property
     def modalities(self) -> list[str]:
@@ -135,7 +146,7 @@ class MultiModalModel(nn.Module):
                 negative_rows = present["text_negatives"]
                 negative_index, negative_weight = _rows_or_stand_in(negative_rows.flatten(), inputs.device)
                 selected = torch.cat([selected, batch["text_negatives"].flatten(0, 1)[negative_index]])
-            if getattr(tower.encoder, "output_tokens", False):
+            if tower.returns_tokens:
                 encoded, token_features = tower.forward_with_tokens(selected)
                 tokens[modality] = _scatter_rows(token_features[: len(index)] * weight, index, rows.shape[0])
             else:

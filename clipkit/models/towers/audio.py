@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from clipkit.models.towers.audio_frontend import LogMelFrontend
-from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, load_weights
+from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, finish_tower
 
 
 @dataclass
@@ -165,15 +165,6 @@ class AudioCNN(nn.Module):
         return x.mean(dim=-1) + x.amax(dim=-1)  # over time
 
 
-def _finish(encoder: AudioEncoder, cfg: AudioTowerConfig, width: int) -> Tower:
-    if cfg.weights:
-        load_weights(encoder, cfg.weights)
-    if cfg.lock:
-        encoder.lock()
-    encoder.set_grad_checkpointing(cfg.grad_checkpointing)
-    return Tower(cfg.MODALITY, encoder, cfg, token_width=width)
-
-
 @TOWERS.register("ast", SpectrogramTransformerConfig)
 def build_spectrogram_transformer(cfg: SpectrogramTransformerConfig, embed_dim: int) -> Tower:
     frontend = cfg.frontend()
@@ -191,10 +182,10 @@ def build_spectrogram_transformer(cfg: SpectrogramTransformerConfig, embed_dim: 
         drop_path_rate=cfg.drop_path,
         embed_layer=partial(StridedPatchEmbed, stride=cfg.patch_stride),
     )
-    return _finish(AudioEncoder(frontend, backbone, cfg.width, embed_dim), cfg, cfg.width)
+    return finish_tower(AudioEncoder(frontend, backbone, cfg.width, embed_dim), cfg, token_width=cfg.width)
 
 
 @TOWERS.register("cnn", AudioCNNConfig)
 def build_audio_cnn(cfg: AudioCNNConfig, embed_dim: int) -> Tower:
     width = cfg.channels[-1]
-    return _finish(AudioEncoder(cfg.frontend(), AudioCNN(cfg.channels), width, embed_dim), cfg, width)
+    return finish_tower(AudioEncoder(cfg.frontend(), AudioCNN(cfg.channels), width, embed_dim), cfg, token_width=width)

@@ -7,9 +7,10 @@ from typing import ClassVar
 
 from omegaconf import MISSING
 from open_clip.model import CLIPVisionCfg, _build_vision_tower
+from torch import nn
 
 from clipkit.errors import ConfigError
-from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, load_weights
+from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, finish_tower, load_weights
 
 
 @dataclass
@@ -19,6 +20,9 @@ class ImageTowerConfig(TowerConfig):
     image_size: int = 224
     unlocked_groups: int = 0  # with `lock`, the last N layer groups stay trainable
     freeze_bn_stats: bool = False
+
+    def lock_encoder(self, encoder: nn.Module) -> None:
+        encoder.lock(unlocked_groups=self.unlocked_groups, freeze_bn_stats=self.freeze_bn_stats)
 
 
 @dataclass
@@ -103,21 +107,12 @@ class ResNetConfig(ImageTowerConfig):
         )
 
 
-def _finish_image_tower(encoder, cfg: ImageTowerConfig, token_width: int | None, tokens_pooled: bool = False) -> Tower:
-    if cfg.weights:
-        load_weights(encoder, cfg.weights)
-    if cfg.lock:
-        encoder.lock(unlocked_groups=cfg.unlocked_groups, freeze_bn_stats=cfg.freeze_bn_stats)
-    encoder.set_grad_checkpointing(cfg.grad_checkpointing)
-    return Tower(cfg.MODALITY, encoder, cfg, token_width, tokens_pooled)
-
-
 @TOWERS.register("vit", ViTConfig)
 def build_vit(cfg: ViTConfig, embed_dim: int) -> Tower:
     encoder = _build_vision_tower(embed_dim, cfg.open_clip_cfg(), quick_gelu=cfg.quick_gelu)
     if cfg.attentional_pool:
-        return _finish_image_tower(encoder, cfg, embed_dim, tokens_pooled=True)
-    return _finish_image_tower(encoder, cfg, cfg.width)
+        return finish_tower(encoder, cfg, embed_dim, tokens_pooled=True)
+    return finish_tower(encoder, cfg, cfg.width)
 
 
 @TOWERS.register("timm", TimmConfig)
@@ -125,11 +120,11 @@ def build_timm(cfg: TimmConfig, embed_dim: int) -> Tower:
     encoder = _build_vision_tower(embed_dim, cfg.open_clip_cfg())
     if cfg.trunk_weights:
         load_weights(encoder.trunk, cfg.trunk_weights)
-    return _finish_image_tower(encoder, cfg, None)  # open_clip's timm wrapper gives no tokens
+    return finish_tower(encoder, cfg, None)  # open_clip's timm wrapper gives no tokens
 
 
 @TOWERS.register("resnet", ResNetConfig)
 def build_resnet(cfg: ResNetConfig, embed_dim: int) -> Tower:
     if cfg.grad_checkpointing:
         raise ConfigError("model.towers.image.grad_checkpointing", "open_clip's ResNet has no gradient checkpointing")
-    return _finish_image_tower(_build_vision_tower(embed_dim, cfg.open_clip_cfg()), cfg, None)
+    return finish_tower(_build_vision_tower(embed_dim, cfg.open_clip_cfg()), cfg, None)

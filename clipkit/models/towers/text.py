@@ -7,8 +7,9 @@ from typing import ClassVar
 
 from open_clip.model import CLIPTextCfg, _build_text_tower
 from open_clip.tokenizer import SimpleTokenizer
+from torch import nn
 
-from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, load_weights
+from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, finish_tower
 
 
 @dataclass
@@ -30,6 +31,9 @@ class TextTransformerConfig(TowerConfig):
     unlocked_layers: int = 0  # with `lock`, the last N layers stay trainable
     freeze_layer_norm: bool = True
 
+    def lock_encoder(self, encoder: nn.Module) -> None:
+        encoder.lock(unlocked_layers=self.unlocked_layers, freeze_layer_norm=self.freeze_layer_norm)
+
     def open_clip_cfg(self) -> CLIPTextCfg:
         return CLIPTextCfg(
             context_length=self.context_length,
@@ -48,12 +52,7 @@ class TextTransformerConfig(TowerConfig):
 @TOWERS.register("transformer", TextTransformerConfig)
 def build_text_transformer(cfg: TextTransformerConfig, embed_dim: int) -> Tower:
     encoder = _build_text_tower(embed_dim, cfg.open_clip_cfg(), quick_gelu=cfg.quick_gelu)
-    if cfg.weights:
-        load_weights(encoder, cfg.weights)
-    if cfg.lock:
-        encoder.lock(unlocked_layers=cfg.unlocked_layers, freeze_layer_norm=cfg.freeze_layer_norm)
-    encoder.set_grad_checkpointing(cfg.grad_checkpointing)
-    return Tower(cfg.MODALITY, encoder, cfg, token_width=cfg.width)
+    return finish_tower(encoder, cfg, token_width=cfg.width)
 
 
 def build_tokenizer(cfg: TextTransformerConfig) -> SimpleTokenizer:
