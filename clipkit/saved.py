@@ -10,8 +10,9 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from clipkit.config.omegaconf_errors import omegaconf_problem
 from clipkit.config.schema import ClipkitConfig
-from clipkit.config.validate import CheckedConfig, check_config, omegaconf_problem
+from clipkit.config.validate import CheckedConfig, check_config
 from clipkit.errors import CheckpointError
 from clipkit.models.build import ModelBundle, build_bundle
 from clipkit.train import checkpoint as ckpt

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import fields, is_dataclass
 from typing import NoReturn
 
 from hydra.errors import HydraException
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException
 
-from clipkit.config.checks import did_you_mean
+from clipkit.config.omegaconf_errors import omegaconf_problem
 from clipkit.errors import ClipkitError
 
 USER_ERRORS = (ClipkitError, HydraException, OmegaConfBaseException)
@@ -21,15 +20,6 @@ def _omegaconf_cause(exc: BaseException) -> OmegaConfBaseException | None:
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
-
-
-def _suggestion(exc: OmegaConfBaseException) -> str:
-    """' (did you mean ...?)' for a misspelt key, from the fields of the dataclass it was set on."""
-    schema = getattr(exc, "object_type", None)
-    key = (getattr(exc, "full_key", "") or "").rpartition(".")[2]
-    if not isinstance(exc, (ConfigKeyError, ConfigAttributeError)) or not is_dataclass(schema) or not key:
-        return ""
-    return did_you_mean(key, [f.name for f in fields(schema)])
 
 
 def _hydra_message(exc: BaseException) -> str:
@@ -47,10 +37,7 @@ def one_line(exc: BaseException) -> str:
         return str(exc)
     cause = _omegaconf_cause(exc)
     if cause is not None:
-        message = str(getattr(cause, "msg", "") or cause).strip().splitlines()[0]
-        message = message.replace("is not in struct", "is not a known key")
-        key = getattr(cause, "full_key", "") or ""
-        return f"{key}: {message}{_suggestion(cause)}" if key else message
+        return str(omegaconf_problem(cause))
     return _hydra_message(exc)
 
 

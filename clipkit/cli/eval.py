@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from clipkit.cli.arguments import split_arguments
 from clipkit.cli.errors import USER_ERRORS, fail
 from clipkit.cli.launch import run_main
 from clipkit.errors import ConfigError
@@ -24,17 +25,8 @@ USAGE = "usage: clipkit-eval checkpoint=PATH [checkpoint=PATH ...] [out=DIR] [KE
 
 
 def _parse(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
-    checkpoints, out, overrides = [], None, []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise ConfigError("", f"expected KEY=VALUE, got '{arg}' ({USAGE})")
-        if key == "checkpoint":
-            checkpoints.append(value)
-        elif key == "out":
-            out = value
-        else:
-            overrides.append(arg)
+    values, overrides = split_arguments(argv, ("checkpoint", "out"), USAGE)
+    checkpoints, out = values["checkpoint"], (values["out"][-1] if values["out"] else None)
     if not checkpoints:
         raise ConfigError("checkpoint", f"missing ({USAGE})")
     if len(checkpoints) > 1 and not out:

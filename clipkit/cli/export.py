@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from clipkit.cli.arguments import split_arguments
 from clipkit.cli.errors import USER_ERRORS, fail
 from clipkit.cli.launch import run_main
 from clipkit.errors import ConfigError
@@ -21,15 +22,9 @@ USAGE = "usage: clipkit-export checkpoint=PATH format=open_clip|onnx out=DIR [KE
 
 
 def _parse(argv: list[str]) -> dict[str, object]:
-    args: dict[str, object] = {"overrides": []}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise ConfigError("", f"expected KEY=VALUE, got '{arg}' ({USAGE})")
-        if key in ("checkpoint", "format", "out"):
-            args[key] = value
-        else:
-            args["overrides"].append(arg)
+    values, overrides = split_arguments(argv, ("checkpoint", "format", "out"), USAGE)
+    args: dict[str, object] = {key: given[-1] for key, given in values.items() if given}
+    args["overrides"] = overrides
     for key in ("checkpoint", "format", "out"):
         if not args.get(key):
             raise ConfigError(key, f"missing ({USAGE})")

@@ -5,7 +5,7 @@ Everything raises :class:`ConfigError` naming the offending key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,24 +13,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from clipkit.config.checks import RunFacts, did_you_mean, positive
+from clipkit.config.checks import RunFacts, positive
+from clipkit.config.omegaconf_errors import omegaconf_problem
 from clipkit.config.schema import ClipkitConfig, EvalDatasetConfig
 from clipkit.errors import ConfigError
 from clipkit.models.towers import TOWERS, TowerConfig
 from clipkit.pairs import split_pair
 from clipkit.train.precision import PRECISIONS
-
-
-def omegaconf_problem(exc: OmegaConfBaseException, prefix: str = "", schema: type | None = None) -> ConfigError:
-    """One-line ConfigError from an OmegaConf error, with the full dotted key."""
-    key = getattr(exc, "full_key", "") or ""
-    message = str(getattr(exc, "msg", "") or exc).strip().splitlines()[0]
-    if "not in struct" in message:
-        message = message.replace("is not in struct", "is not a known key")
-    if schema is not None and ("not a known key" in message or " not in '" in message):
-        message += did_you_mean(key.rpartition(".")[2], [f.name for f in fields(schema)])
-    full_key = ".".join(p for p in (prefix, key) if p)
-    return ConfigError(full_key, message)
 
 
 def _tower_config(modality: str, node: Any) -> TowerConfig:

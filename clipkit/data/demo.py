@@ -29,8 +29,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from clipkit.atomic import fsync_dir, fsync_tree
 from clipkit.data.demo_audio import PITCHES, TIMBRES, Sound, encode_flac, random_sound, render
-from clipkit.data.write import fsync_tree, numbered, write_eval_set, write_shards
+from clipkit.data.write import numbered, write_eval_set, write_shards
 
 VERSION = 3  # bump when the generated content changes; the folder name carries it
 SHARDS = {"image_text": 16, "audio_text": 6, "trimodal": 4}  # conf/data/demo.yaml names these
@@ -350,6 +351,7 @@ def write_demo(root: Path, spec: DemoSpec = DemoSpec()) -> Path:
             shutil.rmtree(root)
         try:
             staging.rename(root)
+            fsync_dir(root.parent)
         except OSError:
             if not (root / "COMPLETE").is_file():
                 raise

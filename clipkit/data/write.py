@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -76,11 +75,3 @@ def numbered(prefix: str, items: Iterable[dict[str, object]]) -> Iterator[Sample
     """Give each sample a stable ``__key__``."""
     for index, item in enumerate(items):
         yield {"__key__": f"{prefix}{index:07d}", **item}
-
-
-def fsync_tree(root: Path) -> None:
-    """Flush every file under root to disk, so a later rename publishes complete contents."""
-    for folder, _, files in os.walk(root):
-        for name in files:
-            with open(os.path.join(folder, name), "rb") as handle:
-                os.fsync(handle.fileno())

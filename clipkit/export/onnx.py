@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipkit.atomic import staged_folder
 from clipkit.errors import ExportError
-from clipkit.export.staging import staged_folder
 from clipkit.models.build import ModelBundle
 
 TOLERANCE = 1e-4

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from clipkit.atomic import staged_folder
 from clipkit.config.validate import CheckedConfig
 from clipkit.errors import ExportError
-from clipkit.export.staging import staged_folder
 from clipkit.models.multimodal import MultiModalModel
 from clipkit.models.open_clip_init import CONFIG_FILE, PREFIXES, WEIGHTS_FILE
 

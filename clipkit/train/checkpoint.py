@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from clipkit.data.write import fsync_tree
+from clipkit.atomic import publish_folder, replace_file
 from clipkit.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -63,14 +62,6 @@ def clear_staging(ckpt_root: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -93,17 +84,8 @@ def publish(staging: Path, step: int, layout: str, world_size: int, keep_last_k:
     }
     manifest = {"format": 1, "step": step, "layout": layout, "world_size": world_size, "files": files}
     (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
-    fsync_tree(staging)
-    if final.exists():  # the same step saved again (e.g. a re-run of a finished run)
-        shutil.rmtree(final)
-    staging.rename(final)
-    _fsync_dir(root)
-    pointer = root / ".latest.tmp"
-    pointer.write_text(final.name + "\n")
-    with open(pointer, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(pointer, root / "latest")
-    _fsync_dir(root)
+    publish_folder(staging, final)  # replaces the same step saved before (e.g. a re-run of a finished run)
+    replace_file(root / "latest", final.name + "\n")
     for old in complete_checkpoints(root)[:-keep_last_k] if keep_last_k > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

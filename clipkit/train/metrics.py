@@ -16,6 +16,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from clipkit.atomic import replace_file
+
 
 @dataclass
 class LoggerConfig:
@@ -73,9 +75,7 @@ def _drop_records_after(path: Path, step: int) -> None:
             continue
         if record.get("step", 0) <= step:
             kept.append(line + "\n")
-    staged = path.with_name(path.name + ".tmp")
-    staged.write_text("".join(kept), encoding="utf-8")
-    os.replace(staged, path)
+    replace_file(path, "".join(kept))
 
 
 class MetricsLogger:
