@@ -25,6 +25,16 @@ def positive(key: str, value: float | None, allow_zero: bool = False) -> None:
         raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def named_weights(key: str, weights: dict[str, float], allowed: Iterable[str], not_allowed: str) -> None:
+    """Relative weights by name (e.g. loss.<term>.pair_weights): each names an allowed entry and
+    is >= 0; ``not_allowed`` says what a name outside ``allowed`` is not."""
+    allowed = set(allowed)
+    for name, weight in weights.items():
+        if name not in allowed:
+            raise ConfigError(f"{key}.{name}", not_allowed)
+        positive(f"{key}.{name}", weight, allow_zero=True)
+
+
 def one_of(key: str, value: str, allowed: Iterable[str]) -> None:
     allowed = list(allowed)
     if value not in allowed:

@@ -63,23 +63,16 @@ class ImageLoader:
         return self.transform(decode_image(data))
 
 
+@dataclass
 class SampleDecoder:
     """Decodes the modalities a model uses; absent ones are simply not in the output. Captions stay
     strings until :meth:`collate` tokenises a batch's in one call."""
 
-    def __init__(
-        self,
-        keys: SampleKeysConfig,
-        image_loader: Callable[[bytes], torch.Tensor] | None = None,
-        tokenizer: Callable | None = None,
-        audio_loader: Callable | None = None,
-        negatives: NegativeCaptions | None = None,
-    ) -> None:
-        self.keys = keys
-        self.image_loader = image_loader
-        self.tokenizer = tokenizer
-        self.audio_loader = audio_loader
-        self.negatives = negatives  # hard-negative captions (loss.contrastive.hard_negatives)
+    keys: SampleKeysConfig
+    image_loader: Callable[[bytes], torch.Tensor] | None = None
+    tokenizer: Callable | None = None
+    audio_loader: Callable | None = None
+    negatives: NegativeCaptions | None = None  # hard-negative captions (loss.contrastive.hard_negatives)
 
     def __call__(self, sample: dict[str, object]) -> dict[str, torch.Tensor | str]:
         out: dict[str, torch.Tensor | str] = {}

@@ -294,6 +294,29 @@ def _write_source(samples: Iterator[dict[str, object]], count: int, out_dir: Pat
         raise ValueError(f"{count} {source} samples do not fill {SHARDS[source]} shards")
 
 
+def _write_eval_sets(evals: Path, spec: DemoSpec) -> None:
+    classify_shapes = {"classnames": zeroshot_classnames(), "templates": TEMPLATES}
+    classify_sounds = {"classnames": sound_classnames(), "templates": SOUND_TEMPLATES}
+    retrieval, compositionality = {"dataset_type": "retrieval"}, {"dataset_type": "compositionality"}
+    # name, key prefix, samples, whose images are stored as WebP, what the set's files say
+    sets = (
+        ("shapes", "zs", _zeroshot_samples, True, classify_shapes),
+        ("scenes", "rt", _retrieval_samples, True, retrieval),
+        ("sounds", "szs", _sound_zeroshot_samples, False, classify_sounds),
+        ("sound_captions", "srt", _sound_retrieval_samples, False, retrieval),
+        ("scene_sounds", "iat", _scene_sound_samples, True, retrieval),
+        ("compositions", "cmp", _composition_samples, True, compositionality),
+    )
+    for name, prefix, samples, webp, described in sets:
+        numbered_samples = numbered(prefix, samples(spec))
+        write_eval_set(
+            evals / name,
+            _png_to_webp(numbered_samples) if webp else numbered_samples,
+            per_shard=spec.eval_per_shard,
+            **described,
+        )
+
+
 def write_demo(root: Path, spec: DemoSpec = DemoSpec()) -> Path:
     """Write the demo set under ``root`` unless it is already complete there; return ``root``."""
     root = Path(root).expanduser()
@@ -306,45 +329,7 @@ def write_demo(root: Path, spec: DemoSpec = DemoSpec()) -> Path:
         _write_source(_image_text_samples(spec), spec.image_text_samples, train / "image_text", "image_text")
         _write_source(_audio_text_samples(spec), spec.audio_text_samples, train / "audio_text", "audio_text")
         _write_source(_trimodal_samples(spec), spec.trimodal_samples, train / "trimodal", "trimodal")
-        evals, per_shard = staging / "eval", spec.eval_per_shard
-        write_eval_set(
-            evals / "shapes",
-            _png_to_webp(numbered("zs", _zeroshot_samples(spec))),
-            per_shard=per_shard,
-            classnames=zeroshot_classnames(),
-            templates=TEMPLATES,
-        )
-        write_eval_set(
-            evals / "scenes",
-            _png_to_webp(numbered("rt", _retrieval_samples(spec))),
-            per_shard=per_shard,
-            dataset_type="retrieval",
-        )
-        write_eval_set(
-            evals / "sounds",
-            numbered("szs", _sound_zeroshot_samples(spec)),
-            per_shard=per_shard,
-            classnames=sound_classnames(),
-            templates=SOUND_TEMPLATES,
-        )
-        write_eval_set(
-            evals / "sound_captions",
-            numbered("srt", _sound_retrieval_samples(spec)),
-            per_shard=per_shard,
-            dataset_type="retrieval",
-        )
-        write_eval_set(
-            evals / "scene_sounds",
-            _png_to_webp(numbered("iat", _scene_sound_samples(spec))),
-            per_shard=per_shard,
-            dataset_type="retrieval",
-        )
-        write_eval_set(
-            evals / "compositions",
-            _png_to_webp(numbered("cmp", _composition_samples(spec))),
-            per_shard=per_shard,
-            dataset_type="compositionality",
-        )
+        _write_eval_sets(staging / "eval", spec)
         (staging / "COMPLETE").write_text(f"clipkit demo v{VERSION} {spec}\n")
         fsync_tree(staging)
         if root.exists() and not (root / "COMPLETE").is_file():  # an incomplete earlier attempt

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,24 +26,21 @@ log = logging.getLogger(__name__)
 Metrics = dict[str, float]
 
 
+@dataclass(eq=False)
 class Evaluator:
-    def __init__(
-        self,
-        cfg: EvalConfig,
-        loaders: dict[str, Loader],
-        tokenizer: Callable | None,
-        device: torch.device,
-        autocast: Callable,
-        env: dist_utils.DistEnv = dist_utils.DistEnv(),
-    ) -> None:
-        """``loaders``: per modality the model encodes, bytes -> eval input (text goes through
-        ``tokenizer``)."""
-        self.cfg = cfg
-        self.env = env
-        self.loaders = loaders
-        self.tokenizer = tokenizer
-        self.device = device
-        self.autocast = autocast
+    """Runs every set of ``cfg.datasets`` through the model; the tasks use its helpers below.
+    ``loaders``: per modality the model encodes, bytes -> eval input (text goes through
+    ``tokenizer``)."""
+
+    cfg: EvalConfig
+    loaders: dict[str, Loader]
+    tokenizer: Callable | None
+    device: torch.device
+    autocast: Callable
+    env: dist_utils.DistEnv = dist_utils.DistEnv()
+
+    def __post_init__(self) -> None:
+        cfg, tokenizer, loaders = self.cfg, self.tokenizer, self.loaders
         self.sets: list[EvalSet] = [open_eval_set(name, c) for name, c in cfg.datasets.items()]
         # The last run's matched embeddings per set, for the report's figures.
         self.pairs: dict[str, tuple[torch.Tensor, torch.Tensor, str, str]] = {}

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from clipkit.config.checks import RunFacts, positive
+from clipkit.config.checks import RunFacts, named_weights, positive
 from clipkit.errors import ConfigError
 from clipkit.objectives.collectives import Collectives
 
@@ -20,13 +20,10 @@ class CaptionLossConfig:
 
     def check(self, key: str, run: RunFacts) -> None:
         positive(f"{key}.weight", self.weight, allow_zero=True)
-        for source, weight in self.source_weights.items():
-            if source not in run.caption_sources:
-                raise ConfigError(
-                    f"{key}.source_weights.{source}",
-                    f"not a source of model.caption.sources {list(run.caption_sources)}",
-                )
-            positive(f"{key}.source_weights.{source}", weight, allow_zero=True)
+        sources = list(run.caption_sources)
+        named_weights(
+            f"{key}.source_weights", self.source_weights, sources, f"not a source of model.caption.sources {sources}"
+        )
         if self.weight > 0 and not run.caption_sources:
             raise ConfigError(
                 f"{key}.weight",

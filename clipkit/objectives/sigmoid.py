@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from clipkit.objectives.collectives import LOCAL, Collectives
 
@@ -37,13 +38,8 @@ def _block_loss(
 
 
 def sigmoid_loss(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    scale: torch.Tensor,
-    bias: torch.Tensor,
-    comm: Collectives = LOCAL,
-    valid: torch.Tensor | None = None,
-) -> torch.Tensor:
+    a: Tensor, b: Tensor, scale: Tensor, bias: Tensor, comm: Collectives = LOCAL, valid: Tensor | None = None
+) -> Tensor:
     """a, b: (B, D) L2-normalised, row i matches row i. ``valid`` marks the rows carrying both
     modalities: only they are rows and columns. The result, averaged over processes (as DDP
     averages gradients), is the loss over the global batch divided by its count of valid rows."""

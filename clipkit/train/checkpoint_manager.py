@@ -65,28 +65,20 @@ class CheckpointPolicy:
     asynchronous: bool = False
 
 
+@dataclass(eq=False, repr=False)
 class CheckpointManager:
-    def __init__(
-        self,
-        root: Path,
-        policy: CheckpointPolicy,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        shared: dict[str, Stateful],
-        per_process: dict[str, PerProcessStateful],
-        config_yaml: str,
-        env: dist_utils.DistEnv,
-        ema: WeightAverage | None = None,
-    ) -> None:
-        self.root = root
-        self.ema = ema
-        self.policy = policy
-        self.model = model
-        self.optimizer = optimizer
-        self.shared = shared
-        self.per_process = per_process
-        self.config_yaml = config_yaml
-        self.env = env
+    root: Path
+    policy: CheckpointPolicy
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    shared: dict[str, Stateful]
+    per_process: dict[str, PerProcessStateful]
+    config_yaml: str
+    env: dist_utils.DistEnv
+    ema: WeightAverage | None = None
+
+    def __post_init__(self) -> None:
+        root, policy, env = self.root, self.policy, self.env
         self.last_saved: int | None = None
         if env.is_main and root.is_dir():
             ckpt.clear_staging(root)  # what a run killed inside a save left

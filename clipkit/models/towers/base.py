@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -82,6 +82,13 @@ class Tower(nn.Module):
 
 
 TOWERS: Registry[Tower] = Registry("tower")
+
+
+def shared_fields(cfg: TowerConfig, target: type) -> dict[str, Any]:
+    """The fields of ``cfg`` that the dataclass ``target`` (open_clip's tower config) has too: a
+    clipkit tower config names each open_clip setting it exposes as open_clip does."""
+    ours = {f.name for f in fields(cfg)}
+    return {f.name: getattr(cfg, f.name) for f in fields(target) if f.name in ours}
 
 
 def below_two_dimensions(module: nn.Module) -> set[str]:

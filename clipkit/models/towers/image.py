@@ -10,7 +10,7 @@ from open_clip.model import CLIPVisionCfg, _build_vision_tower
 from torch import nn
 
 from clipkit.errors import ConfigError
-from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, finish_tower, load_weights
+from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, finish_tower, load_weights, shared_fields
 
 
 @dataclass
@@ -48,22 +48,7 @@ class ViTConfig(ImageTowerConfig):
     quick_gelu: bool = False
 
     def open_clip_cfg(self) -> CLIPVisionCfg:
-        return CLIPVisionCfg(
-            layers=self.layers,
-            width=self.width,
-            head_width=self.head_width,
-            mlp_ratio=self.mlp_ratio,
-            patch_size=self.patch_size,
-            image_size=self.image_size,
-            ls_init_value=self.ls_init_value,
-            patch_dropout=self.patch_dropout,
-            pool_type=self.pool_type,
-            final_ln_after_pool=self.final_ln_after_pool,
-            no_ln_pre=self.no_ln_pre,
-            attentional_pool=self.attentional_pool,
-            attn_pooler_queries=self.attn_pooler_queries,
-            attn_pooler_heads=self.attn_pooler_heads,
-        )
+        return CLIPVisionCfg(**shared_fields(self, CLIPVisionCfg))
 
 
 @dataclass

@@ -9,7 +9,7 @@ from open_clip.model import CLIPTextCfg, _build_text_tower
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
-from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, finish_tower
+from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, finish_tower, shared_fields
 
 
 @dataclass
@@ -35,18 +35,7 @@ class TextTransformerConfig(TowerConfig):
         encoder.lock(unlocked_layers=self.unlocked_layers, freeze_layer_norm=self.freeze_layer_norm)
 
     def open_clip_cfg(self) -> CLIPTextCfg:
-        return CLIPTextCfg(
-            context_length=self.context_length,
-            vocab_size=self.vocab_size,
-            width=self.width,
-            heads=self.heads,
-            layers=self.layers,
-            mlp_ratio=self.mlp_ratio,
-            ls_init_value=self.ls_init_value,
-            pool_type=self.pool_type,
-            proj_bias=self.proj_bias,
-            no_causal_mask=self.no_causal_mask,
-        )
+        return CLIPTextCfg(**shared_fields(self, CLIPTextCfg))
 
 
 @TOWERS.register("transformer", TextTransformerConfig)

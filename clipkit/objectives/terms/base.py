@@ -9,12 +9,11 @@ and its ``<name>/<pair>`` metric. Nothing else names it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from clipkit.config.checks import RunFacts, positive
-from clipkit.errors import ConfigError
+from clipkit.config.checks import RunFacts, named_weights, positive
 from clipkit.objectives.collectives import Collectives
 from clipkit.registry import Registry
 
@@ -28,19 +27,22 @@ Tensors = dict[str, torch.Tensor]
 class PairTermConfig:
     """Every term has a weight; 0 switches it off entirely (not computed, no parameters, not logged)."""
 
+    POSITIVE: ClassVar[tuple[str, ...]] = ()  # the term's own settings that must be > 0
+
     weight: float = 0.0
     # Relative weight per pair of model.pairs (e.g. {audio_text: 0.5}); pairs not listed weigh 1.
     pair_weights: dict[str, float] = field(default_factory=dict)
 
     def check(self, key: str, run: RunFacts) -> None:
         positive(f"{key}.weight", self.weight, allow_zero=True)
-        for pair, weight in self.pair_weights.items():
-            if pair not in run.pairs:
-                raise ConfigError(
-                    f"{key}.pair_weights.{pair}",
-                    f"not a pair of model.pairs {list(run.pairs)}; remove the weight or add the pair",
-                )
-            positive(f"{key}.pair_weights.{pair}", weight, allow_zero=True)
+        named_weights(
+            f"{key}.pair_weights",
+            self.pair_weights,
+            run.pairs,
+            f"not a pair of model.pairs {list(run.pairs)}; remove the weight or add the pair",
+        )
+        for name in self.POSITIVE:
+            positive(f"{key}.{name}", getattr(self, name))
 
     def pair_parameters(self, init_logit_scale: float) -> dict[str, Any]:
         """The learnable per-pair parameters this term needs while on, as fields of

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import torch
 
-from clipkit.config.checks import RunFacts, positive
 from clipkit.objectives.geometry import alignment, cross_uniformity, uniformity
 from clipkit.objectives.terms.base import PAIR_TERMS, PairBatch, PairTerm, PairTermConfig
 
@@ -16,33 +15,23 @@ from clipkit.objectives.terms.base import PAIR_TERMS, PairBatch, PairTerm, PairT
 class UniformityLossConfig(PairTermConfig):
     """log mean exp(-t |x_i - x_j|^2) of each modality of a pair, averaged over the two."""
 
-    t: float = 2.0
+    POSITIVE = ("t",)
 
-    def check(self, key: str, run: RunFacts) -> None:
-        super().check(key, run)
-        positive(f"{key}.t", self.t)
+    t: float = 2.0
 
 
 @dataclass
 class AlignmentLossConfig(PairTermConfig):
     """mean |x_i - y_i|^alpha over a pair's partners."""
 
-    alpha: float = 2.0
+    POSITIVE = ("alpha",)
 
-    def check(self, key: str, run: RunFacts) -> None:
-        super().check(key, run)
-        positive(f"{key}.alpha", self.alpha)
+    alpha: float = 2.0
 
 
 @dataclass
-class CrossUniformityLossConfig(PairTermConfig):
-    """log mean exp(-t |x_i - y_j|^2) over the non-partners of a pair."""
-
-    t: float = 2.0
-
-    def check(self, key: str, run: RunFacts) -> None:
-        super().check(key, run)
-        positive(f"{key}.t", self.t)
+class CrossUniformityLossConfig(UniformityLossConfig):
+    """log mean exp(-t |x_i - y_j|^2) over the non-partners of a pair (uniformity's temperature)."""
 
 
 @PAIR_TERMS.register("uniformity", UniformityLossConfig)
