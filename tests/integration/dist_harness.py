@@ -46,6 +46,7 @@ from clipkit.models.towers.image import ViTConfig
 from clipkit.models.towers.text import TextTransformerConfig
 from clipkit.objectives.collectives import process_group
 from clipkit.objectives.objective import Objective, TeacherOutputs
+from clipkit.objectives.terms.base import PAIR_TERMS
 from clipkit.train.compile import compile_towers
 from clipkit.train.optim import build_optimizer
 from clipkit.train.parallel import wrap
@@ -57,7 +58,11 @@ PER_RANK = 6
 
 def loss_config(mode: str) -> LossConfig:
     """local / global / accum / masked: InfoNCE; sigmoid: SigLIP alone; geometry: InfoNCE with
-    uniformity, alignment and cross-uniformity; coca: InfoNCE with the caption loss."""
+    uniformity, alignment and cross-uniformity; coca: InfoNCE with the caption loss; term:NAME:
+    InfoNCE with any registered pair term at weight 0.5 (its defaults otherwise)."""
+    if mode.startswith("term:"):
+        name = mode.partition(":")[2]
+        return LossConfig(**{name: PAIR_TERMS.get(name).config_class(weight=0.5)})
     if mode == "sigmoid":
         return LossConfig(contrastive=ContrastiveLossConfig(weight=0.0), sigmoid=SigmoidLossConfig(weight=1.0))
     if mode == "geometry":
@@ -118,7 +123,7 @@ def fixed_present(n: int, mode: str) -> dict[str, torch.Tensor]:
     if mode == "masked":
         image[[1, 4]] = False
         image[PER_RANK : 2 * PER_RANK] = False  # rank 1: no image at all
-    elif mode in ("sigmoid", "geometry", "coca", "distill", "negatives"):
+    elif mode in ("sigmoid", "geometry", "coca", "distill", "negatives") or mode.startswith("term:"):
         image[[1, 4, PER_RANK + 2]] = False  # both ranks keep rows to score across ranks
     present = {"image": image, "text": torch.ones(n, dtype=torch.bool)}
     if mode == "negatives":  # some rows with one hard negative, one (on rank 1) with none

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from clipkit.objectives.terms.base import PAIR_TERMS
 from clipkit.train import checkpoint as ckpt
 from tests.conftest import demo_overrides, descendants, run_cli, run_command, torchrun
 from tests.integration.dist_harness import PER_RANK, reference
@@ -19,14 +20,20 @@ from tests.integration.test_export import OPEN_CLIP_ZERO_SHOT, first_images
 HARNESS = str(Path(__file__).with_name("dist_harness.py"))
 
 
+# The pair terms the modes above cover; every other registered term is run as "term:NAME".
+COVERED_TERMS = {"contrastive", "sigmoid", "uniformity", "alignment", "cross_uniformity", "distill"}
+OTHER_TERMS = [f"term:{name}" for name in PAIR_TERMS.names() if name not in COVERED_TERMS]
+
+
 @pytest.mark.parametrize(
-    "mode", ["local", "global", "accum", "masked", "sigmoid", "geometry", "coca", "distill", "negatives"]
+    "mode", ["local", "global", "accum", "masked", "sigmoid", "geometry", "coca", "distill", "negatives", *OTHER_TERMS]
 )
 def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path, mode):
     """2 ranks x B rows (local loss, full gathered matrix, 2 accumulated halves per rank, or rows
     lacking a modality, all of them on one rank; and so for the sigmoid loss, the geometry terms
-    the caption loss, distillation and InfoNCE with hard negatives and their rules) give the loss
-    and the gradients of one process on the 2B rows, and nothing hangs."""
+    the caption loss, distillation, InfoNCE with hard negatives and their rules, and any other
+    registered pair term) give the loss and the gradients of one process on the 2B rows, and
+    nothing hangs."""
     result = run_command(torchrun(2, [HARNESS, mode, str(tmp_path)]), tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     expected_loss, expected = reference(2 * PER_RANK, mode)
