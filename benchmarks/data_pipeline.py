@@ -138,7 +138,7 @@ def clipkit_parts(decode_device: str = "cpu"):
     image = ImageTransformConfig(mean=list(MEAN), std=list(STD), train_crop_scale=list(SCALE))
     tokenizer = build_tokenizer(TextTransformerConfig(context_length=CONTEXT))
     return SampleDecoder(
-        SampleKeysConfig(), build_train_image_loader(image, SIZE, decode_device), tokenizer
+        SampleKeysConfig(), {"image": build_train_image_loader(image, SIZE, decode_device)}, tokenizer
     ), DeviceImages(SIZE, ImageNormalizer(MEAN, STD), torch.device(decode_device))
 
 

@@ -110,7 +110,7 @@ def loader_alone(args: argparse.Namespace, batches: int) -> float:
     checked, sources = prepare(compose_config(overrides(args)))
     cfg = checked.cfg
     bundle = build_bundle(checked, torch.device("cpu"))
-    decoder = SampleDecoder(cfg.data.keys, bundle.train_image_loader, bundle.tokenizer, bundle.train_audio_loader)
+    decoder = SampleDecoder(cfg.data.keys, bundle.train_loaders(), bundle.tokenizer)
     stream = TrainStream(sources, decoder, cfg.data.batch_size, True, cfg.data.train.shuffle_buffer, cfg.seed, 0, 0, 1)
     records = iter(make_loader(stream, cfg.data.workers))
     for _ in range(2):  # workers started, queues filled

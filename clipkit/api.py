@@ -99,10 +99,11 @@ def load(path: str, device: str | torch.device = "cpu", overrides: Sequence[str]
     device = torch.device(device)
     _, checked, bundle = load_checkpoint(path, device, overrides)
     audio = checked.towers.get("audio")
+    images = bundle.feeds.get("image")
     return ClipkitModel(
         model=bundle.model,
         tokenizer=bundle.tokenizer,
-        preprocess_image=bundle.eval_image_transform,
+        preprocess_image=images.eval_loader.transform if images else None,
         sample_rate=audio.sample_rate if audio else None,
         clip_samples=audio.clip_samples if audio else None,
         config=checked,

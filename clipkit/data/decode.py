@@ -26,9 +26,6 @@ class SampleKeysConfig:
     caption_field: str = "caption"  # the field holding the caption in a `json` member
 
 
-MODALITIES = ("image", "text", "audio")
-
-
 class CorruptSample(Exception):
     pass
 
@@ -69,19 +66,18 @@ class SampleDecoder:
     strings until :meth:`collate` tokenises a batch's in one call."""
 
     keys: SampleKeysConfig
-    image_loader: Callable[[bytes], torch.Tensor] | None = None
-    tokenizer: Callable | None = None
-    audio_loader: Callable | None = None
+    loaders: dict[str, Callable[[bytes], object]]  # per modality other than text: member bytes -> row
+    tokenizer: Callable | None = None  # None: no text
     negatives: NegativeCaptions | None = None  # hard-negative captions (loss.contrastive.hard_negatives)
 
-    def __call__(self, sample: dict[str, object]) -> dict[str, torch.Tensor | str]:
-        out: dict[str, torch.Tensor | str] = {}
+    def __call__(self, sample: dict[str, object]) -> dict[str, object]:
+        out: dict[str, object] = {}
         key = sample.get("__key__", "?")
         try:
-            if self.image_loader is not None:
-                ext = _first_member(sample, self.keys.image)
+            for modality, loader in self.loaders.items():
+                ext = _first_member(sample, getattr(self.keys, modality))
                 if ext is not None:
-                    out["image"] = self.image_loader(sample[ext])
+                    out[modality] = loader(sample[ext])
             if self.tokenizer is not None:
                 ext = _first_member(sample, self.keys.text)
                 if ext is not None:
@@ -91,10 +87,6 @@ class SampleDecoder:
                     out["text"] = caption
                     if self.negatives is not None:
                         out["text_negatives"] = self.negatives(sample, caption)
-            if self.audio_loader is not None:
-                ext = _first_member(sample, self.keys.audio)
-                if ext is not None:
-                    out["audio"] = self.audio_loader(sample[ext])
         except Exception as exc:  # any decoder failure means this one sample is unusable
             raise CorruptSample(f"sample {key} in {sample.get('__url__', '?')}: {exc}") from exc
         if not out:
@@ -104,13 +96,13 @@ class SampleDecoder:
             )
         return out
 
-    def collate(self, samples: list[dict[str, torch.Tensor | str]]) -> dict:
+    def collate(self, samples: list[dict[str, object]]) -> dict:
         """Decoded samples -> a batch: per modality the stacked rows (zeros where a row lacks it;
         a loader with a ``collate`` of its own makes its modality's) and the row mask
-        ``has_<modality>``."""
+        ``has_<modality>``, for every modality the decoder reads."""
         batch: dict = {"num_rows": len(samples)}
-        loaders = {"image": self.image_loader, "audio": self.audio_loader}
-        for modality in MODALITIES:
+        modalities = [*self.loaders, *(["text"] if self.tokenizer is not None else [])]
+        for modality in modalities:
             rows = [s.get(modality) for s in samples]
             present = torch.tensor([r is not None for r in rows])
             batch[f"has_{modality}"] = present
@@ -120,8 +112,8 @@ class SampleDecoder:
                 tokens = self.tokenizer([r for r in rows if r is not None])
                 batch["text"] = torch.zeros((len(rows), tokens.shape[1]), dtype=tokens.dtype)
                 batch["text"][present] = tokens
-            elif hasattr(loaders[modality], "collate"):
-                batch[modality] = loaders[modality].collate(rows)
+            elif hasattr(self.loaders[modality], "collate"):
+                batch[modality] = self.loaders[modality].collate(rows)
             else:
                 template = next(r for r in rows if r is not None)
                 batch[modality] = torch.stack([r if r is not None else torch.zeros_like(template) for r in rows])

@@ -22,10 +22,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from clipkit.config.checks import RunFacts
 from clipkit.data.shards import shard_sizes
 from clipkit.errors import ConfigError
-from clipkit.eval.eval_set import MEMBERS, EvalSet, member
+from clipkit.eval.eval_set import EvalSet, member
 from clipkit.eval.tasks import EVAL_TASKS, EvalTask
 from clipkit.eval.tasks.base import stack_targets
 from clipkit.lifetime import data_worker_init
+from clipkit.modalities.base import eval_members
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,10 @@ def open_eval_set(name: str, cfg: EvalDatasetConfig) -> EvalSet:
     key = f"eval.datasets.{name}"
     root = Path(cfg.root).expanduser()
     task = task_of(cfg, key)
-    if cfg.modality not in MEMBERS:
-        raise ConfigError(f"{key}.modality", f"unsupported modality '{cfg.modality}' (supported: image, audio)")
-    partners = ("text", *MEMBERS) if task.partners is None else task.partners
+    items = eval_members()
+    if cfg.modality not in items:
+        raise ConfigError(f"{key}.modality", f"unsupported modality '{cfg.modality}' (supported: {', '.join(items)})")
+    partners = ("text", *items) if task.partners is None else task.partners
     if cfg.against not in partners or cfg.against == cfg.modality:
         raise ConfigError(f"{key}.against", f"'{cfg.against}' cannot be matched with {cfg.modality} in {cfg.task}")
     nshards_file = root / cfg.split / "nshards.txt"

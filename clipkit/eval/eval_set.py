@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipkit.errors import DataError
-
-MEMBERS = {"image": ("webp", "png", "jpg", "jpeg"), "audio": ("flac", "wav", "mp3", "ogg")}
+from clipkit.modalities.base import eval_members
 
 
 @dataclass
@@ -33,9 +32,10 @@ def member_lines(sample: dict, key: str) -> list[str]:
 
 
 def member(sample: dict, modality: str) -> bytes:
-    key = next((k for k in MEMBERS[modality] if k in sample), None)
+    extensions = eval_members()[modality]
+    key = next((k for k in extensions if k in sample), None)
     if key is None:
-        raise ValueError(f"no {modality} member (one of {', '.join(MEMBERS[modality])})")
+        raise ValueError(f"no {modality} member (one of {', '.join(extensions)})")
     return sample[key]
 
 

@@ -40,7 +40,7 @@ class NormalizedTower(nn.Module):
 
 def _example(bundle: ModelBundle, modality: str, rows: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    shape = (rows, *bundle.input_shapes[modality])
+    shape = (rows, *bundle.feeds[modality].input_shape)
     if modality == "text":
         words = ["a small red circle", "three short high beeps", "a photo of a dog", "silence"]
         return bundle.tokenizer([words[(seed + i) % len(words)] for i in range(rows)])
@@ -89,8 +89,8 @@ def export_onnx(bundle: ModelBundle, out: Path) -> Path:
             towers[modality] = {
                 "file": f"{modality}.onnx",
                 "input": modality,
-                "input_shape": ["batch", *bundle.input_shapes[modality]],
-                "input_dtype": str(bundle.input_dtypes[modality]).replace("torch.", ""),
+                "input_shape": ["batch", *bundle.feeds[modality].input_shape],
+                "input_dtype": str(bundle.feeds[modality].dtype).replace("torch.", ""),
                 "output": "normalized_embedding",
                 "max_abs_diff_vs_pytorch": difference,
             }
@@ -98,24 +98,7 @@ def export_onnx(bundle: ModelBundle, out: Path) -> Path:
             "embed_dim": model.embed_dim,
             "opset": OPSET,
             "towers": towers,
-            "preprocessing": _preprocessing(bundle),
+            "preprocessing": {m: feed.preprocessing for m, feed in bundle.feeds.items()},
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
-
-
-def _preprocessing(bundle: ModelBundle) -> dict:
-    notes = {}
-    if "image" in bundle.input_shapes:
-        notes["image"] = (
-            "resize + centre crop to the input size, RGB scaled to [0, 1], then (x - mean) / std: "
-            f"{bundle.eval_image_transform}"
-        )
-    if "text" in bundle.input_shapes:
-        notes["text"] = "open_clip's CLIP BPE tokenizer, padded with 0 to the context length"
-    if "audio" in bundle.input_shapes:
-        loader = bundle.eval_audio_loader
-        notes["audio"] = (
-            f"mono float32 at {loader.sample_rate} Hz, centre-cropped or repeat-padded to {loader.clip_samples} samples"
-        )
-    return notes

@@ -20,9 +20,10 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from clipkit.config.schema import ImageTransformConfig
+from clipkit.config.schema import DataConfig, ImageTransformConfig
 from clipkit.config.validate import CheckedConfig
 from clipkit.errors import ConfigError
+from clipkit.modalities import MODALITIES
 from clipkit.models.multimodal import MultiModalModel, PairParameters, build_model
 from clipkit.models.open_clip_init import CONFIG_FILE, load_open_clip_init
 from clipkit.models.zoo import ArchRefused, arch_towers, towers_from_model_config
@@ -60,22 +61,10 @@ def _is_clipkit(path: Path) -> bool:
     return (path / "checkpoints").is_dir() or (path / "manifest.json").is_file() or (path / "config.yaml").is_file()
 
 
-def _image_inputs(size: int, transform: ImageTransformConfig) -> tuple:
-    return (size, tuple(round(v, 6) for v in transform.mean), tuple(round(v, 6) for v in transform.std))
-
-
 def model_inputs(checked: CheckedConfig) -> dict[str, tuple]:
-    """Per modality, what the model's tower takes: image size, mean and std; text context; audio
-    rate and samples."""
-    towers = checked.towers
-    inputs: dict[str, tuple] = {}
-    if "image" in towers:
-        inputs["image"] = _image_inputs(towers["image"].image_size, checked.cfg.data.image)
-    if "text" in towers:
-        inputs["text"] = (towers["text"].context_length,)
-    if "audio" in towers:
-        inputs["audio"] = (towers["audio"].sample_rate, towers["audio"].clip_samples)
-    return inputs
+    """Per modality, what the model's tower takes (its spec's signature: image size, mean and std;
+    text context; audio rate and samples)."""
+    return {m: MODALITIES.get(m).build().signature(tower, checked.cfg.data) for m, tower in checked.towers.items()}
 
 
 def _from_clipkit(path: Path, device: torch.device) -> Teacher:
@@ -107,18 +96,16 @@ def _from_open_clip(path: Path, cfg: DistillLossConfig, device: torch.device) ->
             towers, preprocess = arch_towers(cfg.teacher_arch), {}
     except (ArchRefused, KeyError) as exc:
         raise ConfigError(KEY, f"clipkit cannot build the teacher's architecture: {exc}") from None
-    model = build_model(
-        towers.embed_dim,
-        {"image": towers.image, "text": towers.text},
-        ["image_text"],
-        PairParameters(contrastive_scale=math.log(1 / 0.07)),
-    )
+    own = {"image": towers.image, "text": towers.text}  # an open_clip CLIP: its visual and text towers
+    model = build_model(towers.embed_dim, own, ["image_text"], PairParameters(contrastive_scale=math.log(1 / 0.07)))
     load_open_clip_init(model, str(path))
-    transform = ImageTransformConfig(
-        mean=list(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)),
-        std=list(preprocess.get("std", open_clip.OPENAI_DATASET_STD)),
+    data = DataConfig(
+        image=ImageTransformConfig(
+            mean=list(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+            std=list(preprocess.get("std", open_clip.OPENAI_DATASET_STD)),
+        )
     )
-    inputs = {"image": _image_inputs(towers.image.image_size, transform), "text": (towers.text.context_length,)}
+    inputs = {m: MODALITIES.get(m).build().signature(tower, data) for m, tower in own.items()}
     return Teacher(model.to(device), inputs)
 
 

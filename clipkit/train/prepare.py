@@ -8,13 +8,13 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from clipkit.config.validate import CheckedConfig, check_config
-from clipkit.data.decode import MODALITIES
 from clipkit.data.demo import write_demo
 from clipkit.data.pipeline import check_reader_slots
 from clipkit.data.shards import ShardSource, check_sources_feed_pairs, resolve_sources
 from clipkit.distributed import launched, launched_world_size
 from clipkit.errors import ConfigError
 from clipkit.eval.datasets import open_eval_set
+from clipkit.modalities import MODALITIES
 from clipkit.models.open_clip_init import weights_file
 
 log = logging.getLogger("clipkit")
@@ -36,7 +36,7 @@ def check_inputs(checked: CheckedConfig) -> list[ShardSource]:
             "fsdp needs a process group: start with torchrun or srun (torchrun --nproc_per_node=1 for one process)",
         )
     sources = resolve_sources(cfg.data.train.shards)
-    keys = {modality: getattr(cfg.data.keys, modality) for modality in MODALITIES}
+    keys = {modality: getattr(cfg.data.keys, modality) for modality in MODALITIES.names()}
     check_sources_feed_pairs(sources, keys, cfg.model.pairs)
     if not cfg.data.train.resampled:
         check_reader_slots(sources, launched_world_size(), cfg.data.workers)

@@ -112,9 +112,8 @@ class Trainer:
         hard_negatives = cfg.loss.contrastive.hard_negatives
         self.decoder = SampleDecoder(
             cfg.data.keys,
-            self.bundle.train_image_loader,
+            self.bundle.train_loaders(),
             self.bundle.tokenizer,
-            self.bundle.train_audio_loader,
             NegativeCaptions(hard_negatives) if hard_negatives.source else None,
         )
         self.rows_with_negatives = [0, 0]  # rows with a hard negative, rows, since the last log
@@ -259,9 +258,10 @@ class Trainer:
         that the device cannot decode leave the batch's masks and count as skipped samples."""
         inputs = {}
         for m in self.core.modalities:
-            rows = batch[m] if m in batch else self.bundle.empty_inputs(m, batch["num_rows"])
-            if m in self.bundle.on_device:
-                inputs[m], dropped = self.bundle.on_device[m](rows, batch[f"has_{m}"])
+            feed = self.bundle.feeds[m]
+            rows = batch[m] if m in batch else feed.empty(batch["num_rows"])
+            if feed.on_device is not None:
+                inputs[m], dropped = feed.on_device(rows, batch[f"has_{m}"])
                 self.stream.skipped += dropped
             else:
                 inputs[m] = to_device_async(rows, self.device)
@@ -279,7 +279,7 @@ class Trainer:
             present["text_negatives"] = batch["has_text_negatives"]
         if self.core.caption is not None:
             present["text_tokens"] = (
-                batch["text"] if "text" in batch else self.bundle.empty_inputs("text", batch["num_rows"])
+                batch["text"] if "text" in batch else self.bundle.feeds["text"].empty(batch["num_rows"])
             )
         return present
 

@@ -66,7 +66,7 @@ def test_long_clips_are_cropped_and_short_ones_repeat_padded():
 
 
 def test_corrupt_or_empty_audio_is_a_corrupt_sample():
-    decoder = SampleDecoder(SampleKeysConfig(), audio_loader=AudioLoader(16000, 8000, train=False))
+    decoder = SampleDecoder(SampleKeysConfig(), {"audio": AudioLoader(16000, 8000, train=False)})
     with pytest.raises(CorruptSample):
         decoder({"__key__": "x", "flac": b"not audio"})
     with pytest.raises(CorruptSample):

@@ -35,7 +35,7 @@ def make_samples(n, corrupt=()):
 def decoder(context_length=8):
     return SampleDecoder(
         SampleKeysConfig(),
-        ImageLoader(build_eval_image_transform(ImageTransformConfig(), 16)),
+        {"image": ImageLoader(build_eval_image_transform(ImageTransformConfig(), 16))},
         build_tokenizer(TextTransformerConfig(context_length=context_length)),
     )
 
@@ -188,7 +188,7 @@ def test_a_resumed_stream_is_bit_identical_with_workers_augmentation_and_mixing(
     )
     train_decoder = SampleDecoder(
         SampleKeysConfig(),
-        build_train_image_loader(ImageTransformConfig(), 16),
+        {"image": build_train_image_loader(ImageTransformConfig(), 16)},
         build_tokenizer(TextTransformerConfig(context_length=8)),
     )
 

@@ -74,7 +74,7 @@ def test_a_jpeg_that_cannot_be_decoded_leaves_the_batch_and_the_rest_stays():
 
 
 def test_a_cut_jpeg_is_a_corrupt_sample_in_the_worker():
-    decoder = SampleDecoder(SampleKeysConfig(), DeferredImageDecoder(SIZE, (0.5, 1.0)))
+    decoder = SampleDecoder(SampleKeysConfig(), {"image": DeferredImageDecoder(SIZE, (0.5, 1.0))})
     with pytest.raises(Exception, match="truncated JPEG"):
         decoder({"__key__": "k", "jpg": photo(60, 50)[:-200]})
 

@@ -101,6 +101,7 @@ def test_k_negatives_are_drawn_the_same_for_the_same_sample():
 def test_shard_members_and_the_collated_batch():
     decoder = SampleDecoder(
         SampleKeysConfig(),
+        {},
         tokenizer=SimpleTokenizer(context_length=16),
         negatives=NegativeCaptions(HardNegativesConfig(source="shards", k=2)),
     )
@@ -124,6 +125,7 @@ def test_a_bad_neg_json_is_a_corrupt_sample():
 
     decoder = SampleDecoder(
         SampleKeysConfig(),
+        {},
         tokenizer=SimpleTokenizer(context_length=16),
         negatives=NegativeCaptions(HardNegativesConfig(source="shards")),
     )

@@ -1,0 +1,22 @@
+"""Text: captions, tokenised a batch at a time by open_clip's tokenizer (clipkit.data.decode)."""
+
+from __future__ import annotations
+
+import torch
+
+from clipkit.modalities.base import MODALITIES, ModalityFeed, ModalitySpec
+
+
+@MODALITIES.register("text")
+class TextSpec(ModalitySpec):
+    def feed(self, tower, data, device: torch.device) -> ModalityFeed:
+        return ModalityFeed(
+            input_shape=(tower.context_length,),
+            dtype=torch.long,
+            train_loader=None,
+            eval_loader=None,
+            preprocessing="open_clip's CLIP BPE tokenizer, padded with 0 to the context length",
+        )
+
+    def signature(self, tower, data) -> tuple:
+        return (tower.context_length,)
