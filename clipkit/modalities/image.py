@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from clipkit.data.decode import ImageLoader
@@ -11,12 +13,16 @@ from clipkit.data.image_crop import ImageNormalizer
 from clipkit.data.transforms import build_eval_image_transform, build_train_image_loader
 from clipkit.modalities.base import MODALITIES, ModalityFeed, ModalitySpec
 
+if TYPE_CHECKING:
+    from clipkit.config.schema import DataConfig
+    from clipkit.models.towers.image import ImageTowerConfig
+
 
 @MODALITIES.register("image")
 class ImageSpec(ModalitySpec):
     eval_members = ("webp", "png", "jpg", "jpeg")
 
-    def feed(self, tower, data, device: torch.device) -> ModalityFeed:
+    def feed(self, tower: ImageTowerConfig, data: DataConfig, device: torch.device) -> ModalityFeed:
         size, transform = tower.image_size, data.image
         evaluation = build_eval_image_transform(transform, size)
         return ModalityFeed(
@@ -29,6 +35,6 @@ class ImageSpec(ModalitySpec):
             f"{evaluation}",
         )
 
-    def signature(self, tower, data) -> tuple:
+    def signature(self, tower: ImageTowerConfig, data: DataConfig) -> tuple:
         rounded = (tuple(round(v, 6) for v in values) for values in (data.image.mean, data.image.std))
         return (tower.image_size, *rounded)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from clipkit.modalities.base import MODALITIES, ModalityFeed, ModalitySpec
 
+if TYPE_CHECKING:
+    from clipkit.config.schema import DataConfig
+    from clipkit.models.towers.text import TextTransformerConfig
+
 
 @MODALITIES.register("text")
 class TextSpec(ModalitySpec):
-    def feed(self, tower, data, device: torch.device) -> ModalityFeed:
+    def feed(self, tower: TextTransformerConfig, data: DataConfig, device: torch.device) -> ModalityFeed:
         return ModalityFeed(
             input_shape=(tower.context_length,),
             dtype=torch.long,
@@ -18,5 +24,5 @@ class TextSpec(ModalitySpec):
             preprocessing="open_clip's CLIP BPE tokenizer, padded with 0 to the context length",
         )
 
-    def signature(self, tower, data) -> tuple:
+    def signature(self, tower: TextTransformerConfig, data: DataConfig) -> tuple:
         return (tower.context_length,)

@@ -4,6 +4,7 @@ metrics are computed. A task is one module in this package, registered under the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from clipkit.models.multimodal import MultiModalModel
 
 Metrics = dict[str, float]
-Loader = Any  # a sample member's bytes -> model input (clipkit.eval.datasets.Loader)
+Loader = Callable[[bytes], torch.Tensor]  # a sample member's bytes -> model input
 
 
 @dataclass

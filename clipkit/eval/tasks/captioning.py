@@ -3,6 +3,8 @@ reference captions (``txt``, one per line) with the COCO scorers."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from clipkit import distributed as dist_utils
@@ -12,6 +14,10 @@ from clipkit.eval.captioning import caption_scores
 from clipkit.eval.eval_set import EvalSet, require_samples
 from clipkit.eval.tasks.base import EVAL_TASKS, EvalTask, TaskResult
 from clipkit.models.generate import decode_caption, generate
+
+if TYPE_CHECKING:
+    from clipkit.eval.runner import Evaluator
+    from clipkit.models.multimodal import MultiModalModel
 
 EXAMPLES = 8  # generated captions kept in eval/<set>.json beside the scores
 
@@ -25,7 +31,7 @@ class Captioning(EvalTask):
                 f"captioning {modality} needs '{modality}' in model.caption.sources {list(run.caption_sources)}",
             )
 
-    def run(self, evaluator, model, eval_set: EvalSet) -> TaskResult:
+    def run(self, evaluator: Evaluator, model: MultiModalModel, eval_set: EvalSet) -> TaskResult:
         """Generates a caption per item and scores it against the item's reference captions."""
         generation, env = evaluator.cfg.generation, evaluator.env
         generator = torch.Generator(evaluator.device).manual_seed(generation.seed + env.rank)

@@ -6,13 +6,18 @@ first line), ``neg.txt`` (one or more perturbed captions, one per line) and opti
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from clipkit import distributed as dist_utils
 from clipkit.eval.compositionality import compositionality_metrics, true_caption_wins
 from clipkit.eval.eval_set import EvalSet, member_lines, require_samples
-from clipkit.eval.tasks.base import EVAL_TASKS, EvalTask, TaskResult
+from clipkit.eval.tasks.base import EVAL_TASKS, EvalTask, Loader, TaskResult
+
+if TYPE_CHECKING:
+    from clipkit.eval.runner import Evaluator
+    from clipkit.models.multimodal import MultiModalModel
 
 
 @dataclass(frozen=True)
@@ -35,10 +40,10 @@ def read_composition(sample: dict) -> Composition:
 
 @EVAL_TASKS.register("compositionality")
 class Compositionality(EvalTask):
-    def target(self, sample, eval_set, loaders) -> Composition:
+    def target(self, sample: dict, eval_set: EvalSet, loaders: dict[str, Loader]) -> Composition:
         return read_composition(sample)
 
-    def run(self, evaluator, model, eval_set: EvalSet) -> TaskResult:
+    def run(self, evaluator: Evaluator, model: MultiModalModel, eval_set: EvalSet) -> TaskResult:
         """Each item against its true caption and its perturbed ones."""
         wins: list[bool] = []
         categories: list[str] = []

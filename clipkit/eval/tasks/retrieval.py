@@ -3,24 +3,30 @@ modality the samples carry (``against: audio``: image <-> audio), recall@k both 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from clipkit import distributed as dist_utils
 from clipkit.eval.eval_set import EvalSet, member, require_samples
 from clipkit.eval.retrieval import retrieval_metrics
-from clipkit.eval.tasks.base import EVAL_TASKS, EvalTask, TaskResult
+from clipkit.eval.tasks.base import EVAL_TASKS, EvalTask, Loader, TaskResult
+
+if TYPE_CHECKING:
+    from clipkit.eval.runner import Evaluator
+    from clipkit.models.multimodal import MultiModalModel
 
 
 @EVAL_TASKS.register("retrieval")
 class Retrieval(EvalTask):
     partners = None  # text, or the samples' other modality
 
-    def target(self, sample, eval_set, loaders):
+    def target(self, sample: dict, eval_set: EvalSet, loaders: dict[str, Loader]):
         if eval_set.against == "text":
             return super().target(sample, eval_set, loaders)
         return loaders[eval_set.against](member(sample, eval_set.against))
 
-    def run(self, evaluator, model, eval_set: EvalSet) -> TaskResult:
+    def run(self, evaluator: Evaluator, model: MultiModalModel, eval_set: EvalSet) -> TaskResult:
         if eval_set.against != "text":
             return self._paired(evaluator, model, eval_set)
         device = evaluator.device
@@ -45,7 +51,7 @@ class Retrieval(EvalTask):
         geometry = evaluator.geometry(eval_set.name, all_items[mapping], all_texts, eval_set.modality, "text")
         return TaskResult({**metrics, **geometry, "num_samples": len(all_items)}, [])
 
-    def _paired(self, evaluator, model, eval_set: EvalSet) -> TaskResult:
+    def _paired(self, evaluator: Evaluator, model: MultiModalModel, eval_set: EvalSet) -> TaskResult:
         """Each sample's two members match one to one (e.g. an image and its sound)."""
         items = [torch.zeros(0, model.embed_dim, device=evaluator.device)]
         partners = [torch.zeros(0, model.embed_dim, device=evaluator.device)]

@@ -5,13 +5,18 @@ templates), as CLIP_benchmark computes it. The set's root holds ``classnames.txt
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from clipkit.errors import ConfigError, DataError
 from clipkit.eval.eval_set import EvalSet, file_lines, require_samples
-from clipkit.eval.tasks.base import EVAL_TASKS, EvalTask, TaskResult
+from clipkit.eval.tasks.base import EVAL_TASKS, EvalTask, Loader, TaskResult
 from clipkit.eval.zeroshot import classification_metrics, zero_shot_classifier
+
+if TYPE_CHECKING:
+    from clipkit.eval.runner import Evaluator
+    from clipkit.models.multimodal import MultiModalModel
 
 FILES = {"classnames": "classnames.txt", "templates": "zeroshot_classification_templates.txt"}
 
@@ -30,10 +35,10 @@ class ZeroShotClassification(EvalTask):
         if bad:
             raise ConfigError(f"{key}.root", f"template without a {{c}} placeholder: {bad[0]!r}")
 
-    def target(self, sample, eval_set, loaders) -> int:
+    def target(self, sample: dict, eval_set: EvalSet, loaders: dict[str, Loader]) -> int:
         return int(sample["cls"].decode("utf-8").strip())
 
-    def run(self, evaluator, model, eval_set: EvalSet) -> TaskResult:
+    def run(self, evaluator: Evaluator, model: MultiModalModel, eval_set: EvalSet) -> TaskResult:
         device = evaluator.device
         classifier = zero_shot_classifier(
             lambda t: evaluator.encode(model, "text", t),
