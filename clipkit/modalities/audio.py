@@ -1,5 +1,4 @@
-"""Audio: mono waveforms at the tower's rate, random crops of its clip length for training and
-centre crops for evaluation (shorter clips repeat)."""
+"""The audio modality's spec."""
 
 from __future__ import annotations
 
@@ -17,17 +16,16 @@ if TYPE_CHECKING:
 
 @MODALITIES.register("audio")
 class AudioSpec(ModalitySpec):
+    """Mono waveforms at the tower's rate: random crops of its clip length for training, centre
+    crops for evaluation (a shorter clip repeats); decoded in the data workers."""
+
     eval_members = ("flac", "wav", "mp3", "ogg")
 
     def feed(self, tower: AudioTowerConfig, data: DataConfig, device: torch.device) -> ModalityFeed:
         rate, samples = tower.sample_rate, tower.clip_samples
-        return ModalityFeed(
-            input_shape=(samples,),
-            dtype=torch.float32,
-            train_loader=AudioLoader(rate, samples, train=True),
-            eval_loader=AudioLoader(rate, samples, train=False),
-            preprocessing=f"mono float32 at {rate} Hz, centre-cropped or repeat-padded to {samples} samples",
-        )
+        train, evaluation = (AudioLoader(rate, samples, train=training) for training in (True, False))
+        note = f"mono float32 at {rate} Hz, centre-cropped or repeat-padded to {samples} samples"
+        return ModalityFeed((samples,), torch.float32, train, evaluation, preprocessing=note)
 
     def signature(self, tower: AudioTowerConfig, data: DataConfig) -> tuple:
         return (tower.sample_rate, tower.clip_samples)

@@ -1,5 +1,4 @@
-"""Images: RGB, resized and centre-cropped for evaluation, random crops in uint8 for training
-(decoded in the data workers, or on the GPU with data.decode_device=cuda)."""
+"""The image modality's spec."""
 
 from __future__ import annotations
 
@@ -20,6 +19,9 @@ if TYPE_CHECKING:
 
 @MODALITIES.register("image")
 class ImageSpec(ModalitySpec):
+    """Images: RGB, resized and centre-cropped for evaluation, random crops in uint8 for training
+    (decoded in the data workers, or on the GPU with data.decode_device=cuda)."""
+
     eval_members = ("webp", "png", "jpg", "jpeg")
 
     def feed(self, tower: ImageTowerConfig, data: DataConfig, device: torch.device) -> ModalityFeed:
