@@ -7,9 +7,8 @@ from dataclasses import dataclass, field, make_dataclass
 
 from clipkit.config.checks import RunFacts
 from clipkit.errors import ConfigError
-from clipkit.objectives import terms as _terms  # noqa: F401  (registers every term)
 from clipkit.objectives.caption_loss import CaptionLossConfig
-from clipkit.objectives.terms.base import PAIR_TERMS, PairTermConfig
+from clipkit.objectives.terms.base import PAIR_TERMS, PairTermConfig  # the package registers every term
 from clipkit.pairs import split_pair
 
 

@@ -17,7 +17,6 @@ from clipkit.objectives.caption_loss import caption_loss
 from clipkit.objectives.collectives import LOCAL, Collectives
 from clipkit.objectives.loss_config import LossConfig
 from clipkit.objectives.terms.base import PAIR_TERMS, PairBatch, PairTerm, TeacherOutputs, Tensors
-from clipkit.pairs import split_pair
 
 __all__ = ["Objective", "TeacherOutputs"]
 
@@ -56,25 +55,12 @@ class Objective:
         cfg = self.cfg
         terms: Tensors = {}
         total = next(iter(outputs.values())).new_zeros((), dtype=torch.float32)
+        batches = {
+            pair: PairBatch.of(model, pair, outputs, present, cfg.anchors.get(pair), scale_grad, teacher)
+            for pair in model.pairs
+        }
         for name, term in self.terms.items():
-            for pair in model.pairs:
-                first, second = split_pair(pair)
-                anchored = cfg.anchors.get(pair)
-                a, b = (outputs[m].detach() if anchored == m else outputs[m] for m in (first, second))
-                batch = PairBatch(
-                    model,
-                    pair,
-                    first,
-                    second,
-                    a,
-                    b,
-                    present[first] & present[second],
-                    anchored,
-                    outputs,
-                    present,
-                    scale_grad,
-                    teacher,
-                )
+            for pair, batch in batches.items():
                 if not term.applies(batch):
                     continue
                 value = term(batch)

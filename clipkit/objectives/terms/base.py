@@ -15,6 +15,7 @@ import torch
 
 from clipkit.config.checks import RunFacts, named_weights, positive
 from clipkit.objectives.collectives import Collectives
+from clipkit.pairs import split_pair
 from clipkit.registry import Registry
 
 if TYPE_CHECKING:
@@ -74,6 +75,24 @@ class PairBatch:
     present: Tensors
     scale_grad: bool  # False: the learnable scales and biases stay out of this gradient
     teacher: TeacherOutputs | None
+
+    @classmethod
+    def of(
+        cls,
+        model: MultiModalModel,
+        pair: str,
+        outputs: Tensors,
+        present: Tensors,
+        anchored: str | None,
+        scale_grad: bool,
+        teacher: TeacherOutputs | None,
+    ) -> PairBatch:
+        """The pair's side of the model's forward: its two embeddings (the anchored one detached)
+        and the rows that carry both."""
+        first, second = split_pair(pair)
+        a, b = (outputs[m].detach() if anchored == m else outputs[m] for m in (first, second))
+        valid = present[first] & present[second]
+        return cls(model, pair, first, second, a, b, valid, anchored, outputs, present, scale_grad, teacher)
 
     def learnable(self, value: torch.Tensor) -> torch.Tensor:
         return value if self.scale_grad else value.detach()
