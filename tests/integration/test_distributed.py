@@ -86,6 +86,12 @@ def test_compiled_towers_under_fsdp_match_eager(tmp_path):
         assert max((got["grads"][n] - expected[n]).abs().max().item() for n in expected) <= 1e-4
 
 
+def start_in_background(command: list[str], cwd: Path) -> subprocess.Popen:
+    """A launch to be killed midway: its output is not read."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
 def read_steps(run_dir: Path):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -108,13 +114,7 @@ def test_two_process_training_is_killed_and_resumes_exactly(tmp_path, small_demo
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "run"
     args = [*common, f"hydra.run.dir={run_dir}"]
-    launch = subprocess.Popen(
-        torchrun(2, args),
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    launch = start_in_background(torchrun(2, args), tmp_path)
     deadline = time.time() + 300
     while time.time() < deadline and not (run_dir / "checkpoints" / "step_0000008").is_dir():
         time.sleep(0.1)
@@ -172,13 +172,7 @@ def test_fsdp_run_killed_resumes_on_2_1_and_4_processes_and_its_checkpoint_loads
 
     run_dir = tmp_path / "run"
     args = [*base, f"hydra.run.dir={run_dir}", "trainer.max_steps=16"]
-    launch = subprocess.Popen(
-        torchrun(2, args),
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    launch = start_in_background(torchrun(2, args), tmp_path)
     deadline = time.time() + 300
     while time.time() < deadline and not (run_dir / "checkpoints" / "step_0000008").is_dir():
         time.sleep(0.1)
