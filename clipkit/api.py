@@ -22,6 +22,9 @@ from PIL import Image
 from clipkit.config.validate import CheckedConfig
 from clipkit.data.audio import fit_length
 from clipkit.eval.zeroshot import zero_shot_classifier
+from clipkit.modalities.audio import AUDIO
+from clipkit.modalities.image import IMAGE
+from clipkit.modalities.text import TEXT
 from clipkit.models.multimodal import MultiModalModel
 from clipkit.saved import load_checkpoint
 
@@ -47,36 +50,36 @@ class ClipkitModel:
     @torch.no_grad()
     def encode_image(self, images: Images) -> torch.Tensor:
         """PIL images (one or a list), or a preprocessed (N, 3, H, W) batch."""
-        self._tower("image")
+        self._tower(IMAGE)
         if isinstance(images, Image.Image):
             images = [images]
         if not isinstance(images, torch.Tensor):
             images = torch.stack([self.preprocess_image(image.convert("RGB")) for image in images])
-        return self.model.encode("image", images.to(self.device)).float()
+        return self.model.encode(IMAGE, images.to(self.device)).float()
 
     @torch.no_grad()
     def encode_text(self, texts: Texts) -> torch.Tensor:
         """Strings (one or a list), or a tokenized (N, context_length) batch."""
-        self._tower("text")
+        self._tower(TEXT)
         if isinstance(texts, str):
             texts = [texts]
         if not isinstance(texts, torch.Tensor):
             texts = self.tokenizer(list(texts))
-        return self.model.encode("text", texts.to(self.device)).float()
+        return self.model.encode(TEXT, texts.to(self.device)).float()
 
     @torch.no_grad()
     def encode_audio(self, waveforms: Waveforms, sample_rate: int | None = None) -> torch.Tensor:
         """Waveforms at ``sample_rate`` (default: the tower's): one (T,) array or tensor, an
         (N, T) batch, or a list of (T,) or (channels, T) ones. Each is down-mixed, resampled and
         centre-cropped or repeat-padded to the tower's clip length, as in evaluation."""
-        self._tower("audio")
+        self._tower(AUDIO)
         if isinstance(waveforms, (np.ndarray, torch.Tensor)) and np.ndim(waveforms) == 1:
             waveforms = [waveforms]
         clips = [
             self._audio_clip(torch.as_tensor(w, dtype=torch.float32), sample_rate or self.sample_rate)
             for w in waveforms
         ]
-        return self.model.encode("audio", torch.stack(clips).to(self.device)).float()
+        return self.model.encode(AUDIO, torch.stack(clips).to(self.device)).float()
 
     def _audio_clip(self, wave: torch.Tensor, rate: int) -> torch.Tensor:
         if wave.ndim == 2:
@@ -98,8 +101,8 @@ def load(path: str, device: str | torch.device = "cpu", overrides: Sequence[str]
     """A checkpoint folder or a run folder (its latest checkpoint), ready to embed."""
     device = torch.device(device)
     _, checked, bundle = load_checkpoint(path, device, overrides)
-    audio = checked.towers.get("audio")
-    images = bundle.feeds.get("image")
+    audio = checked.towers.get(AUDIO)
+    images = bundle.feeds.get(IMAGE)
     return ClipkitModel(
         model=bundle.model,
         tokenizer=bundle.tokenizer,

@@ -10,14 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor
+
+from clipkit.modalities.image import IMAGE
+from clipkit.modalities.text import TEXT
 
 
 def retrieval_metrics(
-    items: torch.Tensor,
-    texts: torch.Tensor,
-    text_to_item: torch.Tensor,
-    item_name: str = "image",
-    text_name: str = "text",
+    items: Tensor,
+    texts: Tensor,
+    text_to_item: Tensor,
+    item_name: str = IMAGE,
+    text_name: str = TEXT,
     ks: Sequence[int] = (1, 5, 10),
 ) -> dict[str, float]:
     scores = texts.float() @ items.float().T  # captions x items

@@ -25,6 +25,8 @@ from safetensors.torch import save_file
 from clipkit.atomic import staged_folder
 from clipkit.config.validate import CheckedConfig
 from clipkit.errors import ExportError
+from clipkit.modalities.image import IMAGE
+from clipkit.modalities.text import TEXT
 from clipkit.models.multimodal import MultiModalModel
 from clipkit.models.open_clip_init import CONFIG_FILE, PREFIXES, WEIGHTS_FILE
 
@@ -38,7 +40,7 @@ def _set_fields(cfg) -> dict:
 
 
 def open_clip_config(checked: CheckedConfig, model: MultiModalModel) -> dict:
-    image, text = checked.towers["image"], checked.towers["text"]
+    image, text = checked.towers[IMAGE], checked.towers[TEXT]
     model_cfg = {
         "embed_dim": checked.cfg.model.embed_dim,
         "vision_cfg": _set_fields(image.open_clip_cfg()),
@@ -91,14 +93,12 @@ def open_clip_state_dict(model: MultiModalModel) -> dict[str, torch.Tensor]:
 
 def _quick_gelu(checked: CheckedConfig) -> set:
     """The activations of the towers that have the choice (a ViT's and the text tower's)."""
-    return {
-        tower.quick_gelu for tower in (checked.towers["image"], checked.towers["text"]) if hasattr(tower, "quick_gelu")
-    }
+    return {tower.quick_gelu for tower in (checked.towers[IMAGE], checked.towers[TEXT]) if hasattr(tower, "quick_gelu")}
 
 
 def check_exportable(checked: CheckedConfig, model: MultiModalModel) -> None:
     towers = set(checked.towers)
-    if not {"image", "text"} <= towers or "image_text" not in model.pairs:
+    if not {IMAGE, TEXT} <= towers or "image_text" not in model.pairs:
         raise ExportError(
             f"format=open_clip needs an image and a text tower trained as the pair image_text "
             f"(this model: towers {', '.join(sorted(towers))}, pairs {', '.join(model.pairs)}); "
@@ -111,13 +111,13 @@ def check_exportable(checked: CheckedConfig, model: MultiModalModel) -> None:
         )
     if model.caption is not None:
         head = checked.cfg.model.caption
-        if "image" not in head.sources or not model.towers["image"].tokens_pooled or head.mlp_ratio != 4.0:
+        if IMAGE not in head.sources or not model.towers[IMAGE].tokens_pooled or head.mlp_ratio != 4.0:
             raise ExportError(
                 "format=open_clip: a caption decoder exports as open_clip's CoCa only when it "
                 "captions images from a ViT with attentional_pool=true (as model=tiny_coca) and "
                 "model.caption.mlp_ratio=4; use format=onnx for the towers"
             )
-    extra = towers - {"image", "text"}
+    extra = towers - {IMAGE, TEXT}
     if extra:
         log.warning(
             "format=open_clip holds the image and text towers; the %s tower is left out (format=onnx exports it)",

@@ -14,7 +14,10 @@ if TYPE_CHECKING:
     from clipkit.models.towers.audio import AudioTowerConfig
 
 
-@MODALITIES.register("audio")
+AUDIO = "audio"  # the modality's name: model.towers.audio, data.keys.audio, ...
+
+
+@MODALITIES.register(AUDIO)
 class AudioSpec(ModalitySpec):
     """Mono waveforms at the tower's rate: random crops of its clip length for training, centre
     crops for evaluation (a shorter clip repeats); decoded in the data workers."""

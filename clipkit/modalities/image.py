@@ -17,7 +17,10 @@ if TYPE_CHECKING:
     from clipkit.models.towers.image import ImageTowerConfig
 
 
-@MODALITIES.register("image")
+IMAGE = "image"  # the modality's name: model.towers.image, data.keys.image, ...
+
+
+@MODALITIES.register(IMAGE)
 class ImageSpec(ModalitySpec):
     """Images: RGB, resized and centre-cropped for evaluation, random crops in uint8 for training
     (decoded in the data workers, or on the GPU with data.decode_device=cuda)."""

@@ -13,7 +13,10 @@ if TYPE_CHECKING:
     from clipkit.models.towers.text import TextTransformerConfig
 
 
-@MODALITIES.register("text")
+TEXT = "text"  # the modality's name: model.towers.text, data.keys.text, ...
+
+
+@MODALITIES.register(TEXT)
 class TextSpec(ModalitySpec):
     def feed(self, tower: TextTransformerConfig, data: DataConfig, device: torch.device) -> ModalityFeed:
         return ModalityFeed(

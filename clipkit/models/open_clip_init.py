@@ -19,6 +19,8 @@ import torch
 from open_clip.model import convert_to_custom_text_state_dict
 
 from clipkit.errors import CheckpointError
+from clipkit.modalities.image import IMAGE
+from clipkit.modalities.text import TEXT
 from clipkit.models.multimodal import MultiModalModel
 from clipkit.models.towers.base import read_state_dict
 
@@ -30,7 +32,7 @@ KEY = "model.init.open_clip"
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 FOLDER_FILES = (WEIGHTS_FILE, "open_clip_pytorch_model.bin")  # a hub download may hold either
-PREFIXES = {"image": "visual.", "text": "text."}
+PREFIXES = {IMAGE: "visual.", TEXT: "text."}  # open_clip's CLIP: its visual and text towers
 # Prefixes wrappers add to every key: DDP's, and torch.compile's.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Parts of an open_clip model the run may not have: left out with a warning, not an error.
@@ -82,7 +84,7 @@ def _targets(model: MultiModalModel, state: dict[str, torch.Tensor], towers: Seq
     return targets
 
 
-def load_open_clip_init(model: MultiModalModel, path: str, towers: Sequence[str] = ("image", "text")) -> None:
+def load_open_clip_init(model: MultiModalModel, path: str, towers: Sequence[str] = tuple(PREFIXES)) -> None:
     """Copies the open_clip model at ``path`` into ``model``'s ``towers`` (with both image and
     text, also its caption decoder, logit scale and SigLIP bias, where the model has them); other
     towers keep their own initialisation. Raises CheckpointError naming the first key that is

@@ -16,6 +16,8 @@ from typing import Any
 import open_clip
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
+from clipkit.modalities.image import IMAGE
+from clipkit.modalities.text import TEXT
 from clipkit.models.towers.image import ResNetConfig, TimmConfig, ViTConfig
 from clipkit.models.towers.text import TextTransformerConfig
 
@@ -92,7 +94,7 @@ class ArchTowers:
         return {
             "arch": name,
             "embed_dim": self.embed_dim,
-            "towers": {"image": asdict(self.image), "text": asdict(self.text)},
+            "towers": {IMAGE: asdict(self.image), TEXT: asdict(self.text)},
         }
 
 

@@ -24,6 +24,8 @@ from clipkit.config.schema import DataConfig, ImageTransformConfig
 from clipkit.config.validate import CheckedConfig
 from clipkit.errors import ConfigError
 from clipkit.modalities import MODALITIES
+from clipkit.modalities.image import IMAGE
+from clipkit.modalities.text import TEXT
 from clipkit.models.multimodal import MultiModalModel, PairParameters, build_model
 from clipkit.models.open_clip_init import CONFIG_FILE, load_open_clip_init
 from clipkit.models.zoo import ArchRefused, arch_towers, towers_from_model_config
@@ -96,7 +98,7 @@ def _from_open_clip(path: Path, cfg: DistillLossConfig, device: torch.device) ->
             towers, preprocess = arch_towers(cfg.teacher_arch), {}
     except (ArchRefused, KeyError) as exc:
         raise ConfigError(KEY, f"clipkit cannot build the teacher's architecture: {exc}") from None
-    own = {"image": towers.image, "text": towers.text}  # an open_clip CLIP: its visual and text towers
+    own = {IMAGE: towers.image, TEXT: towers.text}  # an open_clip CLIP: its visual and text towers
     model = build_model(towers.embed_dim, own, ["image_text"], PairParameters(contrastive_scale=math.log(1 / 0.07)))
     load_open_clip_init(model, str(path))
     data = DataConfig(
