@@ -4,6 +4,7 @@ distillation teacher ask the spec; a new modality (video frames, depth) is a spe
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -54,7 +55,8 @@ class ModalitySpec:
 MODALITIES: Registry[ModalitySpec] = Registry("modality")
 
 
+@functools.cache
 def eval_members() -> dict[str, tuple[str, ...]]:
-    """Per modality an eval set's samples can carry as their items, its member extensions."""
-    specs = {name: entry.build() for name, entry in MODALITIES.items()}
-    return {name: spec.eval_members for name, spec in specs.items() if spec.eval_members}
+    """Per modality an eval set's samples can carry as their items, its member extensions. Read
+    once (per eval sample it is asked): every spec registers when this package is imported."""
+    return {name: entry.build.eval_members for name, entry in MODALITIES.items() if entry.build.eval_members}
