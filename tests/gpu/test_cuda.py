@@ -94,6 +94,18 @@ def test_compiled_demo_on_nccl_learns(tmp_path, small_demo):
     assert_learned(run_dir)
 
 
+def test_fsdp_demo_on_nccl_learns_and_its_checkpoint_loads_on_cpu(tmp_path, small_demo):
+    """FSDP2 on one GPU: bf16 gathers (its mixed-precision policy, not autocast's weight casts),
+    fp32 gradient reduction over NCCL, and a whole-weights checkpoint that loads without FSDP."""
+    run_dir = nccl_run(tmp_path, small_demo, "trainer.precision=bf16", "trainer.parallel=fsdp", "eval=none")
+    assert_learned(run_dir)
+    import clipkit
+
+    model = clipkit.load(str(run_dir), device="cpu")
+    embeddings = model.encode_image(first_images(small_demo / "eval" / "shapes", 4))
+    assert embeddings.shape[0] == 4 and torch.isfinite(embeddings).all()
+
+
 def test_gpu_checkpoint_evaluates_the_same_on_the_gpu_again(bf16_run):
     out = bf16_run / "again"
     result = run_cli("clipkit-eval", [f"checkpoint={bf16_run / 'run'}", f"out={out}", "trainer.device=cuda"], bf16_run)
