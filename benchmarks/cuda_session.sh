@@ -2,12 +2,14 @@
 # One call on a lent GPU machine (see the device tool): install what its image lacks from carried
 # wheels (.whl/, made on the developer's machine; the GPU machine reaches no registry), then run
 # the phases named as arguments, logging each under $OUT:
-#   tests     pytest -m cuda (tests/gpu and the CUDA cases of the unit tests)
-#   compile_tests  the CUDA cases of tests/unit/test_compile.py alone
-#   step      benchmarks/train_step_vs_open_clip.py, eager, ViT-B/16 @256 and ViT-B/32 @512, bf16
-#   compiled_b16, compiled_b32  the same model with --compile
-#   pipeline  benchmarks/train_pipeline.py on JPEG shards, all CPU cores as data workers
+#   tests     pytest -m cuda (tests/gpu and the CUDA cases of the unit tests), 4 at a time
+#   compile_tests, decode_tests  the CUDA cases of tests/unit/test_compile.py, test_device_decode.py alone
+#   step_b16, step_b32  benchmarks/train_step_vs_open_clip.py, eager, bf16: ViT-B/16 @256, ViT-B/32 @512
+#   compiled_b16, compiled_b32  the same with --compile
+#   profile_b16  one eager ViT-B/16 @256 run of each with --profile: operator tables in $OUT/profile
+#   pipeline  benchmarks/train_pipeline.py on JPEG shards, all CPU cores as data workers (pipeline_b32: ViT-B/32 only)
 #   pipeline_gpu_decode  the same with data.decode_device=cuda (nvJPEG), and with 2 workers only
+# REPEATS (default 2): alternating runs of each framework in a step phase; STEP_TIMEOUT (400 s) bounds one.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -16,23 +18,40 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 python3 -m pip install -q --no-index --no-deps --no-build-isolation .whl/*.whl 2>&1 | tail -3
 cp -r .whl/site/pycocoevalcap "$(python3 -c 'import site; print(site.getsitepackages()[0])')/"
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | tail -3
+bin=$(dirname "$(python3 -c 'import sys; print(sys.executable)')")
+if [ ! -x "$bin/clipkit-train" ]; then  # an image whose setuptools cannot make an editable install
+    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+    for pair in train:train eval:evaluate data:data export:export; do
+        printf '#!%s\nfrom clipkit.cli.launch import %s\nraise SystemExit(%s())\n' \
+            "$bin/python3" "${pair#*:}" "${pair#*:}" > "$bin/clipkit-${pair%%:*}"
+        chmod +x "$bin/clipkit-${pair%%:*}"
+    done
+fi
 python3 -c "import torch, open_clip, timm, clipkit; print('torch', torch.__version__, 'open_clip', open_clip.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
 step() {  # model batch extra-args...
     local model=$1 batch=$2; shift 2
-    timeout 400 python3 benchmarks/train_step_vs_open_clip.py --device cuda --precision bf16 --model "$model" \
+    timeout "${STEP_TIMEOUT:-400}" python3 benchmarks/train_step_vs_open_clip.py --device cuda --precision bf16 --model "$model" \
         --batch "$batch" --steps 20 --out "$OUT/step.jsonl" "$@" 2>&1 | tee -a "$OUT/step.log"
 }
 for phase in "$@"; do
     echo "=== $phase $(date +%T)"
     case $phase in
-        tests) timeout 340 python3 -m pytest -m cuda -v --durations=0 -p no:cacheprovider tests/gpu tests/unit/test_compile.py tests/unit/test_device_decode.py \
-                   2>&1 | tee "$OUT/tests.log" | tail -25 ;;
+        tests) timeout 420 python3 -m pytest -m cuda -n 4 -v --durations=0 -p no:cacheprovider tests/gpu \
+                   tests/unit/test_compile.py tests/unit/test_device_decode.py tests/unit/test_no_host_sync.py \
+                   2>&1 | tee "$OUT/tests.log" | tail -40 ;;
         compile_tests) timeout 270 python3 -m pytest -m cuda -v --durations=0 -p no:cacheprovider tests/unit/test_compile.py \
                    2>&1 | tee "$OUT/compile_tests.log" | tail -8 ;;
-        step) step vit_b16 256 --repeats 3; step vit_b32 512 --repeats 3 ;;
+        decode_tests) timeout 120 python3 -m pytest -m cuda -v -p no:cacheprovider tests/unit/test_device_decode.py \
+                   2>&1 | tee "$OUT/decode_tests.log" | tail -5 ;;
+        step_b16) step vit_b16 256 --repeats "${REPEATS:-2}" ;;
+        step_b32) step vit_b32 512 --repeats "${REPEATS:-2}" ;;
         compiled_b16) step vit_b16 256 --repeats "${REPEATS:-2}" --compile ;;
         compiled_b32) step vit_b32 512 --repeats "${REPEATS:-2}" --compile ;;
-        pipeline) for model_batch in "vit_b32 512" "vit_b16 256"; do
+        profile_b16) timeout 300 python3 benchmarks/train_step_vs_open_clip.py --device cuda --precision bf16 \
+                   --model vit_b16 --batch 256 --steps 10 --profile "$OUT/profile" 2>&1 | tee -a "$OUT/profile.log" ;;
+        pipeline | pipeline_b32) models=("vit_b32 512" "vit_b16 256")
+                  [ "$phase" = pipeline_b32 ] && models=("vit_b32 512")
+                  for model_batch in "${models[@]}"; do
                       set -- $model_batch
                       timeout 280 python3 benchmarks/train_pipeline.py --model "$1" --batch "$2" \
                           --shards /tmp/photos --steps 80 2>&1 | tee -a "$OUT/pipeline.log" | tail -4

@@ -3,7 +3,7 @@
     python benchmarks/train_step_vs_open_clip.py [--model tiny|vit_b16|vit_b32|...] [--batch 128]
         [--steps 10] [--device cpu|cuda] [--precision fp32|bf16] [--compile] [--repeats 3]
         [--peak-tflops T] [--set KEY=VALUE ...] [--out results.jsonl]
-        [--parallel ddp|fsdp --processes N]
+        [--parallel ddp|fsdp --processes N] [--profile DIR]
 
 Both sides start from the same weights: open_clip's model is the one `clipkit-export format=open_clip`
 writes, built with open_clip's own classes and loaded with clipkit's weights. Each times one full
@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch.distributed.tensor import DTensor
@@ -114,7 +115,9 @@ def _clipkit_step(checked, core, batch, device, parallel: str | None) -> tuple[S
     optimizer = build_optimizer(core, checked.cfg.optim)
     autocast = autocast_factory(checked.cfg.trainer.precision, device)
     scaler = grad_scaler(checked.cfg.trainer.precision, device)
-    present = {m: torch.ones(batch["image"].shape[0], dtype=torch.bool, device=device) for m in batch}
+    # Row masks on the host, as the trainer's loader makes them: the model finds the rows to
+    # encode there without waiting for the device (from device masks, each step would sync).
+    present = {m: torch.ones(batch["image"].shape[0], dtype=torch.bool) for m in batch}
 
     def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
@@ -223,6 +226,8 @@ def measure(framework: str, args: argparse.Namespace) -> dict[str, float]:
         if device.type == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
+    if args.profile:
+        write_profile(step, sync, Path(args.profile) / f"{framework}.txt")
     flops = counter.get_total_flops()
     world = distributed_world()
     if world > 1:  # the largest process's memory, every process's rows and FLOPs
@@ -242,6 +247,21 @@ def measure(framework: str, args: argparse.Namespace) -> dict[str, float]:
         "warmup_seconds": warmup_seconds,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
+
+
+def write_profile(step: Step, sync: Callable[[], None], path: Path, steps: int = 5) -> None:
+    """Where one step's time goes: torch.profiler over ``steps`` more steps, its operators sorted
+    by their device time (self time: a kernel counted once, under the operator that launched it)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        for _ in range(steps):
+            step()
+        sync()
+    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(profiler.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=70))
 
 
 def peak_tflops(args: argparse.Namespace, device_name: str) -> float | None:
@@ -276,6 +296,7 @@ def main() -> None:
         help="clipkit config overrides for the model on both sides, e.g. model.embed_dim=128",
     )
     parser.add_argument("--out", help="append each run's figures as a JSON line to this file")
+    parser.add_argument("--profile", help="write each side's operator table (torch.profiler) to DIR/FRAMEWORK.txt")
     parser.add_argument(
         "--parallel",
         choices=["ddp", "fsdp"],
