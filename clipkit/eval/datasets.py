@@ -9,7 +9,7 @@ task's target members (``cls``, ``txt``, ``neg.txt``, ...: see :mod:`clipkit.eva
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,9 @@ from clipkit.eval.eval_set import EvalSet, member
 from clipkit.eval.tasks import EVAL_TASKS, EvalTask
 from clipkit.eval.tasks.base import stack_targets
 from clipkit.lifetime import data_worker_init
-from clipkit.modalities.base import eval_members
+from clipkit.modalities.base import Loader, eval_members
 
 log = logging.getLogger(__name__)
-
-Loader = Callable[[bytes], torch.Tensor]  # a sample member's bytes -> model input
 
 
 @dataclass

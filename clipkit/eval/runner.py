@@ -14,11 +14,12 @@ import torch
 from clipkit import distributed as dist_utils
 from clipkit.config.schema import EvalConfig
 from clipkit.errors import ConfigError
-from clipkit.eval.datasets import Loader, eval_loader, open_eval_set
+from clipkit.eval.datasets import eval_loader, open_eval_set
 from clipkit.eval.eval_set import EvalSet
 from clipkit.eval.geometry import geometry_metrics
 from clipkit.eval.report import COUNTS
 from clipkit.eval.tasks import EVAL_TASKS
+from clipkit.modalities.base import Loader
 from clipkit.models.multimodal import MultiModalModel
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,6 @@ metrics are computed. A task is one module in this package, registered under the
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +12,7 @@ import torch
 
 from clipkit.config.checks import RunFacts
 from clipkit.eval.eval_set import EvalSet, member_lines
+from clipkit.modalities.base import Loader
 from clipkit.registry import Registry
 
 if TYPE_CHECKING:
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from clipkit.models.multimodal import MultiModalModel
 
 Metrics = dict[str, float]
-Loader = Callable[[bytes], torch.Tensor]  # a sample member's bytes -> model input
 
 
 @dataclass

@@ -13,7 +13,8 @@ import torch
 from clipkit import distributed as dist_utils
 from clipkit.eval.compositionality import compositionality_metrics, true_caption_wins
 from clipkit.eval.eval_set import EvalSet, member_lines, require_samples
-from clipkit.eval.tasks.base import EVAL_TASKS, EvalTask, Loader, TaskResult
+from clipkit.eval.tasks.base import EVAL_TASKS, EvalTask, TaskResult
+from clipkit.modalities.base import Loader
 
 if TYPE_CHECKING:
     from clipkit.eval.runner import Evaluator

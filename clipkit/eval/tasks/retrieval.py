@@ -10,7 +10,8 @@ import torch
 from clipkit import distributed as dist_utils
 from clipkit.eval.eval_set import EvalSet, member, require_samples
 from clipkit.eval.retrieval import retrieval_metrics
-from clipkit.eval.tasks.base import EVAL_TASKS, EvalTask, Loader, TaskResult
+from clipkit.eval.tasks.base import EVAL_TASKS, EvalTask, TaskResult
+from clipkit.modalities.base import Loader
 
 if TYPE_CHECKING:
     from clipkit.eval.runner import Evaluator

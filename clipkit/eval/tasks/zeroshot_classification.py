@@ -11,8 +11,9 @@ import torch
 
 from clipkit.errors import ConfigError, DataError
 from clipkit.eval.eval_set import EvalSet, file_lines, require_samples
-from clipkit.eval.tasks.base import EVAL_TASKS, EvalTask, Loader, TaskResult
+from clipkit.eval.tasks.base import EVAL_TASKS, EvalTask, TaskResult
 from clipkit.eval.zeroshot import classification_metrics, zero_shot_classifier
+from clipkit.modalities.base import Loader
 
 if TYPE_CHECKING:
     from clipkit.eval.runner import Evaluator
