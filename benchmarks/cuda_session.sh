@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (see the device tool): install what its image lacks from carried
-# wheels (.whl/, made on the developer's machine; the GPU machine reaches no registry), then run
+# wheels (.whl/, made on the developer's machine by benchmarks/cuda_wheels.sh; the GPU machine reaches no registry), then run
 # the phases named as arguments, logging each under $OUT:
 #   tests     pytest -m cuda (tests/gpu and the CUDA cases of the unit tests), 4 at a time
 #   compile_tests, decode_tests  the CUDA cases of tests/unit/test_compile.py, test_device_decode.py alone
