@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (see the device tool): install what its image lacks from carried
-# wheels (.whl/, made on the developer's machine by benchmarks/cuda_wheels.sh; the GPU machine reaches no registry), then run
-# the phases named as arguments, logging each under $OUT:
+# wheels (.whl/, made on the developer's machine by benchmarks/cuda_wheels.sh; the GPU machine
+# reaches no registry), then run the phases named as arguments, logging each under $OUT:
 #   tests     pytest -m cuda (tests/gpu and the CUDA cases of the unit tests), 4 at a time
 #   compile_tests, decode_tests  the CUDA cases of tests/unit/test_compile.py, test_device_decode.py alone
 #   step_b16, step_b32  benchmarks/train_step_vs_open_clip.py, eager, bf16: ViT-B/16 @256, ViT-B/32 @512
@@ -19,15 +19,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 python3 -m pip install -q --no-index --no-deps --no-build-isolation .whl/*.whl 2>&1 | tail -3
 cp -r .whl/site/pycocoevalcap "$(python3 -c 'import site; print(site.getsitepackages()[0])')/"
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | tail -3
-bin=$(dirname "$(python3 -c 'import sys; print(sys.executable)')")
-if [ ! -x "$bin/clipkit-train" ]; then  # an image whose setuptools cannot make an editable install
-    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-    for pair in train:train eval:evaluate data:data export:export; do
-        printf '#!%s\nfrom clipkit.cli.launch import %s\nraise SystemExit(%s())\n' \
-            "$bin/python3" "${pair#*:}" "${pair#*:}" > "$bin/clipkit-${pair%%:*}"
-        chmod +x "$bin/clipkit-${pair%%:*}"
-    done
-fi
 python3 -c "import torch, open_clip, timm, clipkit; print('torch', torch.__version__, 'open_clip', open_clip.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
 step() {  # model batch extra-args...
     local model=$1 batch=$2; shift 2
