@@ -25,7 +25,14 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+from torch.distributed.fsdp import (
+    CPUOffloadPolicy,
+    FSDPModule,
+    MixedPrecisionPolicy,
+    OffloadPolicy,
+    fully_shard,
+    register_fsdp_forward_method,
+)
 from torch.nn.parallel import DistributedDataParallel
 
 from clipkit.models.multimodal import MultiModalModel
@@ -77,8 +84,11 @@ def apply_fsdp(model: MultiModalModel, cfg: FSDPConfig, precision: str) -> Multi
         for unit in shard_units(tower):
             fully_shard(unit, **options)
         fully_shard(tower, **options)
+        # FSDP gathers a unit's parameters around its forward only; the caption loss calls these.
+        register_fsdp_forward_method(tower, "forward_with_tokens")
     if model.caption is not None:
         fully_shard(model.caption, **options)
+        register_fsdp_forward_method(model.caption, "token_nll")
     # The root stays gathered after its forward: its backward comes at once.
     fully_shard(model, **{**options, "reshard_after_forward": False})
     return model
