@@ -7,6 +7,8 @@
 #   step_b16, step_b32  benchmarks/train_step_vs_open_clip.py, eager, bf16: ViT-B/16 @256, ViT-B/32 @512
 #   compiled_b16, compiled_b32  the same with --compile
 #   fsdp_b16  the ViT-B/16 step with clipkit under FSDP2 on one process (open_clip in DDP)
+#   fsdp_bf16w_b16, fsdp_bf16w_compiled_b16  the same with trainer.fsdp.autocast=false (the step in
+#             FSDP's bf16 weights, no autocast), eager and compiled
 #   profile_b16  one eager ViT-B/16 @256 run of each with --profile: operator tables in $OUT/profile
 #   pipeline  benchmarks/train_pipeline.py on JPEG shards, all CPU cores as data workers (pipeline_b32: ViT-B/32 only)
 #   pipeline_gpu_decode  the same with data.decode_device=cuda (nvJPEG), and with 2 workers only
@@ -40,6 +42,10 @@ for phase in "$@"; do
         compiled_b16) step vit_b16 256 --repeats "${REPEATS:-2}" --compile ;;
         compiled_b32) step vit_b32 512 --repeats "${REPEATS:-2}" --compile ;;
         fsdp_b16) step vit_b16 256 --repeats "${REPEATS:-2}" --parallel fsdp --processes 1 ;;
+        fsdp_bf16w_b16) step vit_b16 256 --repeats "${REPEATS:-2}" --parallel fsdp --processes 1 \
+                   --set trainer.fsdp.autocast=false ;;
+        fsdp_bf16w_compiled_b16) step vit_b16 256 --repeats "${REPEATS:-2}" --parallel fsdp --processes 1 \
+                   --set trainer.fsdp.autocast=false --compile ;;
         profile_b16) timeout 300 python3 benchmarks/train_step_vs_open_clip.py --device cuda --precision bf16 \
                    --model vit_b16 --batch 256 --steps 10 --profile "$OUT/profile" 2>&1 | tee -a "$OUT/profile.log" ;;
         pipeline | pipeline_b32) models=("vit_b32 512" "vit_b16 256")

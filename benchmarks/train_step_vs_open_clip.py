@@ -27,7 +27,8 @@ With `--parallel`, each side runs under torchrun on `--processes` processes (glo
 GPUs), `--batch` rows per process, negatives gathered with their gradient (open_clip's ClipLoss
 with local_loss and gather_with_grad): clipkit wrapped in DDP or sharded by FSDP2 as
 `trainer.parallel` does, open_clip in DDP (open_clip_torch 3.3.0 has no FSDP). Peak memory is the
-largest over the processes; samples/s counts every process's rows.
+largest over the processes; samples/s counts every process's rows. `--parallel fsdp --set
+trainer.fsdp.autocast=false` times clipkit's step in FSDP's bf16 weights without autocast.
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 
 from clipkit.config.compose import compose_config
-from clipkit.config.schema import FSDPConfig
 from clipkit.config.validate import check_config
 from clipkit.distributed import all_reduce_mean, init_distributed
 from clipkit.export.open_clip import open_clip_config, open_clip_state_dict
@@ -109,11 +109,14 @@ def _batch(tokenizer, size: int, image_size: int, device: torch.device) -> dict[
 def _clipkit_step(checked, core, batch, device, parallel: str | None) -> tuple[Step, Callable[[], None], Optim]:
     model = core
     if parallel:
-        model = wrap(core, parallel, FSDPConfig(), checked.cfg.trainer.precision)
+        model = wrap(core, parallel, checked.cfg.trainer.fsdp, checked.cfg.trainer.precision)
     world = distributed_world()
     objective = Objective(checked.cfg.loss, process_group(world) if world > 1 else LOCAL)
     optimizer = build_optimizer(core, checked.cfg.optim)
+    # trainer.fsdp.autocast=false (with --parallel fsdp): the step computes in FSDP's bf16 weights.
     autocast = autocast_factory(checked.cfg.trainer.precision, device)
+    if not checked.cfg.trainer.fsdp.autocast:
+        autocast = contextlib.nullcontext
     scaler = grad_scaler(checked.cfg.trainer.precision, device)
     # Row masks on the host, as the trainer's loader makes them: the model finds the rows to
     # encode there without waiting for the device (from device masks, each step would sync).
@@ -190,6 +193,7 @@ def measure(framework: str, args: argparse.Namespace) -> dict[str, float]:
                 "experiment=demo_image_text",
                 f"model={args.model}",
                 f"trainer.precision={args.precision}",
+                f"trainer.parallel={args.parallel or 'ddp'}",
                 "eval=none",
                 *args.set,
             ]

@@ -137,6 +137,11 @@ def check_config(raw: DictConfig) -> CheckedConfig:
             "fp16 loss scaling is not supported with trainer.parallel=fsdp; "
             "use bf16 (FSDP gathers bf16 weights and reduces gradients in fp32)",
         )
+    if not trainer.fsdp.autocast and (trainer.parallel != "fsdp" or trainer.precision != "bf16"):
+        raise ConfigError(
+            "trainer.fsdp.autocast",
+            "false (bf16 weights gathered by FSDP, no autocast) needs trainer.parallel=fsdp and trainer.precision=bf16",
+        )
     if not 0.0 <= trainer.ema.decay < 1.0:
         raise ConfigError("trainer.ema.decay", f"must lie in [0, 1) (0: off), got {trainer.ema.decay}")
     if trainer.ema.decay > 0 and trainer.parallel == "fsdp":

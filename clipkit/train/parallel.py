@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -44,6 +44,11 @@ class FSDPConfig:
 
     reshard_after_forward: bool = True  # free each unit's gathered parameters after its forward
     cpu_offload: bool = False  # parameters, gradients and optimizer state kept on the host
+    # With trainer.precision=bf16: false runs the training step without autocast, every tower op in
+    # the gathered weights' bf16 (layer norms and residual stream too, as torchtitan trains), which
+    # saves autocast's activation-sized casts; the towers still hand fp32 embeddings to the
+    # objectives, and evaluation keeps autocast.
+    autocast: bool = True
 
 
 # Containers whose children are a tower's repeated blocks, by attribute name.
@@ -68,29 +73,34 @@ def shard_units(tower: nn.Module) -> list[nn.Module]:
 
 def apply_fsdp(model: MultiModalModel, cfg: FSDPConfig, precision: str) -> MultiModalModel:
     """Shards ``model`` in place (its class and parameter names stay; its parameters become
-    DTensors) and returns it. Under bf16, parameters are gathered in bf16 and gradients reduced
-    in fp32 (FSDP's mixed precision replaces autocast's weight casts)."""
+    DTensors) and returns it. Under bf16 the towers' and caption head's parameters are gathered in
+    bf16 (FSDP's mixed precision replaces autocast's weight casts), each unit casts its float
+    inputs to bf16, and gradients are reduced in fp32. The towers return fp32, so the objectives
+    score in fp32; the root's learnable scales stay fp32 (bf16 would move the logit scale in
+    steps of 1.6 %). An encoder that computes on its float input in fp32 first (the audio front
+    end's STFT) takes it uncast and casts what it hands on itself."""
     mixed = (
         MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         if precision == "bf16"
         else MixedPrecisionPolicy()
     )
-    options = {
-        "mp_policy": mixed,
+    to_fp32 = replace(mixed, output_dtype=torch.float32) if precision == "bf16" else mixed
+    placement = {
         "reshard_after_forward": cfg.reshard_after_forward,
         "offload_policy": CPUOffloadPolicy() if cfg.cpu_offload else OffloadPolicy(),
     }
     for tower in model.towers.values():
         for unit in shard_units(tower):
-            fully_shard(unit, **options)
-        fully_shard(tower, **options)
+            fully_shard(unit, mp_policy=mixed, **placement)
+        own_cast = getattr(tower.encoder, "casts_own_input", False)
+        fully_shard(tower, mp_policy=replace(to_fp32, cast_forward_inputs=not own_cast), **placement)
         # FSDP gathers a unit's parameters around its forward only; the caption loss calls these.
         register_fsdp_forward_method(tower, "forward_with_tokens")
     if model.caption is not None:
-        fully_shard(model.caption, **options)
+        fully_shard(model.caption, mp_policy=to_fp32, **placement)
         register_fsdp_forward_method(model.caption, "token_nll")
     # The root stays gathered after its forward: its backward comes at once.
-    fully_shard(model, **{**options, "reshard_after_forward": False})
+    fully_shard(model, mp_policy=MixedPrecisionPolicy(), **{**placement, "reshard_after_forward": False})
     return model
 
 

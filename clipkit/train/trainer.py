@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -99,7 +100,9 @@ class Trainer:
             self.model = wrap(self.core, cfg.trainer.parallel, cfg.trainer.fsdp, cfg.trainer.precision)
         self.objective = Objective(cfg.loss, process_group(env.world_size) if env.distributed else LOCAL)
         self.teacher = load_teacher(cfg.loss.distill, checked, self.device) if cfg.loss.distill.weight > 0 else None
-        self.autocast = autocast_factory(cfg.trainer.precision, self.device)
+        self.autocast = autocast_factory(cfg.trainer.precision, self.device)  # evaluation, the teacher
+        # trainer.fsdp.autocast=false: the step computes in the dtype FSDP gathers the weights in.
+        self.step_autocast = self.autocast if cfg.trainer.fsdp.autocast else contextlib.nullcontext
         self.scaler = grad_scaler(cfg.trainer.precision, self.device)
         self.optimizer = build_optimizer(self.core, cfg.optim)
         self.nonfinite = NonfiniteGuard(self.optimizer, self.scaler, cfg.trainer.max_nonfinite_steps)
@@ -295,7 +298,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.objective.at_step(self.progress.step)
         losses = forward_backward(
-            self.model, self.objective, inputs, present, self.autocast, self.scaler, self._teacher_outputs(inputs)
+            self.model, self.objective, inputs, present, self.step_autocast, self.scaler, self._teacher_outputs(inputs)
         )
         self.scaler.unscale_(self.optimizer)
         self.nonfinite.before_step(gradient_norm(self.core.parameters(), self.cfg.trainer.grad_clip_norm))

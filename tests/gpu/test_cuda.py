@@ -94,10 +94,19 @@ def test_compiled_demo_on_nccl_learns(tmp_path, small_demo):
     assert_learned(run_dir)
 
 
-def test_fsdp_demo_on_nccl_learns_and_its_checkpoint_loads_on_cpu(tmp_path, small_demo):
+@pytest.mark.parametrize("autocast", ["true", "false"])
+def test_fsdp_demo_on_nccl_learns_and_its_checkpoint_loads_on_cpu(tmp_path, small_demo, autocast):
     """FSDP2 on one GPU: bf16 gathers (its mixed-precision policy, not autocast's weight casts),
-    fp32 gradient reduction over NCCL, and a whole-weights checkpoint that loads without FSDP."""
-    run_dir = nccl_run(tmp_path, small_demo, "trainer.precision=bf16", "trainer.parallel=fsdp", "eval=none")
+    under autocast or without it (every tower op in bf16), fp32 gradient reduction over NCCL, and
+    a whole-weights checkpoint that loads without FSDP."""
+    run_dir = nccl_run(
+        tmp_path,
+        small_demo,
+        "trainer.precision=bf16",
+        "trainer.parallel=fsdp",
+        f"trainer.fsdp.autocast={autocast}",
+        "eval=none",
+    )
     assert_learned(run_dir)
     import clipkit
 

@@ -1,6 +1,6 @@
 """Run under torchrun: one step's loss and gradients on this rank's slice of a fixed batch.
 
-    torchrun --nproc_per_node=2 dist_harness.py MODE OUT_DIR [ddp|fsdp] [STEPS]
+    torchrun --nproc_per_node=2 dist_harness.py MODE OUT_DIR [ddp|fsdp] [STEPS] [PRECISION]
 
 MODE is ``local`` (local loss), ``global`` (full gathered matrix), ``accum`` (local loss with
 two accumulated micro-batches per rank) or ``masked`` (some rows of rank 0 and every row of rank 1
@@ -11,13 +11,16 @@ the image on each rank; or ``locked``,
 InfoNCE with the text tower locked; or ``compiled``, InfoNCE with the towers compiled (the
 reference stays eager). Each rank saves {"loss", "grads"} of the first step to
 OUT_DIR/rank<r>.pt, and with STEPS > 1 the full weights after STEPS AdamW steps on the same batch
-as "weights". The model is wrapped in DDP (default) or sharded by FSDP2 (``fsdp``).
+as "weights". The model is wrapped in DDP (default) or sharded by FSDP2 (``fsdp``). PRECISION is
+``fp32`` (default), ``bf16`` (autocast) or ``bf16-weights`` (FSDP's bf16 weights, no autocast).
 ``reference(n, mode)`` computes the first step on one process over the whole batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -155,6 +158,7 @@ def step(
     mask: dict[str, torch.Tensor],
     parts: int,
     mode: str = "local",
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ):
     chunks: list[dict[str, torch.Tensor]] = [{k: v.chunk(parts)[i] for k, v in batch.items()} for i in range(parts)]
     present = [{k: v.chunk(parts)[i] for k, v in mask.items()} for i in range(parts)]
@@ -164,7 +168,7 @@ def step(
         objective,
         chunks,
         present,
-        autocast_factory("fp32", cpu),
+        autocast,
         grad_scaler("fp32", cpu),
         teacher_outputs(batch, mode),
     )
@@ -184,12 +188,15 @@ def reference(n: int, mode: str):
     )
 
 
-def main(mode: str, out_dir: Path, parallel: str = "ddp", steps: int = 1) -> None:
+def main(mode: str, out_dir: Path, parallel: str = "ddp", steps: int = 1, precision: str = "fp32") -> None:
     env = distributed.init_distributed("cpu", "gloo")
     core = tiny_model(mode)
     if mode == "compiled":
         compile_towers(core)
-    model = wrap(core, parallel, FSDPConfig(), "fp32")
+    dtype = precision.removesuffix("-weights")
+    model = wrap(core, parallel, FSDPConfig(), dtype)
+    cpu = torch.device("cpu")
+    autocast = contextlib.nullcontext if precision.endswith("-weights") else autocast_factory(dtype, cpu)
     assert parallel != "fsdp" or all(isinstance(p, DTensor) for p in core.parameters()), "not sharded"
     objective = Objective(loss_config(mode), process_group(env.world_size))
     n = PER_RANK * env.world_size
@@ -198,14 +205,14 @@ def main(mode: str, out_dir: Path, parallel: str = "ddp", steps: int = 1) -> Non
     mask = {k: v[mine] for k, v in fixed_present(n, mode).items()}
     optimizer = build_optimizer(core, OptimConfig(lr=1e-3, weight_decay=0.1))
     parts = 2 if mode == "accum" else 1
-    loss, grads = step(model, core, objective, batch, mask, parts, mode)
+    loss, grads = step(model, core, objective, batch, mask, parts, mode, autocast)
     saved = {"loss": distributed.all_reduce_mean(loss), "grads": grads}
     if steps > 1:
         for _ in range(steps - 1):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             core.clamp_logit_scales()
-            step(model, core, objective, batch, mask, parts, mode)
+            step(model, core, objective, batch, mask, parts, mode, autocast)
         optimizer.step()
         saved["weights"] = {n: full(p).detach().clone() for n, p in core.named_parameters()}
     torch.save(saved, out_dir / f"rank{env.rank}.pt")
@@ -213,4 +220,4 @@ def main(mode: str, out_dir: Path, parallel: str = "ddp", steps: int = 1) -> Non
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]), *sys.argv[3:4], *map(int, sys.argv[4:5]))
+    main(sys.argv[1], Path(sys.argv[2]), *sys.argv[3:4], *map(int, sys.argv[4:5]), *sys.argv[5:6])

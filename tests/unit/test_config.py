@@ -43,6 +43,9 @@ def test_impossible_values_are_named():
     assert error_line(["trainer.epochs=2"]).startswith("trainer.max_steps: set exactly one")
     assert error_line(["trainer.parallel=zero3"]).startswith("trainer.parallel: 'zero3' is not one of ddp, fsdp")
     assert error_line(["trainer.parallel=fsdp", "trainer.precision=fp16"]).startswith("trainer.precision: fp16")
+    for unmet in (["trainer.precision=bf16"], ["trainer.parallel=fsdp"]):  # ddp, or fp32 weights
+        assert error_line([*unmet, "trainer.fsdp.autocast=false"]).startswith("trainer.fsdp.autocast: false")
+    check_config(compose_config(["trainer.parallel=fsdp", "trainer.precision=bf16", "trainer.fsdp.autocast=false"]))
 
 
 def test_tower_fields_are_typed_by_their_registry_entry():

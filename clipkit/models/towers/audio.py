@@ -106,8 +106,12 @@ class AudioEncoder(nn.Module):
         self.proj = nn.Linear(width, embed_dim, bias=False)
         self.output_tokens = False  # also return token features, as open_clip's towers do
 
+    # The wave stays fp32 for the front end's STFT (FSDP casts no input of this encoder); the
+    # spectrogram goes on in the weights' dtype (bf16 where FSDP gathers them so, without autocast).
+    casts_own_input = True
+
     def forward(self, wave: torch.Tensor):
-        features = self.backbone.forward_features(self.frontend(wave))
+        features = self.backbone.forward_features(self.frontend(wave).to(self.proj.weight.dtype))
         embedding = self.proj(self.backbone.forward_head(features, pre_logits=True))
         if not self.output_tokens:
             return embedding
