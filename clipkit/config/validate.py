@@ -144,10 +144,6 @@ def check_config(raw: DictConfig) -> CheckedConfig:
         )
     if not 0.0 <= trainer.ema.decay < 1.0:
         raise ConfigError("trainer.ema.decay", f"must lie in [0, 1) (0: off), got {trainer.ema.decay}")
-    if trainer.ema.decay > 0 and trainer.parallel == "fsdp":
-        raise ConfigError(
-            "trainer.ema.decay", "the moving average is not sharded yet: use trainer.parallel=ddp, or no trainer.ema"
-        )
     positive("trainer.unmasked_final_steps", trainer.unmasked_final_steps, allow_zero=True)
     for key in ("accum_steps", "log_every_n_steps", "ckpt_every_n_steps", "keep_last_k", "max_nonfinite_steps"):
         positive(f"trainer.{key}", getattr(trainer, key))

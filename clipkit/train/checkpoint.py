@@ -8,7 +8,8 @@ either
 - ``full``: ``model.safetensors`` (the whole weights), the optimizer inside ``train_state.pt``, and
   with ``trainer.ema`` the weights' moving average in ``ema.safetensors``; or
 - ``sharded``: ``shards/``, written by every process through ``torch.distributed.checkpoint``
-  (FSDP runs); any number of processes can read it back, and one process consolidates it on CPU.
+  (FSDP runs), the moving average with it; any number of processes can read it back, and one
+  process consolidates it on CPU.
 
 A folder is written under a hidden name, flushed to disk, given its manifest, renamed into place,
 and only then named by ``latest``. A run killed at any moment therefore leaves either the previous
@@ -192,24 +193,36 @@ def checkpoint_step(folder: Path) -> int:
 
 
 def has_ema(folder: Path) -> bool:
-    return (folder / EMA_FILE).is_file()
+    """Whether the checkpoint holds a moving average of the weights: ``ema.safetensors``, or in a
+    sharded checkpoint ``ema`` entries beside the weights' shards."""
+    if (folder / EMA_FILE).is_file():
+        return True
+    manifest = read_manifest(folder)
+    if manifest is None or manifest["layout"] != "sharded":
+        return False
+    from clipkit.train.sharded import has_saved_average
+
+    try:
+        return has_saved_average(folder / SHARDS_DIR)
+    except Exception as exc:  # DCP raises several types for damaged files
+        raise CheckpointError(f"unreadable checkpoint {folder / SHARDS_DIR}: {exc}") from exc
 
 
 def read_model_state(folder: Path, ema: bool = True) -> dict[str, torch.Tensor]:
     """The whole weights by name, on CPU, whatever the layout (sharded ones are consolidated):
     their moving average where the checkpoint has one and ``ema``, else the raw weights."""
+    if layout(folder) == "sharded":
+        from clipkit.train.sharded import read_consolidated_model
+
+        try:
+            return read_consolidated_model(folder / SHARDS_DIR, average=ema and has_ema(folder))
+        except Exception as exc:  # DCP raises several types for damaged files
+            raise CheckpointError(f"unreadable checkpoint {folder / SHARDS_DIR}: {exc}") from exc
     if ema and has_ema(folder):
         try:
             return load_file(str(folder / EMA_FILE))
         except Exception as exc:  # safetensors raises several types for damaged files
             raise CheckpointError(f"unreadable checkpoint {folder / EMA_FILE}: {exc}") from exc
-    if layout(folder) == "sharded":
-        from clipkit.train.sharded import read_consolidated_model
-
-        try:
-            return read_consolidated_model(folder / SHARDS_DIR)
-        except Exception as exc:  # DCP raises several types for damaged files
-            raise CheckpointError(f"unreadable checkpoint {folder / SHARDS_DIR}: {exc}") from exc
     try:
         return load_file(str(folder / MODEL_FILE))
     except Exception as exc:  # safetensors raises several types for damaged files

@@ -145,7 +145,12 @@ class CheckpointManager:
         staging = self._staging(step) if self.env.is_main else ckpt.staging_dir(self.root, step)
         dist_utils.barrier()  # the staging folder exists (and no stale one) before anyone writes
         written = write_shards(
-            self.model, self.optimizer, staging / ckpt.SHARDS_DIR, self._group, asynchronous=self._writer is not None
+            self.model,
+            self.optimizer,
+            staging / ckpt.SHARDS_DIR,
+            self._group,
+            asynchronous=self._writer is not None,
+            average=self.ema.module if self.ema is not None else None,
         )
 
         def work() -> None:
@@ -213,13 +218,15 @@ class CheckpointManager:
             return None
         state = _upgrade(ckpt.load_train_state(folder))
         try:
+            sharded_average = self.ema is not None and ckpt.layout(folder) == "sharded" and ckpt.has_ema(folder)
             if ckpt.layout(folder) == "sharded":
                 ckpt.check_fits(folder, saved_model_shapes(folder / ckpt.SHARDS_DIR), self.model)
-                read_shards(self.model, self.optimizer, folder / ckpt.SHARDS_DIR)
+                average = self.ema.module if sharded_average else None
+                read_shards(self.model, self.optimizer, folder / ckpt.SHARDS_DIR, average)
             else:
                 ckpt.load_model_weights(self.model, folder, load_full_model_state, ema=False)
                 load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
-            if self.ema is not None:
+            if self.ema is not None and not sharded_average:
                 self._resume_average(folder)
         except (RuntimeError, KeyError, ValueError, CheckpointException) as exc:
             raise ckpt.fit_error(folder, exc) from exc

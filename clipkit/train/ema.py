@@ -7,18 +7,26 @@ rule when it is given the step). With ``warmup``, the decay used at step t is
 ``min(decay, 1 - t ** (-2/3))`` (timm's warm-up), so a short fine-tuning run is not held at its
 starting weights.
 
-Checkpoints keep the average in ``ema.safetensors`` beside the raw weights; evaluation during
-training, ``clipkit-eval``, ``clipkit-export`` and ``clipkit.load`` use the average in place of the
-raw weights, and a resumed run goes on averaging from it.
+Under FSDP the average is sharded as the model is: each process keeps and updates the average of
+its own shards (no communication), and evaluation gathers it as it gathers the model.
+
+Checkpoints keep the average in ``ema.safetensors`` beside the raw weights (sharded checkpoints:
+as ``ema`` entries beside the ``model`` ones); evaluation during training, ``clipkit-eval``,
+``clipkit-export`` and ``clipkit.load`` use the average in place of the raw weights, and a resumed
+run goes on averaging from it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from timm.utils import ModelEmaV3
 from torch import nn
+from torch.distributed.tensor import DTensor
+
+from clipkit.train.parallel import load_full_model_state
 
 
 @dataclass
@@ -40,13 +48,34 @@ class WeightAverage:
         """The averaged model, in eval mode: what evaluation and the exports use."""
         return self._ema.module
 
+    def shard(self, shard: Callable[[nn.Module], nn.Module]) -> None:
+        """Shards the average in place as ``shard`` shards the model (FSDP's ``fully_shard`` units)."""
+        shard(self._ema.module)
+
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        """After the optimizer step that ended ``step`` (1-based)."""
-        self._ema.update(model, step=step)
+        """After the optimizer step that ended ``step`` (1-based). timm's rule (ModelEmaV3's decay and
+        lerp), on each process's own shards: its update takes no lists that mix DTensors with the
+        whole buffers beside them."""
+        averages, weights = [], []
+        for average, weight in zip(self.module.state_dict().values(), model.state_dict().values()):
+            average, weight = _local(average), _local(weight)
+            if average.is_floating_point():
+                averages.append(average)
+                weights.append(weight)
+            else:
+                average.copy_(weight)
+        torch._foreach_lerp_(averages, weights, weight=1.0 - self._ema.get_decay(step))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self._ema.module.state_dict()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self._ema.module.load_state_dict(state, strict=True)
+        """The whole averaged weights, as ``ema.safetensors`` holds them; under FSDP each process
+        keeps its shards."""
+        load_full_model_state(self._ema.module, state)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a sharded tensor (a view: writing it writes the DTensor)."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor

@@ -98,6 +98,8 @@ class Trainer:
         self.model = self.core
         if env.joined:
             self.model = wrap(self.core, cfg.trainer.parallel, cfg.trainer.fsdp, cfg.trainer.precision)
+            if self.ema is not None and cfg.trainer.parallel == "fsdp":
+                self.ema.shard(lambda average: wrap(average, "fsdp", cfg.trainer.fsdp, cfg.trainer.precision))
         self.objective = Objective(cfg.loss, process_group(env.world_size) if env.distributed else LOCAL)
         self.teacher = load_teacher(cfg.loss.distill, checked, self.device) if cfg.loss.distill.weight > 0 else None
         self.autocast = autocast_factory(cfg.trainer.precision, self.device)  # evaluation, the teacher
@@ -360,7 +362,7 @@ class Trainer:
         if not self.evaluator.sets:
             return {}
         evaluated = self.ema.module if self.ema is not None else self.core  # what a checkpoint's readers get
-        with gathered(self.core, self.cfg.trainer.fsdp):
+        with gathered(evaluated, self.cfg.trainer.fsdp):
             results = self.evaluator.run(
                 evaluated, self.progress.step, self.run_dir / "eval" if self.env.is_main else None
             )

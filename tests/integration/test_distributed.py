@@ -293,6 +293,47 @@ def test_ddp_checkpoint_resumes_under_fsdp_and_back_and_evaluates(tmp_path, smal
 
 
 @pytest.mark.slow
+def test_fsdp_moving_average_is_sharded_resumes_from_either_layout_and_equals_ddps(tmp_path, small_demo):
+    """trainer.ema under FSDP: each process averages its own shards. DDP's step-3 checkpoint
+    (ema.safetensors) resumed under FSDP to step 5, whose sharded checkpoint (the average among the
+    shards) resumed to step 6, ends with the average of DDP's uninterrupted 6 steps; evaluation
+    and the readers use it."""
+    base = [
+        "-m",
+        "clipkit.cli.train",
+        *demo_overrides(small_demo),
+        "trainer.ema.decay=0.5",
+        "trainer.ckpt_every_n_steps=3",
+        "trainer.log_every_n_steps=1",
+        "sched=constant",  # the split run's legs end at other steps: the same rate whatever max_steps
+    ]
+    whole, split = tmp_path / "ddp", tmp_path / "fsdp"
+    result = run_command(torchrun(2, [*base, f"hydra.run.dir={whole}", "trainer.max_steps=6"]), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fsdp = [*base, f"hydra.run.dir={split}", "trainer.parallel=fsdp"]
+    for steps, resume in ((5, whole / "checkpoints" / "step_0000003"), (6, "auto")):
+        result = run_command(torchrun(2, [*fsdp, f"trainer.max_steps={steps}", f"trainer.resume={resume}"]), tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in read_steps(split) if "loss/total" in r] == [4, 5, 6]
+    folder = ckpt.find_latest(split / "checkpoints")
+    assert manifest(split)["layout"] == "sharded" and ckpt.has_ema(folder)
+    assert not (folder / ckpt.EMA_FILE).exists()  # the average is among the shards
+    expected, average = final_weights(whole), ckpt.read_model_state(folder)
+    assert average.keys() == expected.keys()
+    assert max((average[k] - v).abs().max().item() for k, v in expected.items()) <= 1e-5
+    raw = ckpt.read_model_state(folder, ema=False)
+    assert any(not torch.equal(raw[k], v) for k, v in average.items())
+    # Evaluated at the end with the gathered average, as DDP evaluated its own.
+    for name in ("shapes", "sounds"):
+        got, want = (json.loads((run / "eval" / f"{name}.json").read_text())["metrics"] for run in (split, whole))
+        assert got == pytest.approx(want, abs=1e-3), name
+    import clipkit
+
+    loaded = clipkit.load(str(split)).model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in average.items())
+
+
+@pytest.mark.slow
 def test_distributed_eval_equals_single_process_eval(tmp_path, small_demo):
     run_dir = tmp_path / "run"
     trained = run_cli(

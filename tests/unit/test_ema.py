@@ -77,8 +77,6 @@ def test_a_run_keeps_evaluates_and_resumes_the_average(small_demo, tmp_path):
     assert all(torch.equal(resumed[k], average[k]) for k in average)
 
 
-def test_bad_decay_and_fsdp_are_refused(small_demo):
+def test_bad_decay_is_refused(small_demo):
     with pytest.raises(ConfigError, match="trainer.ema.decay: must lie in"):
         check_config(compose_config([*demo_overrides(small_demo), "trainer.ema.decay=1.0"]))
-    with pytest.raises(ConfigError, match="not sharded yet"):
-        check_config(compose_config([*demo_overrides(small_demo), "trainer.ema.decay=0.99", "trainer.parallel=fsdp"]))
