@@ -63,6 +63,9 @@ def end_workers_at_exit() -> None:
 
 
 def _kill_daemonic_children() -> None:
+    # A live DataLoader iterator's SIGCHLD handler would report these deliberate kills as a worker
+    # failure: a traceback at the end of a run that went well.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for child in multiprocessing.active_children():
         if child.daemon:
             child.kill()

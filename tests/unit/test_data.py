@@ -1,6 +1,9 @@
 import io
 import json
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -213,3 +216,25 @@ def test_a_resumed_stream_is_bit_identical_with_workers_augmentation_and_mixing(
         one = train_decoder(raw)["image"]
     with seeded_draws(2):
         assert not torch.equal(one, train_decoder(raw)["image"])
+
+
+LOADER_LEFT_RUNNING = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from pathlib import Path
+from tests.unit.test_data import stream
+RECORDS = iter(stream(Path(sys.argv[1]), workers=2))  # alive at exit: workers never shut down
+next(RECORDS)
+print("left running")
+"""
+
+
+def test_a_process_ending_with_its_loader_running_exits_quietly(shards):
+    """The workers of a loader still open at exit are ended (not waited for forever), without
+    the DataLoader reporting them as failed workers (a traceback after a good run)."""
+    root = str(Path(__file__).parents[2])
+    result = subprocess.run(
+        [sys.executable, "-c", LOADER_LEFT_RUNNING, str(shards), root], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "left running", result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
