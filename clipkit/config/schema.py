@@ -14,13 +14,16 @@ and re-exports them (``X as X`` where it only re-exports), so every group's fiel
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING
 
+from clipkit.config.checks import one_of, positive
 from clipkit.data.decode import SampleKeysConfig
 from clipkit.data.negatives import HardNegativesConfig as HardNegativesConfig
 from clipkit.data.transforms import ImageTransformConfig
+from clipkit.errors import ConfigError
 from clipkit.eval.datasets import EvalDatasetConfig as EvalDatasetConfig
 from clipkit.models.caption import CaptionHeadConfig
 from clipkit.models.generate import GenerationConfig
@@ -38,6 +41,7 @@ from clipkit.train.layer_decay import LayerDecayConfig as LayerDecayConfig
 from clipkit.train.metrics import LoggerConfig
 from clipkit.train.optim import OptimConfig, SchedConfig
 from clipkit.train.parallel import FSDPConfig
+from clipkit.train.precision import PRECISIONS
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -122,6 +126,35 @@ class TrainerConfig:
     # write checkpoints in a background thread while training goes on (a host copy is taken first)
     ckpt_async: bool = False
     resume: str | None = "auto"  # auto | PATH (a checkpoint folder) | null
+
+    def check(self, key: str) -> None:
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ConfigError(f"{key}.max_steps", f"set exactly one of {key}.max_steps and {key}.epochs")
+        positive(f"{key}.max_steps", self.max_steps)
+        positive(f"{key}.epochs", self.epochs)
+        one_of(f"{key}.precision", self.precision, PRECISIONS)
+        one_of(f"{key}.device", self.device, ("auto", "cpu", "cuda"))
+        one_of(f"{key}.dist_backend", self.dist_backend, ("auto", "nccl", "gloo"))
+        one_of(f"{key}.parallel", self.parallel, ("ddp", "fsdp"))
+        if self.parallel == "fsdp" and self.precision == "fp16":
+            raise ConfigError(
+                f"{key}.precision",
+                f"fp16 loss scaling is not supported with {key}.parallel=fsdp; "
+                "use bf16 (FSDP gathers bf16 weights and reduces gradients in fp32)",
+            )
+        if not self.fsdp.autocast and (self.parallel != "fsdp" or self.precision != "bf16"):
+            raise ConfigError(
+                f"{key}.fsdp.autocast",
+                f"false (bf16 weights gathered by FSDP, no autocast) needs {key}.parallel=fsdp and "
+                f"{key}.precision=bf16",
+            )
+        self.ema.check(f"{key}.ema")
+        positive(f"{key}.unmasked_final_steps", self.unmasked_final_steps, allow_zero=True)
+        for name in ("accum_steps", "log_every_n_steps", "ckpt_every_n_steps", "keep_last_k", "max_nonfinite_steps"):
+            positive(f"{key}.{name}", getattr(self, name))
+        positive(f"{key}.grad_clip_norm", self.grad_clip_norm)
+        if self.resume not in (None, "auto") and not Path(self.resume).expanduser().exists():
+            raise ConfigError(f"{key}.resume", f"no checkpoint at {self.resume} (use auto, null or a path)")
 
 
 # ------------------------------------------------------------------------------------------ eval

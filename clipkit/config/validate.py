@@ -6,7 +6,6 @@ Everything raises :class:`ConfigError` naming the offending key.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +18,6 @@ from clipkit.config.schema import ClipkitConfig, EvalDatasetConfig
 from clipkit.errors import ConfigError
 from clipkit.models.towers import TOWERS, TowerConfig
 from clipkit.pairs import split_pair
-from clipkit.train.precision import PRECISIONS
 
 
 def _tower_config(modality: str, node: Any) -> TowerConfig:
@@ -118,39 +116,7 @@ def check_config(raw: DictConfig) -> CheckedConfig:
         raise ConfigError("data.image.mean", "mean and std need 3 values (RGB)")
     _check_decode_device(data.decode_device, cfg.trainer.device)
 
-    trainer = cfg.trainer
-    if (trainer.max_steps is None) == (trainer.epochs is None):
-        raise ConfigError("trainer.max_steps", "set exactly one of trainer.max_steps and trainer.epochs")
-    positive("trainer.max_steps", trainer.max_steps)
-    positive("trainer.epochs", trainer.epochs)
-    if trainer.precision not in PRECISIONS:
-        raise ConfigError("trainer.precision", f"'{trainer.precision}' is not one of {', '.join(PRECISIONS)}")
-    if trainer.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError("trainer.device", f"'{trainer.device}' is not one of auto, cpu, cuda")
-    if trainer.dist_backend not in ("auto", "nccl", "gloo"):
-        raise ConfigError("trainer.dist_backend", f"'{trainer.dist_backend}' is not one of auto, nccl, gloo")
-    if trainer.parallel not in ("ddp", "fsdp"):
-        raise ConfigError("trainer.parallel", f"'{trainer.parallel}' is not one of ddp, fsdp")
-    if trainer.parallel == "fsdp" and trainer.precision == "fp16":
-        raise ConfigError(
-            "trainer.precision",
-            "fp16 loss scaling is not supported with trainer.parallel=fsdp; "
-            "use bf16 (FSDP gathers bf16 weights and reduces gradients in fp32)",
-        )
-    if not trainer.fsdp.autocast and (trainer.parallel != "fsdp" or trainer.precision != "bf16"):
-        raise ConfigError(
-            "trainer.fsdp.autocast",
-            "false (bf16 weights gathered by FSDP, no autocast) needs trainer.parallel=fsdp and trainer.precision=bf16",
-        )
-    if not 0.0 <= trainer.ema.decay < 1.0:
-        raise ConfigError("trainer.ema.decay", f"must lie in [0, 1) (0: off), got {trainer.ema.decay}")
-    positive("trainer.unmasked_final_steps", trainer.unmasked_final_steps, allow_zero=True)
-    for key in ("accum_steps", "log_every_n_steps", "ckpt_every_n_steps", "keep_last_k", "max_nonfinite_steps"):
-        positive(f"trainer.{key}", getattr(trainer, key))
-    positive("trainer.grad_clip_norm", trainer.grad_clip_norm)
-    if trainer.resume not in (None, "auto") and not Path(trainer.resume).expanduser().exists():
-        raise ConfigError("trainer.resume", f"no checkpoint at {trainer.resume} (use auto, null or a path)")
-
+    cfg.trainer.check("trainer")
     cfg.optim.check("optim")
     cfg.sched.check("sched")
 

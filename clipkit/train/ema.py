@@ -26,6 +26,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from clipkit.errors import ConfigError
 from clipkit.train.parallel import load_full_model_state
 
 
@@ -35,6 +36,10 @@ class EMAConfig:
 
     decay: float = 0.0  # per step, e.g. 0.999; 0: off
     warmup: bool = False  # decay min(decay, 1 - step ** -2/3): short runs are not held at the start
+
+    def check(self, key: str) -> None:
+        if not 0.0 <= self.decay < 1.0:
+            raise ConfigError(f"{key}.decay", f"must lie in [0, 1) (0: off), got {self.decay}")
 
 
 class WeightAverage:
