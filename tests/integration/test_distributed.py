@@ -74,12 +74,12 @@ def test_fsdp_equals_ddp(tmp_path, mode):
         assert not any(n.startswith("towers.text") for n in expected)
 
 
-@pytest.mark.parametrize("mode", ["local", "coca"])
-def test_fsdp_bf16_with_and_without_autocast_is_fp32_within_bf16_precision(tmp_path, mode):
+def test_fsdp_bf16_with_and_without_autocast_is_fp32_within_bf16_precision(tmp_path):
     """FSDP2 gathering bf16 weights, under autocast and without it (trainer.fsdp.autocast=false:
-    every tower op in bf16): the first step's loss and every gradient of 2 processes are those of
-    one fp32 process on the whole batch, to bf16's precision (seen: loss 2e-4 relative, gradients
-    <= 4.7 % of their norm)."""
+    every tower op in bf16), InfoNCE with the caption loss (towers and caption head): the first
+    step's loss and every gradient of 2 processes are those of one fp32 process on the whole
+    batch, to bf16's precision (seen: loss 3e-4 relative, gradients <= 4.2 % of their norm)."""
+    mode = "coca"
     expected_loss, expected = reference(2 * PER_RANK, mode)
     for precision in ("bf16", "bf16-weights"):
         out = tmp_path / precision
