@@ -113,10 +113,7 @@ def _clipkit_step(checked, core, batch, device, parallel: str | None) -> tuple[S
     world = distributed_world()
     objective = Objective(checked.cfg.loss, process_group(world) if world > 1 else LOCAL)
     optimizer = build_optimizer(core, checked.cfg.optim)
-    # trainer.fsdp.autocast=false (with --parallel fsdp): the step computes in FSDP's bf16 weights.
-    autocast = autocast_factory(checked.cfg.trainer.precision, device)
-    if not checked.cfg.trainer.fsdp.autocast:
-        autocast = contextlib.nullcontext
+    autocast = autocast_factory(checked.cfg.trainer.precision, device, checked.cfg.trainer.fsdp.autocast)
     scaler = grad_scaler(checked.cfg.trainer.precision, device)
     # Row masks on the host, as the trainer's loader makes them: the model finds the rows to
     # encode there without waiting for the device (from device masks, each step would sync).

@@ -218,15 +218,15 @@ class CheckpointManager:
             return None
         state = _upgrade(ckpt.load_train_state(folder))
         try:
-            sharded_average = self.ema is not None and ckpt.layout(folder) == "sharded" and ckpt.has_ema(folder)
+            average = None  # the moving average, when it comes with the shards
             if ckpt.layout(folder) == "sharded":
                 ckpt.check_fits(folder, saved_model_shapes(folder / ckpt.SHARDS_DIR), self.model)
-                average = self.ema.module if sharded_average else None
+                average = self.ema.module if self.ema is not None and ckpt.has_ema(folder) else None
                 read_shards(self.model, self.optimizer, folder / ckpt.SHARDS_DIR, average)
             else:
                 ckpt.load_model_weights(self.model, folder, load_full_model_state, ema=False)
                 load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
-            if self.ema is not None and not sharded_average:
+            if self.ema is not None and average is None:
                 self._resume_average(folder)
         except (RuntimeError, KeyError, ValueError, CheckpointException) as exc:
             raise ckpt.fit_error(folder, exc) from exc

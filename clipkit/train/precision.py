@@ -10,8 +10,12 @@ import torch
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    if precision == "fp32":
+def autocast_factory(
+    precision: str, device: torch.device, enabled: bool = True
+) -> Callable[[], contextlib.AbstractContextManager]:
+    """``enabled=False`` (trainer.fsdp.autocast=false): no autocast, the step computes in the dtype
+    FSDP gathers the weights in."""
+    if precision == "fp32" or not enabled:
         return contextlib.nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -36,7 +35,7 @@ from clipkit.train.ema import WeightAverage
 from clipkit.train.metrics import MetricsLogger, ThroughputWindow, results_table
 from clipkit.train.nonfinite import NonfiniteGuard, gradient_norm
 from clipkit.train.optim import build_optimizer, build_scheduler
-from clipkit.train.parallel import gathered, wrap
+from clipkit.train.parallel import apply_fsdp, gathered, wrap
 from clipkit.train.patch_dropout import switch_off_patch_dropout
 from clipkit.train.precision import autocast_factory, grad_scaler
 from clipkit.train.preemption import Preempted, PreemptionWatch
@@ -99,12 +98,11 @@ class Trainer:
         if env.joined:
             self.model = wrap(self.core, cfg.trainer.parallel, cfg.trainer.fsdp, cfg.trainer.precision)
             if self.ema is not None and cfg.trainer.parallel == "fsdp":
-                self.ema.shard(lambda average: wrap(average, "fsdp", cfg.trainer.fsdp, cfg.trainer.precision))
+                self.ema.shard(lambda average: apply_fsdp(average, cfg.trainer.fsdp, cfg.trainer.precision))
         self.objective = Objective(cfg.loss, process_group(env.world_size) if env.distributed else LOCAL)
         self.teacher = load_teacher(cfg.loss.distill, checked, self.device) if cfg.loss.distill.weight > 0 else None
         self.autocast = autocast_factory(cfg.trainer.precision, self.device)  # evaluation, the teacher
-        # trainer.fsdp.autocast=false: the step computes in the dtype FSDP gathers the weights in.
-        self.step_autocast = self.autocast if cfg.trainer.fsdp.autocast else contextlib.nullcontext
+        self.step_autocast = autocast_factory(cfg.trainer.precision, self.device, cfg.trainer.fsdp.autocast)
         self.scaler = grad_scaler(cfg.trainer.precision, self.device)
         self.optimizer = build_optimizer(self.core, cfg.optim)
         self.nonfinite = NonfiniteGuard(self.optimizer, self.scaler, cfg.trainer.max_nonfinite_steps)

@@ -195,8 +195,7 @@ def main(mode: str, out_dir: Path, parallel: str = "ddp", steps: int = 1, precis
         compile_towers(core)
     dtype = precision.removesuffix("-weights")
     model = wrap(core, parallel, FSDPConfig(), dtype)
-    cpu = torch.device("cpu")
-    autocast = contextlib.nullcontext if precision.endswith("-weights") else autocast_factory(dtype, cpu)
+    autocast = autocast_factory(dtype, torch.device("cpu"), enabled=not precision.endswith("-weights"))
     assert parallel != "fsdp" or all(isinstance(p, DTensor) for p in core.parameters()), "not sharded"
     objective = Objective(loss_config(mode), process_group(env.world_size))
     n = PER_RANK * env.world_size
