@@ -11,6 +11,8 @@
 #             FSDP's bf16 weights, no autocast), eager and compiled
 #   profile_b16  one eager ViT-B/16 @256 run of each with --profile: operator tables in $OUT/profile
 #   pipeline  benchmarks/train_pipeline.py on JPEG shards, all CPU cores as data workers (pipeline_b32: ViT-B/32 only)
+#   pipeline_workers  ViT-B/32 @512's pipeline with 16, 14 and 12 workers: do cores left to the
+#             training process's own threads remove the slow windows?
 #   pipeline_gpu_decode  the same with data.decode_device=cuda (nvJPEG), and with 2 workers only
 # REPEATS (default 2): alternating runs of each framework in a step phase; STEP_TIMEOUT (400 s) bounds one.
 set -uo pipefail
@@ -53,12 +55,16 @@ for phase in "$@"; do
                   for model_batch in "${models[@]}"; do
                       set -- $model_batch
                       timeout 280 python3 benchmarks/train_pipeline.py --model "$1" --batch "$2" \
-                          --shards /tmp/photos --steps 80 2>&1 | tee -a "$OUT/pipeline.log" | tail -4
+                          --shards /tmp/photos --steps 80 2>&1 | tee -a "$OUT/pipeline.log"
+                  done ;;
+        pipeline_workers) for workers in 16 14 12; do
+                      timeout 190 python3 benchmarks/train_pipeline.py --model vit_b32 --batch 512 --workers $workers \
+                          --shards /tmp/photos --steps 80 2>&1 | tee -a "$OUT/pipeline.log"
                   done ;;
         pipeline_gpu_decode) for workers in 16 2; do
                       for decode in cpu cuda; do
                           timeout 200 python3 benchmarks/train_pipeline.py --model vit_b32 --batch 512 --workers $workers \
-                              --decode-device $decode --shards /tmp/photos --steps 80 2>&1 | tee -a "$OUT/pipeline.log" | tail -2
+                              --decode-device $decode --shards /tmp/photos --steps 80 2>&1 | tee -a "$OUT/pipeline.log"
                       done
                   done ;;
     esac

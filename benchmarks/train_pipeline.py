@@ -11,7 +11,10 @@ which matters here, unlike what they show). Then measures, with the same config:
    processes), in samples/s;
 2. `clipkit-train` itself on those shards (resampled), from its metrics.jsonl: samples/s over the
    logged windows after the first two (compilation and warm-up), and the share of step time spent
-   waiting for data (`data_time`).
+   waiting for data (`data_time`). Per window it also prints where the CPU time went, read from
+   /proc while the run goes on: the cores busy in the training process's main thread, in its
+   other threads (pinning, CUDA's), and in its data workers. Whether a slow window is the loader's
+   (waiting high, workers short of the cores they had alone) or the step's shows there.
 
 Compare with `train_step_vs_open_clip.py` on the same model and batch (the step alone, fixed batch):
 when the pipeline's rate is near the loader's and well under the step's, the loader sets the pace.
@@ -20,6 +23,7 @@ when the pipeline's rate is near the loader's and well under the step's, the loa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -27,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from multiprocessing import Pool
 from pathlib import Path
@@ -120,7 +125,62 @@ def loader_alone(args: argparse.Namespace, batches: int) -> float:
     return rows / (time.perf_counter() - start)
 
 
-def train_run(args: argparse.Namespace) -> dict[str, float]:
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(stat_file: Path) -> float:
+    """utime + stime of a process or thread from its /proc stat line (0 once it is gone)."""
+    try:
+        fields = stat_file.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS  # fields 14 and 15 of proc(5)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for tasks in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in tasks.read_text().split()]
+    return found
+
+
+class CpuSampler(threading.Thread):
+    """Every ``period`` seconds: the wall time, the lines metrics.jsonl holds, and the CPU seconds
+    of the training process's main thread, of its other threads, and of its children (the data
+    workers), cumulative."""
+
+    def __init__(self, pid: int, metrics: Path, period: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.metrics, self.period = pid, metrics, period
+        self.samples: list[tuple[float, int, float, float, float]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(self.period):
+            lines = self.metrics.read_text().count("\n") if self.metrics.is_file() else 0
+            process = cpu_seconds(Path(f"/proc/{self.pid}/stat"))
+            main_thread = cpu_seconds(Path(f"/proc/{self.pid}/task/{self.pid}/stat"))
+            workers = sum(cpu_seconds(Path(f"/proc/{child}/stat")) for child in children(self.pid))
+            self.samples.append((time.perf_counter(), lines, main_thread, process - main_thread, workers))
+
+    def per_window(self, windows: int) -> list[tuple[float, float, float]]:
+        """Cores busy (main thread, other threads, workers) while each logged record's window
+        ran: from the sample where record k - 1 had appeared to the one where record k had."""
+        first_seen: dict[int, tuple] = {}
+        for sample in self.samples:
+            first_seen.setdefault(sample[1], sample)
+        cores = []
+        for k in range(1, windows + 1):
+            if k - 1 not in first_seen or k not in first_seen:
+                cores.append((float("nan"),) * 3)
+                continue
+            (t0, _, *cpu0), (t1, _, *cpu1) = first_seen[k - 1], first_seen[k]
+            cores.append(tuple((b - a) / max(t1 - t0, 1e-9) for a, b in zip(cpu0, cpu1)))
+        return cores
+
+
+def train_run(args: argparse.Namespace) -> dict[str, object]:
     run_dir = Path(tempfile.mkdtemp(prefix="pipeline_"))
     command = [
         str(Path(sys.executable).parent / "clipkit-train"),
@@ -132,19 +192,37 @@ def train_run(args: argparse.Namespace) -> dict[str, float]:
         f"trainer.precision={args.precision}",
         f"trainer.compile={str(args.compile).lower()}",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if result.returncode != 0:
-        sys.exit(f"clipkit-train failed:\n{result.stderr[-3000:]}")
+    with tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+        sampler = CpuSampler(process.pid, run_dir / "metrics.jsonl")
+        sampler.start()
+        returncode = process.wait()
+        sampler.done.set()
+        sampler.join()
+        if returncode != 0:
+            stderr.seek(0)
+            sys.exit(f"clipkit-train failed:\n{stderr.read()[-3000:]}")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    windows = [r for r in records if "samples_per_second" in r][2:]
-    if not windows:
+    cores = sampler.per_window(len(records))
+    logged = [(r, c) for r, c in zip(records, cores) if "samples_per_second" in r][2:]
+    if not logged:
         sys.exit("too few logged windows: raise --steps")
-    rate = statistics.median(r["samples_per_second"] for r in windows)
-    waiting = statistics.mean(r["data_time"] * r["samples_per_second"] / args.batch for r in windows)
+    windows = [
+        {
+            "samples_per_second": r["samples_per_second"],
+            "data_wait_share": r["data_time"] * r["samples_per_second"] / args.batch,
+            "cores_main_thread": c[0],
+            "cores_other_threads": c[1],
+            "cores_workers": c[2],
+        }
+        for r, c in logged
+    ]
     return {
-        "samples_per_second": rate,
-        "data_wait_share": waiting,
-        "all_windows": [round(r["samples_per_second"], 1) for r in windows],
+        "samples_per_second": statistics.median(w["samples_per_second"] for w in windows),
+        "data_wait_share": statistics.mean(w["data_wait_share"] for w in windows),
+        "windows": windows,
     }
 
 
@@ -177,8 +255,16 @@ def main() -> None:
         f"clipkit-train {args.model} batch {args.batch} {args.precision} compile={args.compile}, "
         f"decode on {args.decode_device}, "
         f"{args.workers} workers: {train['samples_per_second']:.0f} samples/s "
-        f"(windows {train['all_windows']}), waiting for data {100 * train['data_wait_share']:.0f}% of the time"
+        f"(median of {len(train['windows'])} windows), "
+        f"waiting for data {100 * train['data_wait_share']:.0f}% of the time"
     )
+    print("  window  samples/s  waiting  cores busy: main thread  other threads  workers")
+    for k, window in enumerate(train["windows"]):
+        print(
+            f"  {k:6d}  {window['samples_per_second']:9.0f}  {100 * window['data_wait_share']:6.0f}%"
+            f"  {window['cores_main_thread']:23.2f}  {window['cores_other_threads']:13.2f}"
+            f"  {window['cores_workers']:7.2f}"
+        )
 
 
 if __name__ == "__main__":
