@@ -3,10 +3,11 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from clipkit.cli.errors import one_line
-from clipkit.config.compose import compose_config
+from clipkit.config.compose import CONF_DIR, compose_config
 from clipkit.config.validate import check_config
 from clipkit.data.shards import resolve_sources
 from clipkit.errors import ConfigError
+from clipkit.models.towers import TOWERS
 
 
 def error_line(overrides):
@@ -66,6 +67,22 @@ def test_every_tower_field_can_be_overridden_and_presets_switch_towers():
     assert checked.towers["text"].lock and checked.towers["image"].weights == "/w.pt"
     timm = check_config(compose_config(["experiment=demo_image_text", "model=timm_resnet50"])).towers["image"]
     assert timm.name == "timm" and timm.model_name == "resnet50"
+
+
+MODEL_PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if p.stem != "open_clip")
+
+
+@pytest.mark.parametrize("preset", MODEL_PRESETS)
+def test_a_presets_tower_can_be_switched_to_every_other_tower_of_its_modality(preset):
+    """``model/towers/<m>=<name>`` on top of any preset (the README's override): the preset's
+    values of that tower type go with it, the values every tower of the modality has stay."""
+    towers = compose_config([f"model={preset}"]).model.towers
+    for modality in set(towers) & {"image", "audio"}:
+        for name in [n for n in TOWERS.names() if TOWERS.get(n).config_class.MODALITY == modality]:
+            switched = compose_config([f"model={preset}", f"model/towers/{modality}={name}"]).model.towers[modality]
+            assert switched.name == name
+            shared = "image_size" if modality == "image" else "sample_rate"
+            assert switched[shared] == towers[modality][shared]
 
 
 def test_pairs_must_name_configured_towers():
