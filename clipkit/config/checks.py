@@ -8,7 +8,7 @@ code without a cycle through ``clipkit.config``.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from clipkit.errors import ConfigError
@@ -25,13 +25,16 @@ def positive(key: str, value: float | None, allow_zero: bool = False) -> None:
         raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
-def named_weights(key: str, weights: dict[str, float], allowed: Iterable[str], not_allowed: str) -> None:
-    """Relative weights by name (e.g. loss.<term>.pair_weights): each names an allowed entry and
-    is >= 0; ``not_allowed`` says what a name outside ``allowed`` is not."""
-    allowed = set(allowed)
+def named_weights(key: str, weights: dict[str, float], allowed: Sequence[str], what: str, where: str) -> None:
+    """Relative weights by name (e.g. loss.<term>.pair_weights): each names one of ``allowed``
+    (the ``what``s of the key ``where``) and is >= 0. A weight for a missing entry often comes from
+    a preset (the demo weighs its image_audio pair), so the error names the override removing it."""
     for name, weight in weights.items():
         if name not in allowed:
-            raise ConfigError(f"{key}.{name}", not_allowed)
+            raise ConfigError(
+                f"{key}.{name}",
+                f"not a {what} of {where} {list(allowed)}; remove the weight (~{key}.{name}) or add the {what}",
+            )
         positive(f"{key}.{name}", weight, allow_zero=True)
 
 

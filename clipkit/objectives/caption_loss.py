@@ -20,9 +20,8 @@ class CaptionLossConfig:
 
     def check(self, key: str, run: RunFacts) -> None:
         positive(f"{key}.weight", self.weight, allow_zero=True)
-        sources = list(run.caption_sources)
         named_weights(
-            f"{key}.source_weights", self.source_weights, sources, f"not a source of model.caption.sources {sources}"
+            f"{key}.source_weights", self.source_weights, list(run.caption_sources), "source", "model.caption.sources"
         )
         if self.weight > 0 and not run.caption_sources:
             raise ConfigError(

@@ -88,6 +88,14 @@ def test_a_presets_tower_can_be_switched_to_every_other_tower_of_its_modality(pr
 def test_pairs_must_name_configured_towers():
     assert "needs a 'audio' tower" in error_line(["model=tiny", "eval=demo_image_text", "model.pairs=[audio_text]"])
     assert "not a pair of model.pairs" in error_line(["+loss.contrastive.pair_weights.audio_image=2"])
+    # the demo weighs a pair that an image-text model lacks: the error names the override removing it
+    assert error_line(["model=tiny"]) == (
+        "loss.contrastive.pair_weights.image_audio: not a pair of model.pairs ['image_text']; "
+        "remove the weight (~loss.contrastive.pair_weights.image_audio) or add the pair"
+    )
+    check_config(
+        compose_config(["model=tiny", *(f"~loss.{key}.image_audio" for key in ("contrastive.pair_weights", "anchors"))])
+    )
 
 
 def test_missing_and_empty_shards_are_clear_errors(tmp_path):

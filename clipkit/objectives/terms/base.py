@@ -36,12 +36,7 @@ class PairTermConfig:
 
     def check(self, key: str, run: RunFacts) -> None:
         positive(f"{key}.weight", self.weight, allow_zero=True)
-        named_weights(
-            f"{key}.pair_weights",
-            self.pair_weights,
-            run.pairs,
-            f"not a pair of model.pairs {list(run.pairs)}; remove the weight or add the pair",
-        )
+        named_weights(f"{key}.pair_weights", self.pair_weights, list(run.pairs), "pair", "model.pairs")
         for name in self.POSITIVE:
             positive(f"{key}.{name}", getattr(self, name))
 
