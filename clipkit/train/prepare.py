@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from clipkit.config.validate import CheckedConfig, check_config
 from clipkit.data.demo import write_demo
@@ -23,6 +24,28 @@ log = logging.getLogger("clipkit")
 def demo_pending(checked: CheckedConfig) -> bool:
     root = checked.cfg.data.demo_root
     return root is not None and not (Path(root).expanduser() / "COMPLETE").is_file()
+
+
+def check_demo_paths(raw: DictConfig) -> None:
+    """The demo's shards and eval sets lie under ``${data.demo_root}``, which only data=demo sets:
+    a run that switches to its own data (data=webdataset) but keeps one of them would otherwise
+    look for it under a folder named 'None'."""
+    if raw.data.demo_root is not None:
+        return
+    demo_root = "${data.demo_root}"
+    if demo_root in json.dumps(OmegaConf.to_container(raw.data.train, resolve=False)["shards"]):
+        raise ConfigError(
+            "data.train.shards",
+            f"these are the demo's shards (under {demo_root}, which only data=demo sets); "
+            "give yours: 'data.train.shards=\"/path/shard-{000000..000099}.tar\"'",
+        )
+    for name, dataset in OmegaConf.to_container(raw.eval.datasets, resolve=False).items():
+        if demo_root in str(dataset.get("root")):
+            raise ConfigError(
+                f"eval.datasets.{name}.root",
+                f"a demo eval set (under {demo_root}, which only data=demo sets); "
+                "add eval=none, or name your own sets (eval.datasets.<name>.root)",
+            )
 
 
 def check_inputs(checked: CheckedConfig) -> list[ShardSource]:
@@ -52,6 +75,7 @@ def check_inputs(checked: CheckedConfig) -> list[ShardSource]:
 def precheck(raw: DictConfig) -> None:
     """Everything that can be checked without writing anything (demo data may not exist yet)."""
     checked = check_config(raw)
+    check_demo_paths(raw)
     if not demo_pending(checked):
         check_inputs(checked)
 
@@ -60,6 +84,7 @@ def prepare(raw: DictConfig, is_main: bool = True) -> tuple[CheckedConfig, list[
     """Checked config and shard sources; the main process generates missing demo data, and the
     others must only call this after it has (see clipkit.cli.train)."""
     checked = check_config(raw)
+    check_demo_paths(raw)
     if is_main and demo_pending(checked):
         log.info("generating the demo data set in %s (once; a few seconds)", checked.cfg.data.demo_root)
         write_demo(Path(checked.cfg.data.demo_root))

@@ -158,3 +158,19 @@ def test_an_eval_set_can_be_added_from_the_command_line():
     mine = cfg.eval.datasets["mine"]
     assert (mine.root, mine.task, mine.modality, mine.split) == ("/data/mine", "retrieval", "image", "test")
     assert error_line(["+eval.datasets.mine.rot=/x"]).startswith("eval.datasets.mine.rot:")
+
+
+def test_switching_to_own_data_names_the_demo_paths_left_behind():
+    """data=webdataset on the demo experiment: its shards and eval sets lie under data.demo_root,
+    which only data=demo sets; the error says so instead of looking under 'None/'."""
+    from clipkit.train.prepare import precheck
+
+    def line(overrides):
+        with pytest.raises(ConfigError) as info:
+            precheck(compose_config(overrides))
+        return one_line(info.value)
+
+    assert line(["data=webdataset"]).startswith("data.train.shards: these are the demo's shards")
+    own = ["data=webdataset", 'data.train.shards="/data/s-{000000..000009}.tar"']
+    assert line(own).startswith("eval.datasets.shapes.root: a demo eval set")
+    assert line([*own, "eval=none"]) == "data.train.shards: shard not found: /data/s-000000.tar (and 9 more of 10)"
