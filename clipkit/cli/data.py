@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> None:
             else table_pairs(args.src, args.path_column, args.caption_column)
         )
         paths = write_shards(samples_from_pairs(pairs), args.out, args.prefix, args.per_shard)
-        pattern = f"{args.out}/{args.prefix}-{{000000..{len(paths) - 1:06d}}}.tar"
-        print(f"wrote {len(paths)} shards; use data.train.shards='{pattern}'")
+        pattern = f"{Path(args.out).resolve()}/{args.prefix}-{{000000..{len(paths) - 1:06d}}}.tar"
+        # Quoted for the shell and, inside, for Hydra's override grammar, which braces would break.
+        print(f"""wrote {len(paths)} shards; train on them with 'data.train.shards="{pattern}"'""")
     except USER_ERRORS as exc:
         fail(PROGRAM, exc)
 

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from clipkit.config.compose import compose_config
+from clipkit.data.shards import resolve_sources
 from tests.conftest import TINY_MODEL, demo_overrides, run_cli
 
 CONTRACT_KEYS = {
@@ -151,7 +154,10 @@ def test_user_recipe_on_own_shards_via_config_dir(tmp_path, small_demo):
         (images / f"{i}.txt").write_text(f"a {colour} picture")
     made = run_cli("clipkit-data", ["folder", str(images), str(tmp_path / "shards"), "--per-shard", "10"], tmp_path)
     assert made.returncode == 0, made.stderr
-    assert "data.train.shards=" in made.stdout
+    # the override it prints, pasted into a shell, is one Hydra reads (braces need inner quotes)
+    [override] = shlex.split(made.stdout.split("train on them with ", 1)[1])
+    [source] = resolve_sources(compose_config(["data=webdataset", override]).data.train.shards)
+    assert source.urls == [f"{tmp_path}/shards/shard-{i:06d}.tar" for i in range(4)]
 
     config_dir = tmp_path / "myconf"
     (config_dir / "experiment").mkdir(parents=True)
