@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import simplejpeg
 import torch
@@ -40,11 +40,15 @@ class EncodedJpeg:
 
 @dataclass
 class EncodedImages:
-    """A batch's images for the device: ``pixels`` holds the rows decoded in the worker (zeros
-    elsewhere); the JPEGs of the others, to go at ``rows`` once decoded, lie end to end in one
-    tensor (one shared-memory block between processes, not one per image)."""
+    """A batch of ``num_rows`` images for the device: ``pixels`` holds only the rows decoded in
+    the worker (at ``pixel_rows``: images nvJPEG cannot take, usually none, so a batch does not
+    carry a batch of zeros through shared memory, pinning and the copy); the JPEGs of the others,
+    to go at ``rows`` once decoded, lie end to end in one tensor (one shared-memory block between
+    processes, not one per image). Rows in neither list have no image and stay zeros."""
 
-    pixels: torch.Tensor  # (rows, 3, size, size) uint8
+    num_rows: int
+    pixels: torch.Tensor  # (len(pixel_rows), 3, size, size) uint8
+    pixel_rows: list[int]
     jpeg_bytes: torch.Tensor  # 1-D uint8
     jpeg_lengths: list[int]
     boxes: list[Box]
@@ -57,7 +61,7 @@ class EncodedImages:
     def pin_memory(self) -> EncodedImages:
         """Called by a pinning DataLoader: only ``pixels`` is copied to the device as it is (the
         JPEG bytes are read by nvJPEG's host stage)."""
-        return EncodedImages(self.pixels.pin_memory(), self.jpeg_bytes, self.jpeg_lengths, self.boxes, self.rows)
+        return replace(self, pixels=self.pixels.pin_memory()) if self.pixel_rows else self
 
 
 class DeferredImageDecoder(TrainImageDecoder):
@@ -77,15 +81,23 @@ class DeferredImageDecoder(TrainImageDecoder):
 
     def collate(self, rows: Sequence[EncodedJpeg | torch.Tensor | None]) -> EncodedImages:
         """A batch's rows (None where a row has no image) -> :class:`EncodedImages`."""
-        pixels = torch.zeros((len(rows), 3, self.size, self.size), dtype=torch.uint8)
+        decoded = [(i, r) for i, r in enumerate(rows) if isinstance(r, torch.Tensor)]
+        pixels = (
+            torch.stack([r for _, r in decoded])
+            if decoded
+            else torch.empty((0, 3, self.size, self.size), dtype=torch.uint8)
+        )
         encoded = [(i, r) for i, r in enumerate(rows) if isinstance(r, EncodedJpeg)]
-        for i, row in enumerate(rows):
-            if isinstance(row, torch.Tensor):
-                pixels[i] = row
         joined = bytearray(b"".join(r.data for _, r in encoded))
         jpeg_bytes = torch.frombuffer(joined, dtype=torch.uint8) if joined else torch.empty(0, dtype=torch.uint8)
         return EncodedImages(
-            pixels, jpeg_bytes, [len(r.data) for _, r in encoded], [r.box for _, r in encoded], [i for i, _ in encoded]
+            len(rows),
+            pixels,
+            [i for i, _ in decoded],
+            jpeg_bytes,
+            [len(r.data) for _, r in encoded],
+            [r.box for _, r in encoded],
+            [i for i, _ in encoded],
         )
 
 
@@ -107,7 +119,12 @@ class DeviceImages:
         """The batch's images on the device, and how many rows were dropped (cleared in ``present``)."""
         if not isinstance(images, EncodedImages):
             return self.normalize(to_device_async(images, self.device)), 0
-        pixels = to_device_async(images.pixels, self.device)
+        pixels = torch.zeros((images.num_rows, 3, self.size, self.size), dtype=torch.uint8, device=self.device)
+        # One row at a time: a list index would be copied to the device from pageable memory,
+        # which makes the host wait for the GPU.
+        if images.pixel_rows:
+            for row, decoded in zip(images.pixel_rows, to_device_async(images.pixels, self.device)):
+                pixels[row] = decoded
         dropped = 0
         for row, decoded, box in zip(images.rows, self._decode(images.jpegs), images.boxes):
             if decoded is None:

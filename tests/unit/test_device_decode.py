@@ -45,7 +45,9 @@ def test_a_batch_decoded_on_the_device_matches_the_cpu_path_within_rounding():
         torch.manual_seed(seed)
         rows.append(None if data is None else deferred(data))
     batch = deferred.collate(rows)
-    assert batch.rows == [0, 4] and len(batch.jpegs) == 2  # the PNG and the CMYK JPEG travel as pixels
+    assert batch.rows == [0, 4] and len(batch.jpegs) == 2
+    # the PNG and the CMYK JPEG travel as pixels, and only they: no batch of zeros goes along
+    assert batch.pixel_rows == [1, 3] and batch.pixels.shape == (2, 3, SIZE, SIZE) and batch.num_rows == 5
     present = torch.tensor([r is not None for r in rows])
     ours, dropped = device_images()(batch, present)
 
