@@ -212,7 +212,7 @@ def train_run(args: argparse.Namespace) -> dict[str, object]:
     windows = [
         {
             "samples_per_second": r["samples_per_second"],
-            "data_wait_share": r["data_time"] * r["samples_per_second"] / args.batch,
+            "data_wait_share": r["data_wait_share"],
             "cores_main_thread": c[0],
             "cores_other_threads": c[1],
             "cores_workers": c[2],

@@ -56,10 +56,16 @@ class ThroughputWindow:
             self.paused += time.perf_counter() - start
 
     def rates(self, global_batch: int) -> dict[str, float]:
-        """``samples_per_second`` over the window and ``data_time``, the mean wait per step."""
+        """``samples_per_second`` over the window, ``data_time``, the mean wait per step, and
+        ``data_wait_share``, the share of the window's time spent waiting (the loader sets the
+        pace when it is high)."""
         seconds = max(time.perf_counter() - self.started - self.paused, 1e-9)
         steps = max(self.steps, 1)
-        return {"samples_per_second": global_batch * self.steps / seconds, "data_time": self.data_time / steps}
+        return {
+            "samples_per_second": global_batch * self.steps / seconds,
+            "data_time": self.data_time / steps,
+            "data_wait_share": min(self.data_time / seconds, 1.0),
+        }
 
 
 def _drop_records_after(path: Path, step: int) -> None:
@@ -130,12 +136,17 @@ class MetricsLogger:
         """Console: a live bar on a terminal, one line per logged step otherwise."""
         if not self.cfg.console:
             return
-        summary = {"loss": record["loss/total"], "lr": record["lr"], "samples/s": record["samples_per_second"]}
+        summary = {
+            "loss": f"{record['loss/total']:.4g}",
+            "lr": f"{record['lr']:.4g}",
+            "samples/s": f"{record['samples_per_second']:.4g}",
+            "waiting for data": f"{100 * record['data_wait_share']:.0f}%",
+        }
         if self.bar is not None:
             self.bar.n = step
-            self.bar.set_postfix({k: f"{v:.3g}" for k, v in summary.items()}, refresh=True)
+            self.bar.set_postfix(summary, refresh=True)
         else:
-            log.info("step %d  %s", step, "  ".join(f"{k} {v:.4g}" for k, v in summary.items()))
+            log.info("step %d  %s", step, "  ".join(f"{k} {v}" for k, v in summary.items()))
 
     def close(self) -> None:
         if self.bar is not None:

@@ -23,4 +23,6 @@ def test_rates_leave_out_pauses(monkeypatch):
         window.add_step(0.1)
     with window.pause():  # an evaluation of 30 s
         clock.now += 30.0
-    assert window.rates(global_batch=64) == pytest.approx({"samples_per_second": 4 * 64 / 2.0, "data_time": 0.1})
+    assert window.rates(global_batch=64) == pytest.approx(
+        {"samples_per_second": 4 * 64 / 2.0, "data_time": 0.1, "data_wait_share": 0.4 / 2.0}
+    )
