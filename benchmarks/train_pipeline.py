@@ -146,38 +146,54 @@ def children(pid: int) -> list[int]:
 
 
 class CpuSampler(threading.Thread):
-    """Every ``period`` seconds: the wall time, the lines metrics.jsonl holds, and the CPU seconds
-    of the training process's main thread, of its other threads, and of its children (the data
-    workers), cumulative."""
+    """Every ``period`` seconds: the wall time, the lines metrics.jsonl holds, and the cumulative
+    CPU seconds of each thread of the training process and of each of its children (the data
+    workers)."""
 
     def __init__(self, pid: int, metrics: Path, period: float = 0.25) -> None:
         super().__init__(daemon=True)
         self.pid, self.metrics, self.period = pid, metrics, period
-        self.samples: list[tuple[float, int, float, float, float]] = []
+        self.samples: list[tuple[float, int, dict[int, float], dict[int, float]]] = []
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(self.period):
             lines = self.metrics.read_text().count("\n") if self.metrics.is_file() else 0
-            process = cpu_seconds(Path(f"/proc/{self.pid}/stat"))
-            main_thread = cpu_seconds(Path(f"/proc/{self.pid}/task/{self.pid}/stat"))
-            workers = sum(cpu_seconds(Path(f"/proc/{child}/stat")) for child in children(self.pid))
-            self.samples.append((time.perf_counter(), lines, main_thread, process - main_thread, workers))
+            threads = {int(t.name): cpu_seconds(t / "stat") for t in Path(f"/proc/{self.pid}/task").iterdir()}
+            workers = {child: cpu_seconds(Path(f"/proc/{child}/stat")) for child in children(self.pid)}
+            self.samples.append((time.perf_counter(), lines, threads, workers))
 
-    def per_window(self, windows: int) -> list[tuple[float, float, float]]:
-        """Cores busy (main thread, other threads, workers) while each logged record's window
-        ran: from the sample where record k - 1 had appeared to the one where record k had."""
+    def per_window(self, windows: int) -> list[dict[str, float]]:
+        """Cores busy while each logged record's window ran (from the sample where record k - 1
+        had appeared to the one where record k had): in the main thread, in the busiest other
+        thread and all other threads of the training process, in all workers and in the least
+        busy one."""
         first_seen: dict[int, tuple] = {}
         for sample in self.samples:
             first_seen.setdefault(sample[1], sample)
         cores = []
         for k in range(1, windows + 1):
             if k - 1 not in first_seen or k not in first_seen:
-                cores.append((float("nan"),) * 3)
+                cores.append(dict.fromkeys(WINDOW_CORES, float("nan")))
                 continue
-            (t0, _, *cpu0), (t1, _, *cpu1) = first_seen[k - 1], first_seen[k]
-            cores.append(tuple((b - a) / max(t1 - t0, 1e-9) for a, b in zip(cpu0, cpu1)))
+            (t0, _, threads0, workers0), (t1, _, threads1, workers1) = first_seen[k - 1], first_seen[k]
+            seconds = max(t1 - t0, 1e-9)
+            thread = {tid: (busy - threads0.get(tid, 0.0)) / seconds for tid, busy in threads1.items()}
+            worker = [(busy - workers0.get(pid, 0.0)) / seconds for pid, busy in workers1.items()] or [0.0]
+            others = [busy for tid, busy in thread.items() if tid != self.pid] or [0.0]
+            cores.append(
+                {
+                    "main thread": thread.get(self.pid, 0.0),
+                    "busiest other thread": max(others),
+                    "other threads": sum(others),
+                    "workers": sum(worker),
+                    "least busy worker": min(worker),
+                }
+            )
         return cores
+
+
+WINDOW_CORES = ("main thread", "busiest other thread", "other threads", "workers", "least busy worker")
 
 
 def train_run(args: argparse.Namespace) -> dict[str, object]:
@@ -210,14 +226,7 @@ def train_run(args: argparse.Namespace) -> dict[str, object]:
     if not logged:
         sys.exit("too few logged windows: raise --steps")
     windows = [
-        {
-            "samples_per_second": r["samples_per_second"],
-            "data_wait_share": r["data_wait_share"],
-            "cores_main_thread": c[0],
-            "cores_other_threads": c[1],
-            "cores_workers": c[2],
-        }
-        for r, c in logged
+        {"samples_per_second": r["samples_per_second"], "data_wait_share": r["data_wait_share"], **c} for r, c in logged
     ]
     return {
         "samples_per_second": statistics.median(w["samples_per_second"] for w in windows),
@@ -258,13 +267,11 @@ def main() -> None:
         f"(median of {len(train['windows'])} windows), "
         f"waiting for data {100 * train['data_wait_share']:.0f}% of the time"
     )
-    print("  window  samples/s  waiting  cores busy: main thread  other threads  workers")
+    print("  cores busy in each window:")
+    print(f"  window  samples/s  waiting  {'  '.join(WINDOW_CORES)}")
     for k, window in enumerate(train["windows"]):
-        print(
-            f"  {k:6d}  {window['samples_per_second']:9.0f}  {100 * window['data_wait_share']:6.0f}%"
-            f"  {window['cores_main_thread']:23.2f}  {window['cores_other_threads']:13.2f}"
-            f"  {window['cores_workers']:7.2f}"
-        )
+        cores = "  ".join(f"{window[name]:{len(name)}.2f}" for name in WINDOW_CORES)
+        print(f"  {k:6d}  {window['samples_per_second']:9.0f}  {100 * window['data_wait_share']:6.0f}%  {cores}")
 
 
 if __name__ == "__main__":
