@@ -11,10 +11,11 @@ which matters here, unlike what they show). Then measures, with the same config:
    processes), in samples/s;
 2. `clipkit-train` itself on those shards (resampled), from its metrics.jsonl: samples/s over the
    logged windows after the first two (compilation and warm-up), and the share of step time spent
-   waiting for data (`data_wait_share`). Per window it also prints where the CPU time went, read from
-   /proc while the run goes on: the cores busy in the training process's main thread, in its
-   other threads (pinning, CUDA's), and in its data workers. Whether a slow window is the loader's
-   (waiting high, workers short of the cores they had alone) or the step's shows there.
+   waiting for data (`data_wait_share`). Per window it also prints where the CPU time went, read
+   from /proc while the run goes on: the cores busy in the training process's main thread, in its
+   busiest other thread and all of them (pinning, OpenMP's, CUDA's), in its data workers and the
+   least busy of them. Whether a slow window is the loader's (waiting high, workers short of the
+   cores they had alone) or the training process's shows there.
 
 Compare with `train_step_vs_open_clip.py` on the same model and batch (the step alone, fixed batch):
 when the pipeline's rate is near the loader's and well under the step's, the loader sets the pace.
