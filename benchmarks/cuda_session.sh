@@ -12,7 +12,8 @@
 #   profile_b16  one eager ViT-B/16 @256 run of each with --profile: operator tables in $OUT/profile
 #   pipeline  benchmarks/train_pipeline.py on JPEG shards, all CPU cores as data workers (pipeline_b32: ViT-B/32 only)
 #   pipeline_workers  ViT-B/32 @512's pipeline with 16, 14 and 12 workers: do cores left to the
-#             training process's own threads remove the slow windows?
+#             training process's own threads remove the slow windows? Each run also samples the
+#             trainer and its workers with py-spy (raw stacks in $OUT/py-spy-N-workers)
 #   pipeline_gpu_decode  the same with data.decode_device=cuda (nvJPEG), and with 2 workers only
 # REPEATS (default 2): alternating runs of each framework in a step phase; STEP_TIMEOUT (400 s) bounds one.
 set -uo pipefail
@@ -59,7 +60,7 @@ for phase in "$@"; do
                   done ;;
         pipeline_workers) for workers in 16 14 12; do
                       timeout 190 python3 benchmarks/train_pipeline.py --model vit_b32 --batch 512 --workers $workers \
-                          --shards /tmp/photos --steps 80 2>&1 | tee -a "$OUT/pipeline.log"
+                          --shards /tmp/photos --steps 80 --py-spy "$OUT/py-spy-$workers-workers" 2>&1 | tee -a "$OUT/pipeline.log"
                   done ;;
         pipeline_gpu_decode) for workers in 16 2; do
                       for decode in cpu cuda; do

@@ -12,7 +12,7 @@ for tag in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 man
 done
 python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" -d .whl \
     open_clip_torch==3.3.0 webdataset==1.0.2 braceexpand==0.1.7 hydra-core==1.3.2 omegaconf==2.3.0 \
-    ftfy==6.3.1 wcwidth==0.2.13 simplejpeg soundfile cffi pycparser
+    ftfy==6.3.1 wcwidth==0.2.13 simplejpeg soundfile cffi pycparser py-spy
 python -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3  # published as source only
 scorers=$(python -c "import pycocoevalcap; print(list(pycocoevalcap.__path__)[0])")  # a namespace package
 for file in bleu/bleu.py bleu/bleu_scorer.py cider/cider.py cider/cider_scorer.py rouge/rouge.py \

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter, defaultdict
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -151,15 +152,23 @@ class CpuSampler(threading.Thread):
     CPU seconds of each thread of the training process and of each of its children (the data
     workers)."""
 
-    def __init__(self, pid: int, metrics: Path, period: float = 0.25) -> None:
+    def __init__(self, pid: int, metrics: Path, profile: list[str] | None = None, period: float = 0.25) -> None:
         super().__init__(daemon=True)
         self.pid, self.metrics, self.period = pid, metrics, period
         self.samples: list[tuple[float, int, dict[int, float], dict[int, float]]] = []
         self.done = threading.Event()
+        self.profile = profile  # a py-spy command line, started once two windows are logged
+        self.profiler: subprocess.Popen | None = None
 
     def run(self) -> None:
         while not self.done.wait(self.period):
             lines = self.metrics.read_text().count("\n") if self.metrics.is_file() else 0
+            if self.profile and lines >= 2 and self.profiler is None:
+                try:
+                    self.profiler = subprocess.Popen(self.profile, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                except OSError as exc:  # not installed: the run goes on unprofiled
+                    print(f"  py-spy did not start: {exc}", flush=True)
+                    self.profile = None
             threads = {int(t.name): cpu_seconds(t / "stat") for t in Path(f"/proc/{self.pid}/task").iterdir()}
             workers = {child: cpu_seconds(Path(f"/proc/{child}/stat")) for child in children(self.pid)}
             self.samples.append((time.perf_counter(), lines, threads, workers))
@@ -197,6 +206,50 @@ class CpuSampler(threading.Thread):
 WINDOW_CORES = ("main thread", "busiest other thread", "other threads", "workers", "least busy worker")
 
 
+def py_spy_command(pid: int, out: Path, seconds: int) -> list[str]:
+    """py-spy sampling the trainer and its workers, idle time included (a thread waiting for data,
+    a lock or the GIL shows where it waits), without pausing them."""
+    beside_python = Path(sys.executable).parent / "py-spy"  # installed with the interpreter's packages
+    program = str(beside_python) if beside_python.is_file() else "py-spy"
+    return [
+        *(program, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "100"),
+        *("--threads", "--idle", "--nonblocking", "--subprocesses", "--format", "raw", "--output", str(out)),
+    ]
+
+
+def profile_summary(raw: Path, top: int = 6) -> list[str]:
+    """From py-spy's collapsed stacks: per thread of the training process, and for the data
+    workers together, the innermost frames by share of that thread's samples; for the main thread
+    also where each step's time went (the frames called from ``Trainer._train_step``)."""
+    innermost: dict[str, Counter] = defaultdict(Counter)
+    step_parts: Counter = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        at = next(i for i, frame in enumerate(frames) if frame.startswith("thread ("))
+        worker = sum(frame.startswith("process ") for frame in frames[:at]) > 1
+        thread = frames[at].partition(": ")[2]
+        if worker:
+            thread = "data workers" if thread == "MainThread" else f"data workers' {thread}"
+        innermost[thread][frames[-1]] += int(count)
+        if thread == "MainThread":
+            step = next((i for i, frame in enumerate(frames) if frame.startswith("Trainer._train_step ")), None)
+            if step is not None and step + 1 < len(frames):
+                step_parts[frames[step + 1]] += int(count)
+    lines = []
+
+    def order(item: tuple[str, Counter]) -> tuple:  # the trainer's main thread, its others, the workers'
+        return (item[0].startswith("data workers"), item[0] != "MainThread", -item[1].total())
+
+    for thread, frames in sorted(innermost.items(), key=order):
+        shares = "; ".join(f"{100 * n / frames.total():.0f}% {frame}" for frame, n in frames.most_common(top))
+        lines.append(f"  {thread}: {shares}")
+    if step_parts:
+        shares = "; ".join(f"{100 * n / step_parts.total():.0f}% {frame}" for frame, n in step_parts.most_common(top))
+        lines.append(f"  each step (main thread): {shares}")
+    return lines
+
+
 def train_run(args: argparse.Namespace) -> dict[str, object]:
     run_dir = Path(tempfile.mkdtemp(prefix="pipeline_"))
     command = [
@@ -213,11 +266,17 @@ def train_run(args: argparse.Namespace) -> dict[str, object]:
         process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, "PYTHONUNBUFFERED": "1"}
         )
-        sampler = CpuSampler(process.pid, run_dir / "metrics.jsonl")
+        profile = None
+        if args.py_spy:
+            args.py_spy.mkdir(parents=True, exist_ok=True)
+            profile = py_spy_command(process.pid, args.py_spy / "trainer.txt", args.py_spy_seconds)
+        sampler = CpuSampler(process.pid, run_dir / "metrics.jsonl", profile)
         sampler.start()
         returncode = process.wait()
         sampler.done.set()
         sampler.join()
+        if sampler.profiler is not None:
+            sampler.profiler.wait()
         if returncode != 0:
             stderr.seek(0)
             sys.exit(f"clipkit-train failed:\n{stderr.read()[-3000:]}")
@@ -254,6 +313,13 @@ def main() -> None:
     parser.add_argument("--loader-batches", type=int, default=20)
     parser.add_argument("--shards", type=Path, default=Path("runs/bench_photos"))
     parser.add_argument("--images", type=int, default=4096)
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        help="folder: sample the trainer and its workers with py-spy (--idle) once two windows are "
+        "logged, write its raw stacks there and print where each thread spent its time",
+    )
+    parser.add_argument("--py-spy-seconds", type=int, default=15)
     args = parser.parse_args()
     start = time.perf_counter()
     write_jpeg_shards(args.shards, args.images)
@@ -273,6 +339,13 @@ def main() -> None:
     for k, window in enumerate(train["windows"]):
         cores = "  ".join(f"{window[name]:{len(name)}.2f}" for name in WINDOW_CORES)
         print(f"  {k:6d}  {window['samples_per_second']:9.0f}  {100 * window['data_wait_share']:6.0f}%  {cores}")
+    if args.py_spy:
+        raw = args.py_spy / "trainer.txt"
+        if raw.is_file():
+            print(f"  py-spy over {args.py_spy_seconds} s after two windows ({raw}):")
+            print("\n".join(profile_summary(raw)))
+        else:
+            print(f"  py-spy wrote nothing to {raw} (not installed, not permitted, or the run ended first)")
 
 
 if __name__ == "__main__":
