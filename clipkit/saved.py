@@ -7,13 +7,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from clipkit.config.checks import did_you_mean
+from clipkit.config.compose import CONF_DIR
+from clipkit.config.demo_paths import DEMO_ROOT, unrooted_demo_paths
 from clipkit.config.omegaconf_errors import omegaconf_problem
 from clipkit.config.schema import ClipkitConfig
 from clipkit.config.validate import CheckedConfig, check_config
-from clipkit.errors import CheckpointError
+from clipkit.errors import CheckpointError, ConfigError
 from clipkit.models.build import ModelBundle, build_bundle
 from clipkit.train import checkpoint as ckpt
 
@@ -21,16 +24,39 @@ log = logging.getLogger(__name__)
 
 
 def load_config(folder: Path, overrides: Sequence[str] = ()) -> CheckedConfig:
-    """The checkpoint's config.yaml with ``KEY=VALUE`` overrides, checked."""
+    """The checkpoint's config.yaml with ``KEY=VALUE`` overrides, checked. ``eval=NAME`` puts one
+    of the shipped eval presets (``clipkit/conf/eval/NAME.yaml``, e.g. ``demo``) in place of the
+    saved eval config, as the same choice does for clipkit-train."""
     try:
         saved = OmegaConf.load(folder / ckpt.CONFIG_FILE)
     except Exception as exc:
         raise CheckpointError(f"unreadable {folder / ckpt.CONFIG_FILE}: {exc}") from exc
+    presets = [o.partition("=")[2] for o in overrides if o.startswith("eval=")]
+    if presets:
+        saved.eval = eval_preset(presets[-1])
     try:
-        raw = OmegaConf.merge(OmegaConf.structured(ClipkitConfig), saved, OmegaConf.from_dotlist(list(overrides)))
+        raw = OmegaConf.merge(
+            OmegaConf.structured(ClipkitConfig),
+            saved,
+            OmegaConf.from_dotlist([o for o in overrides if not o.startswith("eval=")]),
+        )
     except OmegaConfBaseException as exc:
         raise omegaconf_problem(exc) from None
+    for key in unrooted_demo_paths(raw):
+        if key.startswith("eval."):
+            raise ConfigError(
+                key,
+                f"a demo eval set (under {DEMO_ROOT}), but this run's data.demo_root is unset (it trained on "
+                "data of its own); give data.demo_root=DIR, where the demo data lie (~/.cache/clipkit/demo-v3)",
+            )
     return check_config(raw)
+
+
+def eval_preset(name: str) -> DictConfig:
+    presets = sorted(path.stem for path in (CONF_DIR / "eval").glob("*.yaml"))
+    if name not in presets:
+        raise ConfigError("eval", f"'{name}' is not one of {', '.join(presets)}{did_you_mean(name, presets)}")
+    return OmegaConf.load(CONF_DIR / "eval" / f"{name}.yaml")
 
 
 def load_checkpoint(

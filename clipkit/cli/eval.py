@@ -3,9 +3,10 @@ saved checkpoints.
 
 The checkpoint's own config.yaml supplies the model and the eval sets; ``KEY=VALUE`` overrides
 change it (e.g. ``eval.datasets.mine.root=/data/mine eval.datasets.mine.task=retrieval``, or
-``trainer.device=cpu``). Results go to ``OUT/<dataset>.json`` with ``OUT/report.md`` and its
-figures (default OUT: the checkpoint's eval/). With several checkpoints, each is evaluated into
-``OUT/<run>_<step>/`` and ``OUT/comparison.md`` holds one table of them all.
+``trainer.device=cpu``), and ``eval=NAME`` puts a shipped eval preset (``demo``) in its place.
+Results go to ``OUT/<dataset>.json`` with ``OUT/report.md`` and its figures (default OUT: the
+checkpoint's eval/). With several checkpoints, each is evaluated into ``OUT/<run>_<step>/`` and
+``OUT/comparison.md`` holds one table of them all.
 """
 
 from __future__ import annotations
@@ -56,7 +57,11 @@ def evaluate_checkpoint(checkpoint: str, overrides: list[str], out: str | None) 
             env,
         )
         if not evaluator.sets:
-            raise ConfigError("eval.datasets", "no eval sets configured")
+            raise ConfigError(
+                "eval.datasets",
+                "no eval sets configured; pick a preset (eval=demo) or name a set "
+                "(eval.datasets.NAME.root=DIR eval.datasets.NAME.task=zeroshot_classification)",
+            )
         step = ckpt.checkpoint_step(folder)
         out_dir = Path(out) if out else folder / "eval"
         results = evaluator.run(bundle.model, step, out_dir if env.is_main else None)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from clipkit.config.demo_paths import DEMO_ROOT, unrooted_demo_paths
 from clipkit.config.validate import CheckedConfig, check_config
 from clipkit.data.demo import write_demo
 from clipkit.data.pipeline import check_reader_slots
@@ -27,25 +27,21 @@ def demo_pending(checked: CheckedConfig) -> bool:
 
 
 def check_demo_paths(raw: DictConfig) -> None:
-    """The demo's shards and eval sets lie under ``${data.demo_root}``, which only data=demo sets:
-    a run that switches to its own data (data=webdataset) but keeps one of them would otherwise
-    look for it under a folder named 'None'."""
-    if raw.data.demo_root is not None:
+    """A run on its own data (data=webdataset) that kept the demo's shards or eval sets."""
+    unrooted = unrooted_demo_paths(raw)
+    if not unrooted:
         return
-    demo_root = "${data.demo_root}"
-    if demo_root in json.dumps(OmegaConf.to_container(raw.data.train, resolve=False)["shards"]):
+    if unrooted[0] == "data.train.shards":
         raise ConfigError(
-            "data.train.shards",
-            f"these are the demo's shards (under {demo_root}, which only data=demo sets); "
+            unrooted[0],
+            f"these are the demo's shards (under {DEMO_ROOT}, which only data=demo sets); "
             "give yours: 'data.train.shards=\"/path/shard-{000000..000099}.tar\"'",
         )
-    for name, dataset in OmegaConf.to_container(raw.eval.datasets, resolve=False).items():
-        if demo_root in str(dataset.get("root")):
-            raise ConfigError(
-                f"eval.datasets.{name}.root",
-                f"a demo eval set (under {demo_root}, which only data=demo sets); "
-                "add eval=none, or name your own sets (eval.datasets.<name>.root)",
-            )
+    raise ConfigError(
+        unrooted[0],
+        f"a demo eval set (under {DEMO_ROOT}, which only data=demo sets); "
+        "add eval=none, or name your own sets (eval.datasets.<name>.root)",
+    )
 
 
 def check_inputs(checked: CheckedConfig) -> list[ShardSource]:

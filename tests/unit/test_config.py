@@ -174,3 +174,31 @@ def test_switching_to_own_data_names_the_demo_paths_left_behind():
     own = ["data=webdataset", 'data.train.shards="/data/s-{000000..000009}.tar"']
     assert line(own).startswith("eval.datasets.shapes.root: a demo eval set")
     assert line([*own, "eval=none"]) == "data.train.shards: shard not found: /data/s-000000.tar (and 9 more of 10)"
+
+
+def test_clipkit_eval_takes_an_eval_preset_by_name(tmp_path):
+    """``clipkit-eval checkpoint=RUN eval=demo``: a shipped eval preset in place of the saved eval
+    config; under a run of one's own data (no data.demo_root) the demo sets need their folder."""
+    from omegaconf import OmegaConf
+
+    from clipkit.saved import load_config
+
+    own = ["data=webdataset", 'data.train.shards="/data/s-{000000..000009}.tar"', "eval=none"]
+    saved = check_config(compose_config(own)).cfg
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(saved)))  # as the trainer saves it
+
+    def line(overrides):
+        with pytest.raises(ConfigError) as info:
+            load_config(tmp_path, overrides)
+        return one_line(info.value)
+
+    assert line(["eval=demo"]).startswith("eval.datasets.shapes.root: a demo eval set (under ${data.demo_root})")
+    assert (
+        line(["eval=dmeo"])
+        == "eval: 'dmeo' is not one of demo, demo_coca, demo_image_text, none (did you mean 'demo'?)"
+    )
+    datasets = load_config(tmp_path, ["eval=demo_image_text", "data.demo_root=/demo"]).cfg.eval.datasets
+    assert {name: d.root for name, d in datasets.items()} == {
+        name: f"/demo/eval/{name}" for name in ("shapes", "scenes", "compositions")
+    }
+    assert load_config(tmp_path, []).cfg.eval.datasets == {}  # without the choice: the saved eval config
