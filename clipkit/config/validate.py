@@ -51,7 +51,8 @@ def _typed(schema: type, node: Any, key: str) -> Any:
 # Counts that may be 0; every other whole number of a tower (a size, a count) must be > 0.
 _TOWER_COUNTS_FROM_ZERO = {"unlocked_groups", "unlocked_layers", "freq_mask", "time_mask", "num_masks"}
 _TOWER_POSITIVE_REALS = {"clip_seconds", "mlp_ratio"}
-_TOWER_REALS_FROM_ZERO = {"f_min", "drop", "drop_path", "patch_dropout"}
+_TOWER_REALS_FROM_ZERO = {"f_min"}
+_TOWER_RATES = {"drop", "drop_path", "patch_dropout"}  # shares of units or tokens dropped: all of them is no model
 
 
 def _check_tower_numbers(key: str, tower: TowerConfig) -> None:
@@ -66,6 +67,8 @@ def _check_tower_numbers(key: str, tower: TowerConfig) -> None:
                 positive(f"{key}.{name}[{i}]", item)
         elif name in _TOWER_POSITIVE_REALS or name in _TOWER_REALS_FROM_ZERO:
             positive(f"{key}.{name}", value, allow_zero=name in _TOWER_REALS_FROM_ZERO)
+        elif name in _TOWER_RATES and value is not None and not 0 <= value < 1:
+            raise ConfigError(f"{key}.{name}", f"must lie in [0, 1) (0: off), got {value}")
 
 
 @dataclass

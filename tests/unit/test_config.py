@@ -60,6 +60,11 @@ def test_tower_fields_are_typed_by_their_registry_entry():
     assert error_line(["model.towers.image.image_size=-32"]) == "model.towers.image.image_size: must be > 0, got -32"
     assert error_line(["model.towers.audio.channels=[8,0]"]).startswith("model.towers.audio.channels[1]: must be > 0")
     check_config(compose_config(["model.towers.audio.num_masks=0"]))  # counts may be 0
+    for rate in ("1.0", "-0.1"):  # open_clip asserts 0 <= patch_dropout < 1 deep in the model build
+        assert error_line([f"model.towers.image.patch_dropout={rate}"]) == (
+            f"model.towers.image.patch_dropout: must lie in [0, 1) (0: off), got {float(rate)}"
+        )
+    check_config(compose_config(["model.towers.image.patch_dropout=0.5"]))
 
 
 def test_every_tower_field_can_be_overridden_and_presets_switch_towers():
