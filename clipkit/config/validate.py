@@ -90,6 +90,7 @@ def check_config(raw: DictConfig) -> CheckedConfig:
         raise ConfigError("model.towers", "no towers configured")
     for modality, tower in towers.items():
         _check_tower_numbers(f"model.towers.{modality}", tower)
+        tower.check(f"model.towers.{modality}")
     positive("model.embed_dim", cfg.model.embed_dim)
     for i, pair in enumerate(cfg.model.pairs):
         first, second = split_pair(pair)

@@ -65,6 +65,16 @@ def test_tower_fields_are_typed_by_their_registry_entry():
             f"model.towers.image.patch_dropout: must lie in [0, 1) (0: off), got {float(rate)}"
         )
     check_config(compose_config(["model.towers.image.patch_dropout=0.5"]))
+    # widths that attention cannot split over its heads are named before the build asserts
+    assert error_line(["model.towers.text.width=130"]) == (
+        "model.towers.text.width: 130 does not split evenly into 4 attention heads (model.towers.text.heads)"
+    )
+    assert error_line(["model.towers.image.width=100"]).startswith(
+        "model.towers.image.width: 100 does not split evenly into 3 attention heads (model.towers.image.width // "
+    )
+    assert error_line(["model/towers/audio=ast", "model.towers.audio.heads=5"]).startswith(
+        "model.towers.audio.width: 768"
+    )
 
 
 def test_every_tower_field_can_be_overridden_and_presets_switch_towers():

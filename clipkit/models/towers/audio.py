@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from clipkit.models.towers.audio_frontend import LogMelFrontend
-from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, finish_tower
+from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, finish_tower, heads_divide
 
 
 @dataclass
@@ -75,6 +75,9 @@ class SpectrogramTransformerConfig(AudioTowerConfig):
     mlp_ratio: float = 4.0
     pool: str = "token"  # token | avg
     drop_path: float = 0.0
+
+    def check(self, key: str) -> None:
+        heads_divide(key, self.width, self.heads, f"{key}.heads")
 
 
 @dataclass

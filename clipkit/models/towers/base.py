@@ -26,6 +26,17 @@ class TowerConfig:
         """Freezes ``encoder`` as ``lock`` asks; towers with partial unlocking override this."""
         encoder.lock()
 
+    def check(self, key: str) -> None:
+        """Relations between the tower's fields that its builder would otherwise assert deep
+        inside (``key``: where the tower sits, e.g. model.towers.image); the sizes and counts
+        themselves are checked for every tower alike."""
+
+
+def heads_divide(key: str, width: int, heads: int, source: str) -> None:
+    """Attention splits ``width`` evenly over ``heads`` (``source``: what sets the head count)."""
+    if heads < 1 or width % heads:
+        raise ConfigError(f"{key}.width", f"{width} does not split evenly into {heads} attention heads ({source})")
+
 
 class Tower(nn.Module):
     """One modality's encoder: input batch -> embedding of size ``embed_dim`` (not normalised).

@@ -10,7 +10,15 @@ from open_clip.model import CLIPVisionCfg, _build_vision_tower
 from torch import nn
 
 from clipkit.errors import ConfigError
-from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, finish_tower, load_weights, shared_fields
+from clipkit.models.towers.base import (
+    TOWERS,
+    Tower,
+    TowerConfig,
+    finish_tower,
+    heads_divide,
+    load_weights,
+    shared_fields,
+)
 
 
 @dataclass
@@ -49,6 +57,10 @@ class ViTConfig(ImageTowerConfig):
 
     def open_clip_cfg(self) -> CLIPVisionCfg:
         return CLIPVisionCfg(**shared_fields(self, CLIPVisionCfg))
+
+    def check(self, key: str) -> None:
+        heads = self.width // self.head_width  # open_clip's VisionTransformer
+        heads_divide(key, self.width, heads, f"{key}.width // {key}.head_width = {self.width} // {self.head_width}")
 
 
 @dataclass

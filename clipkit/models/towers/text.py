@@ -9,7 +9,7 @@ from open_clip.model import CLIPTextCfg, _build_text_tower
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
-from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, finish_tower, shared_fields
+from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, finish_tower, heads_divide, shared_fields
 
 
 @dataclass
@@ -36,6 +36,9 @@ class TextTransformerConfig(TowerConfig):
 
     def open_clip_cfg(self) -> CLIPTextCfg:
         return CLIPTextCfg(**shared_fields(self, CLIPTextCfg))
+
+    def check(self, key: str) -> None:
+        heads_divide(key, self.width, self.heads, f"{key}.heads")
 
 
 @TOWERS.register("transformer", TextTransformerConfig)
