@@ -90,7 +90,7 @@ def check_config(raw: DictConfig) -> CheckedConfig:
         raise ConfigError("model.towers", "no towers configured")
     for modality, tower in towers.items():
         _check_tower_numbers(f"model.towers.{modality}", tower)
-        tower.check(f"model.towers.{modality}")
+        tower.check(f"model.towers.{modality}", cfg.model.embed_dim)
     positive("model.embed_dim", cfg.model.embed_dim)
     for i, pair in enumerate(cfg.model.pairs):
         first, second = split_pair(pair)
@@ -102,7 +102,7 @@ def check_config(raw: DictConfig) -> CheckedConfig:
         if first == second:
             raise ConfigError(f"model.pairs[{i}]", f"pair '{pair}' joins a modality with itself")
 
-    cfg.model.caption.check("model.caption", frozenset(towers))
+    cfg.model.caption.check("model.caption", frozenset(towers), getattr(towers.get("text"), "width", None))
     run = RunFacts(
         towers=frozenset(towers),
         locked=frozenset(m for m, tower in towers.items() if tower.lock),

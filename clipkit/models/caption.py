@@ -37,7 +37,8 @@ class CaptionHeadConfig:
     pooler_heads: int = 8
     mlp_ratio: float = 4.0
 
-    def check(self, key: str, towers: frozenset[str]) -> None:
+    def check(self, key: str, towers: frozenset[str], text_width: int | None) -> None:
+        """``text_width``: the text tower's, which the decoder and its poolers share."""
         for source in self.sources:
             if source == "text" or source not in towers:
                 raise ConfigError(
@@ -48,6 +49,14 @@ class CaptionHeadConfig:
             raise ConfigError(f"{key}.sources", "captioning needs a text tower")
         for name in ("layers", "heads", "n_queries", "pooler_heads"):
             positive(f"{key}.{name}", getattr(self, name))
+        for name in ("heads", "pooler_heads"):
+            heads = getattr(self, name)
+            if self.sources and text_width is not None and text_width % heads:
+                raise ConfigError(
+                    f"{key}.{name}",
+                    f"the text tower's width {text_width}, which the decoder shares, does not split evenly into "
+                    f"{heads} attention heads",
+                )
 
 
 def scored_positions(text: torch.Tensor) -> torch.Tensor:

@@ -75,6 +75,12 @@ def test_tower_fields_are_typed_by_their_registry_entry():
     assert error_line(["model/towers/audio=ast", "model.towers.audio.heads=5"]).startswith(
         "model.towers.audio.width: 768"
     )
+    assert error_line(["experiment=demo_coca", "model.caption.heads=3"]).startswith(
+        "model.caption.heads: the text tower's width 128, which the decoder shares, does not split evenly"
+    )
+    assert error_line(["experiment=demo_coca", "model.towers.image.attn_pooler_heads=3"]) == (
+        "model.embed_dim: 128 does not split evenly into 3 attention heads (model.towers.image.attn_pooler_heads)"
+    )
 
 
 def test_every_tower_field_can_be_overridden_and_presets_switch_towers():

@@ -76,8 +76,8 @@ class SpectrogramTransformerConfig(AudioTowerConfig):
     pool: str = "token"  # token | avg
     drop_path: float = 0.0
 
-    def check(self, key: str) -> None:
-        heads_divide(key, self.width, self.heads, f"{key}.heads")
+    def check(self, key: str, embed_dim: int) -> None:
+        heads_divide(f"{key}.width", self.width, self.heads, f"{key}.heads")
 
 
 @dataclass

@@ -26,16 +26,16 @@ class TowerConfig:
         """Freezes ``encoder`` as ``lock`` asks; towers with partial unlocking override this."""
         encoder.lock()
 
-    def check(self, key: str) -> None:
-        """Relations between the tower's fields that its builder would otherwise assert deep
-        inside (``key``: where the tower sits, e.g. model.towers.image); the sizes and counts
-        themselves are checked for every tower alike."""
+    def check(self, key: str, embed_dim: int) -> None:
+        """Relations between the tower's fields (and the model's ``embed_dim``, which it projects
+        to) that its builder would otherwise assert deep inside; ``key``: where the tower sits,
+        e.g. model.towers.image. The sizes and counts themselves are checked for every tower alike."""
 
 
 def heads_divide(key: str, width: int, heads: int, source: str) -> None:
-    """Attention splits ``width`` evenly over ``heads`` (``source``: what sets the head count)."""
+    """Attention splits the width ``key`` names evenly over ``heads`` (``source``: what sets them)."""
     if heads < 1 or width % heads:
-        raise ConfigError(f"{key}.width", f"{width} does not split evenly into {heads} attention heads ({source})")
+        raise ConfigError(key, f"{width} does not split evenly into {heads} attention heads ({source})")
 
 
 class Tower(nn.Module):

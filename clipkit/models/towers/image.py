@@ -58,9 +58,12 @@ class ViTConfig(ImageTowerConfig):
     def open_clip_cfg(self) -> CLIPVisionCfg:
         return CLIPVisionCfg(**shared_fields(self, CLIPVisionCfg))
 
-    def check(self, key: str) -> None:
+    def check(self, key: str, embed_dim: int) -> None:
         heads = self.width // self.head_width  # open_clip's VisionTransformer
-        heads_divide(key, self.width, heads, f"{key}.width // {key}.head_width = {self.width} // {self.head_width}")
+        source = f"{key}.width // {key}.head_width = {self.width} // {self.head_width}"
+        heads_divide(f"{key}.width", self.width, heads, source)
+        if self.attentional_pool:  # its queries are embed_dim wide
+            heads_divide("model.embed_dim", embed_dim, self.attn_pooler_heads, f"{key}.attn_pooler_heads")
 
 
 @dataclass

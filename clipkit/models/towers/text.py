@@ -37,8 +37,8 @@ class TextTransformerConfig(TowerConfig):
     def open_clip_cfg(self) -> CLIPTextCfg:
         return CLIPTextCfg(**shared_fields(self, CLIPTextCfg))
 
-    def check(self, key: str) -> None:
-        heads_divide(key, self.width, self.heads, f"{key}.heads")
+    def check(self, key: str, embed_dim: int) -> None:
+        heads_divide(f"{key}.width", self.width, self.heads, f"{key}.heads")
 
 
 @TOWERS.register("transformer", TextTransformerConfig)
