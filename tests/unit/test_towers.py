@@ -2,10 +2,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from clipkit.errors import CheckpointError
+from clipkit.errors import CheckpointError, ConfigError
 from clipkit.models.multimodal import build_model
 from clipkit.models.towers import TOWERS
-from clipkit.models.towers.image import TimmConfig, ViTConfig
+from clipkit.models.towers.image import ResNetConfig, TimmConfig, ViTConfig
 from clipkit.models.towers.text import TextTransformerConfig, build_tokenizer
 
 VIT = dict(image_size=32, patch_size=8, width=32, layers=2, head_width=16)
@@ -55,6 +55,27 @@ def test_checkpoints_with_scalar_logit_scales_still_load():
 def test_timm_backbone_tower():
     tower = TOWERS.get("timm").build(TimmConfig(model_name="resnet18", image_size=32), 16)
     assert tower(torch.randn(2, 3, 32, 32)).shape == (2, 16)
+
+
+def test_a_timm_name_or_input_size_that_cannot_work_is_named():
+    """An unknown timm name, and a timm ViT (one input size, fixed when built) at another size:
+    one-line errors, not timm's RuntimeError or an assertion at the first forward."""
+    with pytest.raises(
+        ConfigError,
+        match=r"^model.towers.image.model_name: 'resnet_18' is not a timm model \(did you mean 'resnet18'\?\)",
+    ):
+        TimmConfig(model_name="resnet_18").check("model.towers.image", 16)
+    TimmConfig(model_name="hf-hub:timm/resnet18").check("model.towers.image", 16)  # resolved by timm when built
+    with pytest.raises(ConfigError, match="takes 224x224 inputs; set image_size=224"):
+        TOWERS.get("timm").build(TimmConfig(model_name="vit_tiny_patch16_224", image_size=64), 16)
+    tower = TOWERS.get("timm").build(TimmConfig(model_name="vit_tiny_patch16_224", image_size=224), 16)
+    assert tower(torch.randn(1, 3, 224, 224)).shape == (1, 16)
+
+
+def test_an_attention_pool_that_cannot_split_its_width_is_named():
+    with pytest.raises(ConfigError, match="head_width: 512 does not split evenly into 10 attention heads"):
+        ResNetConfig(width=16, head_width=48).check("model.towers.image", 16)
+    ResNetConfig(width=16, head_width=64).check("model.towers.image", 16)
 
 
 def test_lock_freezes_tower_and_grad_checkpointing_is_set():

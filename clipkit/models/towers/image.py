@@ -9,6 +9,7 @@ from omegaconf import MISSING
 from open_clip.model import CLIPVisionCfg, _build_vision_tower
 from torch import nn
 
+from clipkit.config.checks import did_you_mean
 from clipkit.errors import ConfigError
 from clipkit.models.towers.base import (
     TOWERS,
@@ -91,6 +92,15 @@ class TimmConfig(ImageTowerConfig):
             timm_drop_path=self.drop_path,
         )
 
+    def check(self, key: str, embed_dim: int) -> None:
+        import timm
+
+        if ":" not in self.model_name and not timm.is_model(self.model_name):  # hf-hub:..., local-dir:... pass
+            raise ConfigError(
+                f"{key}.model_name",
+                f"'{self.model_name}' is not a timm model{did_you_mean(self.model_name, timm.list_models())}",
+            )
+
 
 @dataclass
 class ResNetConfig(ImageTowerConfig):
@@ -106,6 +116,11 @@ class ResNetConfig(ImageTowerConfig):
             layers=tuple(self.layers), width=self.width, head_width=self.head_width, image_size=self.image_size
         )
 
+    def check(self, key: str, embed_dim: int) -> None:
+        pool_width = self.width * 32  # the last stage's channels, which the attention pool splits
+        source = f"{key}.width * 32 // {key}.head_width = {pool_width} // {self.head_width}"
+        heads_divide(f"{key}.head_width", pool_width, pool_width // self.head_width, source)
+
 
 @TOWERS.register("vit", ViTConfig)
 def build_vit(cfg: ViTConfig, embed_dim: int) -> Tower:
@@ -118,6 +133,15 @@ def build_vit(cfg: ViTConfig, embed_dim: int) -> Tower:
 @TOWERS.register("timm", TimmConfig)
 def build_timm(cfg: TimmConfig, embed_dim: int) -> Tower:
     encoder = _build_vision_tower(embed_dim, cfg.open_clip_cfg())
+    # timm's ViTs take one input size, fixed when built, and open_clip builds them at their default
+    patch_embed = getattr(encoder.trunk, "patch_embed", None)
+    fixed = getattr(patch_embed, "img_size", None) if getattr(patch_embed, "strict_img_size", False) else None
+    if fixed and tuple(fixed) != (cfg.image_size, cfg.image_size):
+        raise ConfigError(
+            "model.towers.image.image_size",
+            f"{cfg.image_size}, but timm's {cfg.model_name} takes {fixed[0]}x{fixed[1]} inputs; "
+            f"set image_size={fixed[0]}, or pick a timm model made for {cfg.image_size} px",
+        )
     if cfg.trunk_weights:
         load_weights(encoder.trunk, cfg.trunk_weights)
     return finish_tower(encoder, cfg, None)  # open_clip's timm wrapper gives no tokens
