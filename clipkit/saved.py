@@ -11,7 +11,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from clipkit.config.checks import did_you_mean
-from clipkit.config.compose import CONF_DIR
 from clipkit.config.demo_paths import DEMO_ROOT, unrooted_demo_paths
 from clipkit.config.omegaconf_errors import omegaconf_problem
 from clipkit.config.schema import ClipkitConfig
@@ -53,6 +52,8 @@ def load_config(folder: Path, overrides: Sequence[str] = ()) -> CheckedConfig:
 
 
 def eval_preset(name: str) -> DictConfig:
+    from clipkit.config.compose import CONF_DIR  # here: it imports Hydra, which clipkit.load needs not
+
     presets = sorted(path.stem for path in (CONF_DIR / "eval").glob("*.yaml"))
     if name not in presets:
         raise ConfigError("eval", f"'{name}' is not one of {', '.join(presets)}{did_you_mean(name, presets)}")
