@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import timm
 from omegaconf import MISSING
 from open_clip.model import CLIPVisionCfg, _build_vision_tower
 from torch import nn
@@ -93,8 +94,6 @@ class TimmConfig(ImageTowerConfig):
         )
 
     def check(self, key: str, embed_dim: int) -> None:
-        import timm
-
         if ":" not in self.model_name and not timm.is_model(self.model_name):  # hf-hub:..., local-dir:... pass
             raise ConfigError(
                 f"{key}.model_name",
