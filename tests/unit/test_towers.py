@@ -59,17 +59,20 @@ def test_timm_backbone_tower():
 
 def test_a_timm_name_or_input_size_that_cannot_work_is_named():
     """An unknown timm name, and a timm ViT (one input size, fixed when built) at another size:
-    one-line errors, not timm's RuntimeError or an assertion at the first forward."""
+    one-line errors, not timm's RuntimeError or an assertion at the first forward. A hybrid
+    backbone whose stem takes any size passes, though its patch embedding names one."""
     with pytest.raises(
         ConfigError,
         match=r"^model.towers.image.model_name: 'resnet_18' is not a timm model \(did you mean 'resnet18'\?\)",
     ):
         TimmConfig(model_name="resnet_18").check("model.towers.image", 16)
     TimmConfig(model_name="hf-hub:timm/resnet18").check("model.towers.image", 16)  # resolved by timm when built
-    with pytest.raises(ConfigError, match="takes 224x224 inputs; set image_size=224"):
+    with pytest.raises(ConfigError, match=r"64 px inputs do not fit timm's vit_tiny_patch16_224 \(Input height \(64\)"):
         TOWERS.get("timm").build(TimmConfig(model_name="vit_tiny_patch16_224", image_size=64), 16)
     tower = TOWERS.get("timm").build(TimmConfig(model_name="vit_tiny_patch16_224", image_size=224), 16)
     assert tower(torch.randn(1, 3, 224, 224)).shape == (1, 16)
+    with torch.device("meta"):  # open_clip's ViTamin-XL-384 config builds it at 256 px
+        TOWERS.get("timm").build(TimmConfig(model_name="vitamin_xlarge_384", image_size=256), 16)
 
 
 def test_an_attention_pool_that_cannot_split_its_width_is_named():

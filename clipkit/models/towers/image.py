@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import timm
+import torch
 from omegaconf import MISSING
 from open_clip.model import CLIPVisionCfg, _build_vision_tower
 from torch import nn
@@ -131,19 +132,31 @@ def build_vit(cfg: ViTConfig, embed_dim: int) -> Tower:
 
 @TOWERS.register("timm", TimmConfig)
 def build_timm(cfg: TimmConfig, embed_dim: int) -> Tower:
+    _check_input_size(cfg)
     encoder = _build_vision_tower(embed_dim, cfg.open_clip_cfg())
-    # timm's ViTs take one input size, fixed when built, and open_clip builds them at their default
-    patch_embed = getattr(encoder.trunk, "patch_embed", None)
-    fixed = getattr(patch_embed, "img_size", None) if getattr(patch_embed, "strict_img_size", False) else None
-    if fixed and tuple(fixed) != (cfg.image_size, cfg.image_size):
-        raise ConfigError(
-            "model.towers.image.image_size",
-            f"{cfg.image_size}, but timm's {cfg.model_name} takes {fixed[0]}x{fixed[1]} inputs; "
-            f"set image_size={fixed[0]}, or pick a timm model made for {cfg.image_size} px",
-        )
     if cfg.trunk_weights:
         load_weights(encoder.trunk, cfg.trunk_weights)
     return finish_tower(encoder, cfg, None)  # open_clip's timm wrapper gives no tokens
+
+
+def _check_input_size(cfg: TimmConfig) -> None:
+    """Some timm backbones take one input size only, fixed when built (a ViT's patch embedding;
+    open_clip builds them at their default), and assert it at the first forward. A forward on the
+    meta device (no memory, no compute) finds that before training starts."""
+    if ":" in cfg.model_name:  # hf-hub:..., local-dir:...: resolved by timm when the tower is built
+        return
+    with torch.device("meta"):
+        trunk = timm.create_model(cfg.model_name, pretrained=False)
+        try:
+            trunk.forward_features(torch.empty(1, 3, cfg.image_size, cfg.image_size))
+        except AssertionError as exc:  # timm's own shape checks
+            raise ConfigError(
+                "model.towers.image.image_size",
+                f"{cfg.image_size} px inputs do not fit timm's {cfg.model_name} ({exc}); "
+                "set the size it was made for, or pick a timm model made for this one",
+            ) from None
+        except Exception:  # an operator without a meta kernel: the first real forward will tell
+            pass
 
 
 @TOWERS.register("resnet", ResNetConfig)
