@@ -83,6 +83,28 @@ def test_tower_fields_are_typed_by_their_registry_entry():
     )
 
 
+@pytest.mark.parametrize(
+    "overrides, line",
+    [
+        (["model.towers.image.pool_type=bad"], "model.towers.image.pool_type: 'bad' is not one of tok, avg"),
+        (["model.towers.text.pool_type=bad"], "model.towers.text.pool_type: 'bad' is not one of argmax, first, last"),
+        (["model.towers.audio.norm=bad"], "model.towers.audio.norm: 'bad' is not one of instance, fixed"),  # was: fixed
+        (
+            ["model/towers/audio=ast", "model.towers.audio.pool=bad"],
+            "model.towers.audio.pool: 'bad' is not one of token, avg",
+        ),
+        (
+            ["model/towers/image=timm", "model.towers.image.model_name=resnet18", "model.towers.image.proj=bad"],
+            "model.towers.image.proj: 'bad' is not one of linear, mlp, none",
+        ),
+    ],
+)
+def test_a_towers_named_choices_are_checked(overrides, line):
+    """Choices that open_clip or timm assert when the tower is built, or that the audio front end
+    took silently for another (norm=bad normalised as 'fixed')."""
+    assert error_line(overrides) == line
+
+
 def test_every_tower_field_can_be_overridden_and_presets_switch_towers():
     checked = check_config(compose_config(["model.towers.text.lock=true", "model.towers.image.weights=/w.pt"]))
     assert checked.towers["text"].lock and checked.towers["image"].weights == "/w.pt"

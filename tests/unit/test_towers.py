@@ -75,6 +75,16 @@ def test_a_timm_name_or_input_size_that_cannot_work_is_named():
         TOWERS.get("timm").build(TimmConfig(model_name="vitamin_xlarge_384", image_size=256), 16)
 
 
+def test_a_timm_pool_the_backbone_refuses_is_named():
+    with pytest.raises(
+        ConfigError, match=r"^model.towers.image.pool: 'bad' does not fit timm's resnet18: Invalid pool"
+    ):
+        TOWERS.get("timm").build(TimmConfig(model_name="resnet18", image_size=32, pool="bad"), 16)
+    vit = TimmConfig(model_name="vit_tiny_patch16_224", image_size=224, pool="abs_attn")
+    with pytest.raises(ConfigError, match="attention pooling needs a 2-D feature map"), torch.device("meta"):
+        TOWERS.get("timm").build(vit, 16)
+
+
 def test_an_attention_pool_that_cannot_split_its_width_is_named():
     with pytest.raises(ConfigError, match="head_width: 512 does not split evenly into 10 attention heads"):
         ResNetConfig(width=16, head_width=48).check("model.towers.image", 16)

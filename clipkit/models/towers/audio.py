@@ -19,6 +19,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from clipkit.config.checks import one_of
 from clipkit.models.towers.audio_frontend import LogMelFrontend
 from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, finish_tower, heads_divide
 
@@ -41,6 +42,9 @@ class AudioTowerConfig(TowerConfig):
     freq_mask: int = 0  # SpecAugment, training only: widest frequency mask in mel bins (0: off)
     time_mask: int = 0  # widest time mask in frames (0: off)
     num_masks: int = 2
+
+    def check(self, key: str, embed_dim: int) -> None:
+        one_of(f"{key}.norm", self.norm, ("instance", "fixed"))
 
     @property
     def clip_samples(self) -> int:
@@ -77,7 +81,9 @@ class SpectrogramTransformerConfig(AudioTowerConfig):
     drop_path: float = 0.0
 
     def check(self, key: str, embed_dim: int) -> None:
+        super().check(key, embed_dim)
         heads_divide(f"{key}.width", self.width, self.heads, f"{key}.heads")
+        one_of(f"{key}.pool", self.pool, ("token", "avg"))
 
 
 @dataclass

@@ -11,7 +11,7 @@ from omegaconf import MISSING
 from open_clip.model import CLIPVisionCfg, _build_vision_tower
 from torch import nn
 
-from clipkit.config.checks import did_you_mean
+from clipkit.config.checks import did_you_mean, one_of
 from clipkit.errors import ConfigError
 from clipkit.models.towers.base import (
     TOWERS,
@@ -65,6 +65,7 @@ class ViTConfig(ImageTowerConfig):
         heads = self.width // self.head_width  # open_clip's VisionTransformer
         source = f"{key}.width // {key}.head_width = {self.width} // {self.head_width}"
         heads_divide(f"{key}.width", self.width, heads, source)
+        one_of(f"{key}.pool_type", self.pool_type, ("tok", "avg"))
         if self.attentional_pool:  # its queries are embed_dim wide
             heads_divide("model.embed_dim", embed_dim, self.attn_pooler_heads, f"{key}.attn_pooler_heads")
 
@@ -95,6 +96,7 @@ class TimmConfig(ImageTowerConfig):
         )
 
     def check(self, key: str, embed_dim: int) -> None:
+        one_of(f"{key}.proj", self.proj, ("linear", "mlp", "none"))
         if ":" not in self.model_name and not timm.is_model(self.model_name):  # hf-hub:..., local-dir:... pass
             raise ConfigError(
                 f"{key}.model_name",
@@ -133,7 +135,12 @@ def build_vit(cfg: ViTConfig, embed_dim: int) -> Tower:
 @TOWERS.register("timm", TimmConfig)
 def build_timm(cfg: TimmConfig, embed_dim: int) -> Tower:
     _check_input_size(cfg)
-    encoder = _build_vision_tower(embed_dim, cfg.open_clip_cfg())
+    try:
+        encoder = _build_vision_tower(embed_dim, cfg.open_clip_cfg())
+    except AssertionError as exc:  # the pool: timm's names depend on the model, attention pools need a 2-D map
+        why = str(exc) or "attention pooling needs a 2-D feature map"
+        message = f"'{cfg.pool}' does not fit timm's {cfg.model_name}: {why}"
+        raise ConfigError("model.towers.image.pool", message) from None
     if cfg.trunk_weights:
         load_weights(encoder.trunk, cfg.trunk_weights)
     return finish_tower(encoder, cfg, None)  # open_clip's timm wrapper gives no tokens

@@ -9,6 +9,7 @@ from open_clip.model import CLIPTextCfg, _build_text_tower
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
+from clipkit.config.checks import one_of
 from clipkit.models.towers.base import TOWERS, Tower, TowerConfig, finish_tower, heads_divide, shared_fields
 
 
@@ -39,6 +40,7 @@ class TextTransformerConfig(TowerConfig):
 
     def check(self, key: str, embed_dim: int) -> None:
         heads_divide(f"{key}.width", self.width, self.heads, f"{key}.heads")
+        one_of(f"{key}.pool_type", self.pool_type, ("argmax", "first", "last"))
 
 
 @TOWERS.register("transformer", TextTransformerConfig)
