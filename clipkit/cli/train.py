@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import hydra
@@ -49,11 +50,24 @@ def _precheck_argv(argv: list) -> None:
     precheck(compose_config(overrides, config_dir=args.config_dir, config_name=args.config_name or "config"))
 
 
+def warn_demo_recipe_on_own_data(choices: Mapping[str, str | None]) -> None:
+    """The default experiment is the demo's recipe; data=webdataset alone keeps it, and with it the
+    demo's model, batch, step count and loss weights, which Hydra cannot drop by the data choice."""
+    if choices.get("experiment") == "demo" and choices.get("data") != "demo":
+        log.warning(
+            "experiment=demo (the default) applies the demo's recipe (model, batch, steps, loss weights) "
+            "to data=%s; name your own (--config-dir DIR experiment=NAME) or drop it (~experiment)",
+            choices.get("data"),
+        )
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=HYDRA_VERSION_BASE)
 def _train(raw: DictConfig) -> None:
     from clipkit.distributed import launched_rank  # heavy imports only once the config is good
     from clipkit.train.run import train
 
+    if launched_rank() == 0:
+        warn_demo_recipe_on_own_data(HydraConfig.get().runtime.choices)
     preempted: Preempted | None = None
     try:
         train(raw, Path(HydraConfig.get().runtime.output_dir))

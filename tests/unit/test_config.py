@@ -219,6 +219,32 @@ def test_switching_to_own_data_names_the_demo_paths_left_behind():
     assert line([*own, "eval=none"]) == "data.train.shards: shard not found: /data/s-000000.tar (and 9 more of 10)"
 
 
+def test_the_demo_recipe_kept_on_own_data_is_named_in_a_warning(caplog):
+    """data=webdataset alone keeps the default experiment=demo (Hydra cannot drop it by the data
+    choice): clipkit-train warns, with the two ways out, from Hydra's own record of the choices."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from clipkit.cli.train import warn_demo_recipe_on_own_data
+    from clipkit.config.compose import HYDRA_VERSION_BASE, register_schema
+
+    def warnings(overrides):
+        register_schema()
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=HYDRA_VERSION_BASE):
+            choices = compose("config", overrides=overrides, return_hydra_config=True).hydra.runtime.choices
+        caplog.clear()
+        warn_demo_recipe_on_own_data(choices)
+        return [r.getMessage() for r in caplog.records]
+
+    [warning] = warnings(["data=webdataset"])
+    assert warning.startswith("experiment=demo (the default) applies the demo's recipe")
+    assert "experiment=NAME" in warning and "~experiment" in warning
+    assert warnings([]) == []
+    assert warnings(["data=webdataset", "experiment=demo_image_text"]) == []
+    assert warnings(["data=webdataset", "~experiment"]) == []
+
+
 def test_clipkit_eval_takes_an_eval_preset_by_name(tmp_path):
     """``clipkit-eval checkpoint=RUN eval=demo``: a shipped eval preset in place of the saved eval
     config; under a run of one's own data (no data.demo_root) the demo sets need their folder."""
