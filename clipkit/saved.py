@@ -23,9 +23,11 @@ log = logging.getLogger(__name__)
 
 
 def load_config(folder: Path, overrides: Sequence[str] = ()) -> CheckedConfig:
-    """The checkpoint's config.yaml with ``KEY=VALUE`` overrides, checked. ``eval=NAME`` puts one
-    of the shipped eval presets (``clipkit/conf/eval/NAME.yaml``, e.g. ``demo``) in place of the
-    saved eval config, as the same choice does for clipkit-train."""
+    """The checkpoint's config.yaml with overrides in Hydra's forms, checked: ``KEY=VALUE``,
+    ``+KEY=VALUE`` and ``++KEY=VALUE`` (the same here: a saved config takes new keys where
+    clipkit-train's does, e.g. an eval set), ``~KEY`` (removed, e.g. ``~eval.datasets.shapes``).
+    ``eval=NAME`` puts one of the shipped eval presets (``clipkit/conf/eval/NAME.yaml``, e.g.
+    ``demo``) in place of the saved eval config, as the same choice does for clipkit-train."""
     try:
         saved = OmegaConf.load(folder / ckpt.CONFIG_FILE)
     except Exception as exc:
@@ -33,12 +35,14 @@ def load_config(folder: Path, overrides: Sequence[str] = ()) -> CheckedConfig:
     presets = [o.partition("=")[2] for o in overrides if o.startswith("eval=")]
     if presets:
         saved.eval = eval_preset(presets[-1])
+    settings = []
+    for override in overrides:
+        if override.startswith("~"):
+            _remove(saved, override[1:].partition("=")[0])
+        elif not override.startswith("eval="):
+            settings.append(override.lstrip("+"))
     try:
-        raw = OmegaConf.merge(
-            OmegaConf.structured(ClipkitConfig),
-            saved,
-            OmegaConf.from_dotlist([o for o in overrides if not o.startswith("eval=")]),
-        )
+        raw = OmegaConf.merge(OmegaConf.structured(ClipkitConfig), saved, OmegaConf.from_dotlist(settings))
     except OmegaConfBaseException as exc:
         raise omegaconf_problem(exc) from None
     for key in unrooted_demo_paths(raw):
@@ -49,6 +53,14 @@ def load_config(folder: Path, overrides: Sequence[str] = ()) -> CheckedConfig:
                 "data of its own); give data.demo_root=DIR, where the demo data lie (~/.cache/clipkit/demo-v3)",
             )
     return check_config(raw)
+
+
+def _remove(saved: DictConfig, key: str) -> None:
+    parent_key, _, name = key.rpartition(".")
+    parent = OmegaConf.select(saved, parent_key) if parent_key else saved
+    if not isinstance(parent, DictConfig) or name not in parent:
+        raise ConfigError(key, "not in the checkpoint's config; nothing to remove")
+    del parent[name]
 
 
 def eval_preset(name: str) -> DictConfig:

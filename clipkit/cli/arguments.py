@@ -15,9 +15,11 @@ def split_arguments(argv: list[str], own: Collection[str], usage: str) -> tuple[
     overrides = []
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if not sep:
+        if arg.startswith("~"):  # Hydra's removal: ~KEY
+            overrides.append(arg)
+        elif not sep:
             raise ConfigError("", f"expected KEY=VALUE, got '{arg}' ({usage})")
-        if key in values:
+        elif key in values:
             values[key].append(value)
         else:
             overrides.append(arg)

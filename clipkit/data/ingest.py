@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from clipkit.data.audio import AUDIO_EXTENSIONS
@@ -15,13 +15,21 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + AUDIO_EXTENSIONS
 
 
-def _media_sample(path: Path, caption: str) -> dict[str, object]:
+def _check_media(path: Path) -> None:
     ext = path.suffix.lower().lstrip(".")
     if ext not in MEDIA_EXTENSIONS:
         raise DataError(f"{path}: unsupported file type '.{ext}' (supported: {', '.join(MEDIA_EXTENSIONS)})")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    return {"__key__": path.stem, ext: path.read_bytes(), "txt": caption}
+
+
+def checked_pairs(pairs: Iterator[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """All the pairs, each file checked (a media type, present) before any shard is written: a
+    table's bad row stops the command before it leaves half a data set behind."""
+    listed = list(pairs)
+    for path, _ in listed:
+        _check_media(path)
+    return listed
 
 
 def folder_pairs(folder: Path) -> Iterator[tuple[Path, str]]:
@@ -56,8 +64,8 @@ def table_pairs(table: Path, path_column: str, caption_column: str) -> Iterator[
         yield (path if path.is_absolute() else table.parent / path), str(row[caption_column]).strip()
 
 
-def samples_from_pairs(pairs: Iterator[tuple[Path, str]]) -> Iterator[dict[str, object]]:
+def samples_from_pairs(pairs: Iterable[tuple[Path, str]]) -> Iterator[dict[str, object]]:
+    """Training samples from pairs as :func:`checked_pairs` returns them."""
     for index, (path, caption) in enumerate(pairs):
-        sample = _media_sample(path, caption)
-        sample["__key__"] = f"{index:09d}"  # unique even when file stems repeat across folders
-        yield sample
+        # The key is unique even where file stems repeat across folders.
+        yield {"__key__": f"{index:09d}", path.suffix.lower().lstrip("."): path.read_bytes(), "txt": caption}

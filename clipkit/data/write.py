@@ -41,11 +41,11 @@ def write_eval_set(
     classnames: Sequence[str] | None = None,
     templates: Sequence[str] | None = None,
     dataset_type: str | None = None,
-) -> None:
+) -> int:
     """An eval set as ``clip_benchmark_export_wds`` writes it: ROOT/split/{0..N-1}.tar + nshards.txt,
     ROOT/classnames.txt, ROOT/zeroshot_classification_templates.txt, ROOT/dataset_type.txt; and
     ROOT/split/sizes.json (samples per shard, which CLIP_benchmark ignores), by which evaluation
-    tells when it read fewer samples than the set holds."""
+    tells when it read fewer samples than the set holds. Returns the number of shards."""
     split_dir = root / split
     split_dir.mkdir(parents=True, exist_ok=True)
     sizes: dict[str, int] = {}
@@ -69,6 +69,7 @@ def write_eval_set(
         (root / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
     if dataset_type is not None:
         (root / "dataset_type.txt").write_text(dataset_type + "\n")
+    return len(sizes)
 
 
 def numbered(prefix: str, items: Iterable[dict[str, object]]) -> Iterator[Sample]:

@@ -192,6 +192,25 @@ eval:
     assert [r["step"] for r in read_metrics(run_dir) if "loss/total" in r] == [2, 4, 6]
     assert json.loads((run_dir / "eval" / "shapes.json").read_text())["metrics"]["acc1"] >= 0
 
+    # Eval sets from the user's files (class folders; files with captions), their printed
+    # overrides pasted into clipkit-eval, the demo set the recipe names removed with ~.
+    for i, colour in enumerate(["red", "green", "blue"] * 2):
+        (tmp_path / "classes" / f"{colour}_ish").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 40), colour).save(tmp_path / "classes" / f"{colour}_ish" / f"{i}.png")
+    pasted = []
+    for command, src, out in (("eval-classes", "classes", "my_colours"), ("eval-captions", "images", "my_captions")):
+        made = run_cli("clipkit-data", [command, str(tmp_path / src), str(tmp_path / out)], tmp_path)
+        assert made.returncode == 0, made.stderr
+        pasted += shlex.split(made.stdout.split("evaluate on it with ", 1)[1])
+    own_eval = [f"checkpoint={run_dir}", f"out={tmp_path / 'own_eval'}", *pasted, "~eval.datasets.shapes"]
+    result = run_cli("clipkit-eval", own_eval, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "own_eval").glob("*.json")) == ["my_captions.json", "my_colours.json"]
+    classes = json.loads((tmp_path / "own_eval" / "my_colours.json").read_text())["metrics"]
+    captions = json.loads((tmp_path / "own_eval" / "my_captions.json").read_text())["metrics"]
+    assert classes["num_samples"] == 6 and "acc1" in classes
+    assert captions["num_samples"] == 40 and "text_retrieval_recall@1" in captions
+
 
 @pytest.mark.slow
 def test_audio_text_recipe_on_own_wav_shards_via_config_dir(tmp_path, small_demo):

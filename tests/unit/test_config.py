@@ -271,3 +271,9 @@ def test_clipkit_eval_takes_an_eval_preset_by_name(tmp_path):
         name: f"/demo/eval/{name}" for name in ("shapes", "scenes", "compositions")
     }
     assert load_config(tmp_path, []).cfg.eval.datasets == {}  # without the choice: the saved eval config
+    # Hydra's other override forms, as clipkit-train takes them: + adds a set, ~ removes one
+    added = load_config(tmp_path, ["+eval.datasets.mine.root=/m", "++eval.datasets.mine.task=retrieval"])
+    assert (added.cfg.eval.datasets["mine"].root, added.cfg.eval.datasets["mine"].task) == ("/m", "retrieval")
+    demo = ["eval=demo_image_text", "data.demo_root=/demo"]
+    assert set(load_config(tmp_path, [*demo, "~eval.datasets.scenes"]).cfg.eval.datasets) == {"shapes", "compositions"}
+    assert line(["~eval.datasets.nope"]) == "eval.datasets.nope: not in the checkpoint's config; nothing to remove"
