@@ -385,6 +385,9 @@ def batches(
     stream: TrainStream = loader.dataset
     while True:
         stream.set_epoch(state.epoch)
+        # A resume from a checkpoint at a pass's last batch (its epoch's end, or epochs raised
+        # since) replays that pass to nothing: it goes on to the next one.
+        replayed = state.epoch == stream.skip_epoch and any(map(any, stream.skip.values()))
         records = iter(loader)
         produced = 0
         while True:
@@ -397,7 +400,7 @@ def batches(
             state.consume(batch)
             produced += 1
             yield batch
-        if produced == 0:
+        if produced == 0 and not replayed:
             raise DataError(
                 "data.train.shards: a full pass over the shards produced no complete "
                 "batch (too few samples for data.batch_size, or every sample corrupt)"

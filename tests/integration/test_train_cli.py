@@ -142,16 +142,23 @@ def test_sigkill_then_resume_auto_continues_from_last_complete_checkpoint(tmp_pa
     assert records[-1]["samples_seen"] == 40 * 16
 
 
+def colour_images(folder: Path) -> None:
+    """40 captioned images, as a user's folder holds them."""
+    from PIL import Image
+
+    folder.mkdir()
+    for i, colour in enumerate(["red", "green", "blue", "yellow"] * 10):
+        Image.new("RGB", (40, 40), colour).save(folder / f"{i}.jpg")
+        (folder / f"{i}.txt").write_text(f"a {colour} picture")
+
+
 @pytest.mark.slow
 def test_user_recipe_on_own_shards_via_config_dir(tmp_path, small_demo):
     """A user's own folder of images -> clipkit-data -> an experiment in their own config dir."""
     from PIL import Image
 
     images = tmp_path / "images"
-    images.mkdir()
-    for i, colour in enumerate(["red", "green", "blue", "yellow"] * 10):
-        Image.new("RGB", (40, 40), colour).save(images / f"{i}.jpg")
-        (images / f"{i}.txt").write_text(f"a {colour} picture")
+    colour_images(images)
     made = run_cli("clipkit-data", ["folder", str(images), str(tmp_path / "shards"), "--per-shard", "10"], tmp_path)
     assert made.returncode == 0, made.stderr
     # the override it prints, pasted into a shell, is one Hydra reads (braces need inner quotes)
@@ -210,6 +217,51 @@ eval:
     captions = json.loads((tmp_path / "own_eval" / "my_captions.json").read_text())["metrics"]
     assert classes["num_samples"] == 6 and "acc1" in classes
     assert captions["num_samples"] == 40 and "text_retrieval_recall@1" in captions
+
+
+@pytest.mark.slow
+def test_more_epochs_after_a_finished_run_continue_it_exactly(tmp_path):
+    """A finished epochs run given more epochs resumes from its last checkpoint, taken at a pass's
+    end, and goes on as one run of that many epochs does, bit for bit (constant schedule)."""
+    import torch
+
+    from clipkit.train import checkpoint as ckpt
+
+    colour_images(tmp_path / "images")
+    made = run_cli(
+        "clipkit-data", ["folder", str(tmp_path / "images"), str(tmp_path / "shards"), "--per-shard", "10"], tmp_path
+    )
+    assert made.returncode == 0, made.stderr
+    args = [
+        "~experiment",
+        "data=webdataset",
+        f'data.train.shards="{tmp_path}/shards/shard-{{000000..000003}}.tar"',
+        "eval=none",
+        "sched=constant",
+        "trainer.max_steps=null",
+        "trainer.log_every_n_steps=1",
+        "data.batch_size=10",  # a pass: 2 batches from each worker's 2 shards, as long as an epoch
+        "data.workers=2",
+        *TINY_MODEL,
+    ]
+
+    def train(run_dir: Path, epochs: int) -> subprocess.CompletedProcess:
+        result = run_cli("clipkit-train", [*args, f"trainer.epochs={epochs}", f"hydra.run.dir={run_dir}"], tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    train(tmp_path / "once", 3)
+    train(tmp_path / "extended", 2)
+    assert "at step 8" in train(tmp_path / "extended", 3).stdout
+    steps = [
+        [(r["step"], r["loss/total"]) for r in read_metrics(tmp_path / run) if "loss/total" in r]
+        for run in ("once", "extended")
+    ]
+    assert steps[0] == steps[1] and len(steps[0]) == 12
+    expected, resumed = (
+        ckpt.read_model_state(ckpt.find_latest(tmp_path / run / "checkpoints")) for run in ("once", "extended")
+    )
+    assert all(torch.equal(resumed[k], v) for k, v in expected.items())
 
 
 @pytest.mark.slow

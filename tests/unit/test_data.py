@@ -124,6 +124,24 @@ def test_resume_continues_exactly_where_the_stream_was(shards, consumed):
     assert all(torch.equal(a["text"], b["text"]) for a, b in zip(resumed, full[consumed:]))
 
 
+def test_a_resume_at_a_passs_last_batch_goes_on_with_the_next_pass(shards):
+    """A checkpoint at an epoch's end (or epochs raised after a finished run) replays its pass to
+    nothing; the stream goes on with the next pass, as the uninterrupted one does, not an error."""
+    uninterrupted = batches(stream(shards, workers=2), StreamState(workers=2))
+    # a pass: 4 full batches from each worker's 19 good samples
+    first_pass, rest = [next(uninterrupted) for _ in range(8)], [next(uninterrupted) for _ in range(5)]
+    assert rest[0]["position"] == [0, [5]]  # the next pass's first batch
+    saved = StreamState(workers=2)
+    for batch in first_pass:
+        saved.consume(batch)
+    state = StreamState(workers=2)
+    state.load_process_states([saved.state_dict()], rank=0, world_size=1)
+    loader = stream(shards, workers=2, skip=state.replay, first_worker=state.replay_first_worker, epoch=state.epoch)
+    resumed = batches(loader, state)
+    assert [next(resumed)["position"] for _ in range(5)] == [b["position"] for b in rest]
+    assert state.epoch == 1
+
+
 def test_epochs_reshuffle_shard_order(shards):
     first = [b["text"] for b in stream(shards, epoch=0, shuffle=0) if b["num_rows"]]
     second = [b["text"] for b in stream(shards, epoch=1, shuffle=0) if b["num_rows"]]
