@@ -192,6 +192,12 @@ class Trainer:
         resumed = self.checkpoints.resume()
         if resumed is not None:
             log.info("resumed from %s at step %d", resumed, self.progress.step)
+            if self.progress.step >= self.total_steps:
+                log.info(
+                    "the run is complete (%d of %d steps); more steps: raise trainer.max_steps or trainer.epochs",
+                    self.progress.step,
+                    self.total_steps,
+                )
         metrics_log = None
         if self.env.is_main:
             metrics_log = MetricsLogger(

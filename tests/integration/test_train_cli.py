@@ -253,6 +253,7 @@ def test_more_epochs_after_a_finished_run_continue_it_exactly(tmp_path):
     train(tmp_path / "once", 3)
     train(tmp_path / "extended", 2)
     assert "at step 8" in train(tmp_path / "extended", 3).stdout
+    assert "the run is complete (12 of 12 steps)" in train(tmp_path / "extended", 3).stdout
     steps = [
         [(r["step"], r["loss/total"]) for r in read_metrics(tmp_path / run) if "loss/total" in r]
         for run in ("once", "extended")
