@@ -19,6 +19,7 @@ from clipkit.cli.launch import run_main
 from clipkit.config.compose import CONF_DIR, HYDRA_VERSION_BASE, arch_shorthand, compose_config, register_schema
 from clipkit.errors import ConfigError
 from clipkit.lifetime import die_with_torchrun
+from clipkit.plugins import check_plugins
 from clipkit.train.preemption import EXIT_PREEMPTED, Preempted, requeue_if_asked
 from clipkit.train.prepare import precheck
 
@@ -86,6 +87,7 @@ def main() -> None:
     die_with_torchrun()
     register_schema()
     try:
+        check_plugins()  # before Hydra looks for a plugin's tower
         sys.argv[1:] = arch_shorthand(sys.argv[1:])  # before Hydra reads them
         _precheck_argv(sys.argv[1:])
     except USER_ERRORS as exc:

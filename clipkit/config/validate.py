@@ -18,6 +18,7 @@ from clipkit.config.schema import ClipkitConfig, EvalDatasetConfig
 from clipkit.errors import ConfigError
 from clipkit.models.towers import TOWERS, TowerConfig
 from clipkit.pairs import split_pair
+from clipkit.plugins import check_plugins
 
 
 def _tower_config(modality: str, node: Any) -> TowerConfig:
@@ -80,6 +81,7 @@ class CheckedConfig:
 
 
 def check_config(raw: DictConfig) -> CheckedConfig:
+    check_plugins()  # a plugin's tower or term missing from the config would be named less clearly
     try:
         cfg: ClipkitConfig = OmegaConf.to_object(raw)
     except OmegaConfBaseException as exc:

@@ -33,6 +33,7 @@ from torch import nn
 
 from clipkit.atomic import publish_folder, replace_file
 from clipkit.errors import CheckpointError
+from clipkit.plugins import loaded_plugins
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,14 @@ def publish(staging: Path, step: int, layout: str, world_size: int, keep_last_k:
     files = {
         name: {"bytes": (staging / name).stat().st_size, "sha256": _sha256(staging / name)} for name in _files(staging)
     }
-    manifest = {"format": 1, "step": step, "layout": layout, "world_size": world_size, "files": files}
+    manifest = {
+        "format": 1,
+        "step": step,
+        "layout": layout,
+        "world_size": world_size,
+        "plugins": loaded_plugins(),  # needed to rebuild the model and config from this folder
+        "files": files,
+    }
     (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
     publish_folder(staging, final)  # replaces the same step saved before (e.g. a re-run of a finished run)
     replace_file(root / "latest", final.name + "\n")

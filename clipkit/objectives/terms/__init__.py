@@ -4,5 +4,9 @@ in :data:`clipkit.objectives.terms.base.PAIR_TERMS`, in the order of their modul
 import importlib
 import pkgutil
 
+from clipkit.plugins import load_plugins
+
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
+
+load_plugins()  # towers, terms and tasks of other packages (clipkit.plugins)
