@@ -48,8 +48,6 @@ def _media(path: Path) -> bool:
 
 
 def _member(path: Path) -> tuple[str, bytes]:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     return path.suffix.lower().lstrip("."), path.read_bytes()
 
 
@@ -108,8 +106,9 @@ def write_class_folders(
 def write_captioned(
     pairs: Iterable[tuple[Path, str]], where: Path, out: Path, split: str = "test", per_shard: int = 1000
 ) -> WrittenEvalSet:
-    """(path, caption) pairs -> a retrieval set: one sample per file, with every caption given for
-    it (a caption file's lines, or a table's rows naming the same file; their order is kept)."""
+    """(path, caption) pairs, as :func:`clipkit.data.ingest.checked_pairs` returns them -> a retrieval
+    set: one sample per file, with every caption given for it (a caption file's lines, or a table's
+    rows naming the same file; their order is kept)."""
     captions: dict[Path, list[str]] = {}
     for path, caption in pairs:
         lines = [line.strip() for line in caption.splitlines() if line.strip()]
