@@ -53,9 +53,29 @@ class ModelInitConfig:
     # checkpoint (epoch_N.pt), or an open_clip_pytorch_model.bin / open_clip_model.safetensors file.
     # Its image and text towers, projections and logit scale (SigLIP: and bias) load exactly.
     open_clip: str | None = None
-    # Which of its towers to take: [image] starts LiT (a pretrained image tower, a new text tower);
-    # the logit scale comes with both.
-    towers: list[str] = field(default_factory=lambda: ["image", "text"])
+    # A clipkit run or checkpoint folder (either layout): the weights its evaluation and export use
+    # (the moving average where it kept one). A new run of its own, unlike trainer.resume.
+    clipkit: str | None = None
+    # Which towers to take (null: all it can fill: open_clip's image and text; from clipkit, every
+    # tower of this model that the checkpoint has). [image] starts LiT (a pretrained image tower, a
+    # new text tower); a pair's logit scale comes with both its towers.
+    towers: list[str] | None = None
+
+    def check(self, key: str, towers: frozenset[str]) -> None:
+        if self.open_clip and self.clipkit:
+            raise ConfigError(key, "give one of model.init.open_clip and model.init.clipkit")
+        unknown = [t for t in self.towers or [] if t not in towers]
+        if unknown or self.towers == []:
+            asked = ", ".join(unknown) or "no tower"
+            raise ConfigError(f"{key}.towers", f"{asked} to take; this model has {', '.join(sorted(towers))}")
+        if self.open_clip and not set(self.towers or ()) <= {"image", "text"}:
+            raise ConfigError(f"{key}.towers", "an open_clip model fills the image and text towers only")
+
+    def taken(self, towers: frozenset[str]) -> set[str]:
+        """The towers the init fills (before it reads what the checkpoint holds)."""
+        if self.open_clip:
+            return set(self.towers or ("image", "text"))
+        return set(self.towers or towers) if self.clipkit else set()
 
 
 @dataclass

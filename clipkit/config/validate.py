@@ -104,6 +104,7 @@ def check_config(raw: DictConfig) -> CheckedConfig:
         if first == second:
             raise ConfigError(f"model.pairs[{i}]", f"pair '{pair}' joins a modality with itself")
 
+    cfg.model.init.check("model.init", frozenset(towers))
     cfg.model.caption.check("model.caption", frozenset(towers), getattr(towers.get("text"), "width", None))
     run = RunFacts(
         towers=frozenset(towers),

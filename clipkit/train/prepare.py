@@ -16,6 +16,7 @@ from clipkit.distributed import launched, launched_world_size
 from clipkit.errors import ConfigError
 from clipkit.eval.datasets import open_eval_set
 from clipkit.modalities import MODALITIES
+from clipkit.models.clipkit_init import init_checkpoint
 from clipkit.models.open_clip_init import weights_file
 
 log = logging.getLogger("clipkit")
@@ -63,6 +64,8 @@ def check_inputs(checked: CheckedConfig) -> list[ShardSource]:
         open_eval_set(name, dataset)
     if cfg.model.init.open_clip is not None:
         weights_file(cfg.model.init.open_clip)
+    if cfg.model.init.clipkit is not None:
+        init_checkpoint(cfg.model.init.clipkit)
     if cfg.loss.distill.weight > 0 and not Path(cfg.loss.distill.teacher).expanduser().exists():
         raise ConfigError("loss.distill.teacher", f"no such file or folder: {cfg.loss.distill.teacher}")
     return sources

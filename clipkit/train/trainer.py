@@ -23,6 +23,7 @@ from clipkit.errors import ConfigError
 from clipkit.eval.report import write_report
 from clipkit.eval.runner import Evaluator
 from clipkit.models.build import ModelBundle, build_bundle
+from clipkit.models.clipkit_init import load_clipkit_init
 from clipkit.models.multimodal import to_device_async
 from clipkit.models.open_clip_init import load_open_clip_init
 from clipkit.objectives.collectives import LOCAL, process_group
@@ -46,14 +47,13 @@ log = logging.getLogger("clipkit")
 
 
 def locked_without_weights(checked: CheckedConfig) -> list[str]:
-    """The frozen towers that neither model.init.open_clip nor their own weights file fills: almost
-    always a forgotten path (a resumed run loads its checkpoint over them later)."""
-    init = checked.cfg.model.init
-    from_open_clip = set(init.towers) if init.open_clip is not None else set()
+    """The frozen towers that neither model.init nor their own weights file fills: almost always a
+    forgotten path (a resumed run loads its checkpoint over them later)."""
+    from_init = checked.cfg.model.init.taken(frozenset(checked.towers))
     return [
         modality
         for modality, tower in checked.towers.items()
-        if tower.lock and not tower.weights and modality not in from_open_clip
+        if tower.lock and not tower.weights and modality not in from_init
     ]
 
 
@@ -77,12 +77,15 @@ class Trainer:
         # rank 0's), then moves to a random stream of its own.
         seed_everything(cfg.seed)
         self.bundle: ModelBundle = build_bundle(checked, self.device)
-        if cfg.model.init.open_clip is not None:  # a resumed run then loads its checkpoint over it
-            load_open_clip_init(self.bundle.model, cfg.model.init.open_clip, cfg.model.init.towers)
+        init = cfg.model.init  # a resumed run then loads its checkpoint over it
+        if init.open_clip is not None:
+            load_open_clip_init(self.bundle.model, init.open_clip, sorted(init.taken(frozenset(checked.towers))))
+        if init.clipkit is not None:
+            load_clipkit_init(self.bundle.model, init.clipkit, init.towers)
         for modality in locked_without_weights(checked):
             log.warning(
                 "model.towers.%s.lock: the %s tower is frozen and no weights are given for it "
-                "(model.init.open_clip or model.towers.%s.weights): it stays at its random "
+                "(model.init.open_clip, model.init.clipkit or model.towers.%s.weights): it stays at its random "
                 "initialisation",
                 modality,
                 modality,

@@ -67,6 +67,8 @@ def test_locked_tower_does_not_change(small_demo, tmp_path):
         ([], ["image", "text"]),  # demo_bind_audio without the model to bind to
         (["model.init.open_clip=/models/b32"], []),
         (["model.init.open_clip=/models/b32", "model.init.towers=[image]"], ["text"]),
+        (["model.init.clipkit=/runs/tri"], []),
+        (["model.init.clipkit=/runs/tri", "model.init.towers=[audio]"], ["image", "text"]),
         (["model.towers.image.weights=/w/image.safetensors", "model.towers.text.lock=false"], []),
     ],
 )
