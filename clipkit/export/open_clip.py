@@ -104,6 +104,12 @@ def check_exportable(checked: CheckedConfig, model: MultiModalModel) -> None:
             f"(this model: towers {', '.join(sorted(towers))}, pairs {', '.join(model.pairs)}); "
             "use format=onnx, which exports every tower"
         )
+    own = [m for m in (IMAGE, TEXT) if not hasattr(checked.towers[m], "open_clip_cfg")]
+    if own:
+        raise ExportError(
+            f"format=open_clip needs towers open_clip builds; the '{checked.towers[own[0]].name}' {own[0]} "
+            "tower is not one of them; use format=onnx, which exports every tower"
+        )
     if len(_quick_gelu(checked)) > 1:
         raise ExportError(
             "format=open_clip: open_clip has one quick_gelu switch for both towers, but "

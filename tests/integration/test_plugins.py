@@ -94,3 +94,11 @@ def test_a_plugins_tower_and_term_train_under_torchrun_and_its_checkpoint_needs_
     assert result.returncode == 0, result.stderr[-3000:]
     shapes = json.loads((run_dir / "checkpoints" / "step_0000004" / "eval" / "shapes.json").read_text())
     assert shapes["metrics"]["num_samples"] == 96  # the small demo's set
+
+    # open_clip cannot build the plugin's tower; ONNX takes every tower
+    export = [str(BIN / "clipkit-export"), f"checkpoint={run_dir}"]
+    result = run([*export, "format=open_clip", f"out={tmp_path / 'oc'}"], tmp_path, **plugin)
+    assert result.returncode == 2 and "the 'mlp_image' image tower is not one of them" in result.stderr
+    result = run([*export, "format=onnx", f"out={tmp_path / 'onnx'}"], tmp_path, **plugin)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "onnx").glob("*.onnx")) == ["image.onnx", "text.onnx"]
