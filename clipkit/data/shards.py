@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from collections.abc import Sequence
@@ -22,15 +23,35 @@ class ShardSource:
 
 
 def _expand(pattern: str, key: str) -> list[str]:
+    """Shard names from a brace pattern (webdataset's and open_clip's form; ``::`` joins several),
+    where a local name may also be a glob (``/data/*.tar``) or a folder (its ``.tar`` files),
+    both in sorted order, so that every process and every resume sees the same list."""
     if not isinstance(pattern, str) or not pattern.strip():
         raise ConfigError(key, "empty shard pattern")
     urls: list[str] = []
     for part in pattern.split("::"):  # webdataset's separator for several patterns in one string
         try:
-            urls.extend(os.path.expanduser(u) for u in braceexpand.braceexpand(part.strip()))
+            expanded = [os.path.expanduser(u) for u in braceexpand.braceexpand(part.strip())]
         except braceexpand.UnbalancedBracesError:
             raise ConfigError(key, f"unbalanced braces in the shard pattern {part.strip()!r}") from None
+        for url in expanded:
+            urls.extend(_local_matches(url, key) if _is_local(url) and not url.startswith("pipe:") else [url])
     return urls
+
+
+def _local_matches(url: str, key: str) -> list[str]:
+    path = url.removeprefix("file://")
+    if Path(path).is_dir():
+        found = sorted(str(p) for p in Path(path).glob("*.tar"))
+        if not found:
+            raise ConfigError(key, f"{path} is a folder without .tar shards")
+        return found
+    if glob.has_magic(path):
+        found = sorted(p for p in glob.glob(path) if Path(p).is_file())
+        if not found:
+            raise ConfigError(key, f"no shard matches {path}")
+        return found
+    return [url]
 
 
 def _is_local(url: str) -> bool:

@@ -152,6 +152,20 @@ def test_missing_and_empty_shards_are_clear_errors(tmp_path):
         resolve_sources(str(tmp_path / "x-{0..3.tar"))
 
 
+def test_a_folder_or_a_glob_names_its_shards_in_sorted_order(tmp_path):
+    for name in ("s-2.tar", "s-10.tar", "s-1.tar", "sizes.json"):
+        (tmp_path / name).write_bytes(b"")
+    in_order = [str(tmp_path / n) for n in ("s-1.tar", "s-10.tar", "s-2.tar")]
+    assert resolve_sources(str(tmp_path))[0].urls == in_order
+    assert resolve_sources(str(tmp_path / "s-*.tar"))[0].urls == in_order
+    assert resolve_sources(f"{tmp_path}/s-1.tar::{tmp_path}/s-1?.tar")[0].urls == in_order[:2]
+    with pytest.raises(ConfigError, match=r"data.train.shards: no shard matches .*/t-\*.tar"):
+        resolve_sources(str(tmp_path / "t-*.tar"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"data.train.shards: .*/empty is a folder without .tar shards"):
+        resolve_sources(str(tmp_path / "empty"))
+
+
 def test_weighted_sources(tmp_path):
     for name in ("a-0.tar", "a-1.tar", "b-0.tar"):
         (tmp_path / name).write_bytes(b"")
