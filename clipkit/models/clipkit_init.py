@@ -56,10 +56,10 @@ def init_checkpoint(path: str) -> Path:
     return folder
 
 
-def load_clipkit_init(model: MultiModalModel, path: str, towers: Sequence[str] | None = None) -> list[str]:
+def load_clipkit_init(model: MultiModalModel, path: str, towers: Sequence[str] | None = None) -> None:
     """Copies the weights of the clipkit checkpoint at ``path`` (a checkpoint or run folder) into
-    ``model`` for ``towers`` (None: every tower the two share) and what comes with them; returns
-    the towers taken. Raises CheckpointError naming the first tensor that is missing or of another
+    ``model`` for ``towers`` (None: every tower the two share) and what comes with them. Raises
+    CheckpointError naming the first tensor of those towers that is missing, left over or of another
     shape."""
     folder = init_checkpoint(path)
     state = ckpt.read_model_state(folder)
@@ -73,6 +73,10 @@ def load_clipkit_init(model: MultiModalModel, path: str, towers: Sequence[str] |
         )
     caption_reads = {"text", *model.caption.sources} if model.caption is not None else set()
     own = model.state_dict()
+    extra = [k for k in state if k.startswith(tuple(f"towers.{m}." for m in taken)) and k not in own]
+    if extra:
+        tower = extra[0].split(".")[1]
+        raise CheckpointError(f"{KEY}: {folder} has {extra[0]}, which this model's {tower} tower has no place for")
     wanted = [key for key in own if _taken_by(key, set(taken), caption_reads)]
     loaded: dict[str, torch.Tensor] = {}
     kept: set[str] = set()
@@ -94,4 +98,3 @@ def load_clipkit_init(model: MultiModalModel, path: str, towers: Sequence[str] |
     if kept:
         log.info("%s: the checkpoint has no %s; they keep their own start", KEY, ", ".join(sorted(kept)))
     log.info("%s: took the %s tower(s) from %s", KEY, ", ".join(taken), folder)
-    return taken

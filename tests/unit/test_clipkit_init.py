@@ -74,6 +74,8 @@ def test_a_new_tower_beside_trained_ones(small_demo, tmp_path):
 def test_a_tower_of_another_shape_or_a_missing_checkpoint_is_one_line(small_demo, tmp_path, trimodal_run):
     with pytest.raises(CheckpointError, match=r"model.init.clipkit: .* has shape \[.*\], this model's \[.*\]"):
         started(small_demo, tmp_path, f"model.init.clipkit={trimodal_run}", "model.towers.image.width=48")
+    with pytest.raises(CheckpointError, match=r"has towers\.audio\..*which this model's audio tower has no place for"):
+        started(small_demo, tmp_path, f"model.init.clipkit={trimodal_run}", "model.towers.audio.channels=[8]")
     with pytest.raises(CheckpointError, match="model.init.clipkit: checkpoint not found: /nowhere"):
         started(small_demo, tmp_path, "model.init.clipkit=/nowhere")
 
