@@ -17,7 +17,7 @@ from clipkit.config.schema import ClipkitConfig
 from clipkit.config.validate import CheckedConfig, check_config
 from clipkit.errors import CheckpointError, ConfigError
 from clipkit.models.build import ModelBundle, build_bundle
-from clipkit.plugins import check_plugins, require_plugins
+from clipkit.plugins import check_plugins
 from clipkit.train import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def load_config(folder: Path, overrides: Sequence[str] = ()) -> CheckedConfig:
     ``eval=NAME`` puts one of the shipped eval presets (``clipkit/conf/eval/NAME.yaml``, e.g.
     ``demo``) in place of the saved eval config, as the same choice does for clipkit-train."""
     check_plugins()  # before the saved config names a plugin's tower or term
-    require_plugins((ckpt.read_manifest(folder) or {}).get("plugins", []), folder)
+    ckpt.require_its_plugins(folder)
     try:
         saved = OmegaConf.load(folder / ckpt.CONFIG_FILE)
     except Exception as exc:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from clipkit.data.write import Sample, write_eval_set
 from clipkit.errors import DataError
+from clipkit.eval.eval_set import file_lines
 from clipkit.modalities.base import eval_members
 
 # Prompts for a set without its own templates: CLIP's for images, CLAP's for sounds.
@@ -56,7 +57,7 @@ def _lines(path: Path | None, what: str) -> list[str] | None:
         return None
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = file_lines(path)
     if not lines:
         raise DataError(f"{path}: no {what}")
     return lines

@@ -21,7 +21,6 @@ import torch
 from clipkit.errors import CheckpointError
 from clipkit.models.multimodal import MultiModalModel
 from clipkit.pairs import split_pair
-from clipkit.plugins import require_plugins
 from clipkit.train import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ def init_checkpoint(path: str) -> Path:
         folder = ckpt.resolve_checkpoint(path)
     except CheckpointError as exc:
         raise CheckpointError(f"{KEY}: {exc}") from None
-    require_plugins((ckpt.read_manifest(folder) or {}).get("plugins", []), folder)
+    ckpt.require_its_plugins(folder)
     return folder
 
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from clipkit.atomic import publish_folder, replace_file
 from clipkit.errors import CheckpointError
-from clipkit.plugins import loaded_plugins
+from clipkit.plugins import loaded_plugins, require_plugins
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,11 @@ def resolve_checkpoint(path: str) -> Path:
     if damage is not None:
         raise CheckpointError(damage)
     return folder
+
+
+def require_its_plugins(folder: Path) -> None:
+    """The plugin modules the checkpoint was written with (its manifest's list) are loaded here."""
+    require_plugins((read_manifest(folder) or {}).get("plugins", []), folder)
 
 
 def layout(folder: Path) -> str:
