@@ -1,8 +1,8 @@
 """Exact resume for real: runs killed with SIGKILL at a random step or inside a checkpoint save
 resume to log every loss of the uninterrupted run and end with its weights, bit for bit (fp32,
 CPU), with 0 or 2 data workers, in epoch and resampled mode, for the tri-modal demo (three
-weighted sources) and the image+text one, with 1 and 2 processes. (One data worker per process
-under DDP and FSDP: tests/integration/test_distributed.py.)"""
+weighted sources) and the image+text one, with 1 and 2 processes, and with evaluations between
+steps. (One data worker per process under FSDP: tests/integration/test_distributed.py.)"""
 
 import json
 import os
@@ -84,13 +84,16 @@ def killed_run(processes: int, args: list[str], run_dir: Path, moment: str, cwd:
     ids=lambda v: str(v),
 )
 def test_a_killed_run_resumes_bit_identical(tmp_path, small_demo, processes, experiment, workers, resampled, moment):
+    """Under DDP in resampled mode with evaluations every 12 steps: they draw nothing from the
+    training stream, and the resumed run logs each once."""
+    evaluates = processes == 2 and resampled
     overrides = demo_overrides(small_demo)
     if experiment == "demo_image_text":  # image and text towers only
         overrides = [o for o in overrides if not o.startswith("model.towers.audio.")]
     args = [
         f"experiment={experiment}",
         *overrides,
-        "eval=none",
+        "eval.every_n_steps=12" if evaluates else "eval=none",
         f"trainer.max_steps={STEPS}",
         "trainer.log_every_n_steps=1",
         f"data.workers={workers}",
@@ -121,3 +124,7 @@ def test_a_killed_run_resumes_bit_identical(tmp_path, small_demo, processes, exp
     expected = ckpt.read_model_state(ckpt.find_latest(reference / "checkpoints"))
     weights = ckpt.read_model_state(ckpt.find_latest(run_dir / "checkpoints"))
     assert all(torch.equal(weights[k], v) for k, v in expected.items())
+    if evaluates:
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records if "eval/shapes/acc1" in r] == [12, STEPS]
+        assert json.loads((run_dir / "eval" / "shapes.json").read_text())["metrics"]["num_samples"] == 96

@@ -1,7 +1,9 @@
-"""Run under torchrun: one step's loss and gradients on this rank's slice of a fixed batch.
+"""Run under torchrun: jobs of one step's loss and gradients on this rank's slice of a fixed batch.
 
-    torchrun --nproc_per_node=2 dist_harness.py MODE OUT_DIR [ddp|fsdp] [STEPS] [PRECISION]
+    torchrun --nproc_per_node=2 dist_harness.py OUT_DIR JOB [JOB ...]
 
+A job is named ``MODE+PARALLEL+STEPS+PRECISION`` (:class:`Job`); they run one after another in
+the same processes (one launch: a torch process takes seconds to start, a job a fraction of one).
 MODE is ``local`` (local loss), ``global`` (full gathered matrix), ``accum`` (local loss with
 two accumulated micro-batches per rank) or ``masked`` (some rows of rank 0 and every row of rank 1
 lack the image), all with InfoNCE; or ``sigmoid``, ``geometry``, ``coca`` and ``distill``, the other
@@ -10,9 +12,9 @@ loss terms (see ``loss_config``), and ``negatives``, InfoNCE with two hard-negat
 the image on each rank; or ``locked``,
 InfoNCE with the text tower locked; or ``compiled``, InfoNCE with the towers compiled (the
 reference stays eager). Each rank saves {"loss", "grads"} of the first step to
-OUT_DIR/rank<r>.pt, and with STEPS > 1 the full weights after STEPS AdamW steps on the same batch
-as "weights". The model is wrapped in DDP (default) or sharded by FSDP2 (``fsdp``). PRECISION is
-``fp32`` (default), ``bf16`` (autocast) or ``bf16-weights`` (FSDP's bf16 weights, no autocast).
+OUT_DIR/JOB/rank<r>.pt, and with STEPS > 1 the full weights after STEPS AdamW steps on the same
+batch as "weights". The model is wrapped in DDP (``ddp``) or sharded by FSDP2 (``fsdp``).
+PRECISION is ``fp32``, ``bf16`` (autocast) or ``bf16-weights`` (FSDP's bf16 weights, no autocast).
 ``reference(n, mode)`` computes the first step on one process over the whole batch.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -57,6 +60,26 @@ from clipkit.train.precision import autocast_factory, grad_scaler
 from clipkit.train.step import forward_backward
 
 PER_RANK = 6
+
+
+@dataclass(frozen=True)
+class Job:
+    mode: str
+    parallel: str = "ddp"
+    steps: int = 1
+    precision: str = "fp32"
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode}+{self.parallel}+{self.steps}+{self.precision}"
+
+    @classmethod
+    def parse(cls, name: str) -> Job:
+        mode, parallel, steps, precision = name.split("+")
+        return cls(mode, parallel, int(steps), precision)
+
+    def results(self, out_dir: Path, rank: int) -> dict:
+        return torch.load(out_dir / self.name / f"rank{rank}.pt")
 
 
 def loss_config(mode: str) -> LossConfig:
@@ -188,15 +211,15 @@ def reference(n: int, mode: str):
     )
 
 
-def main(mode: str, out_dir: Path, parallel: str = "ddp", steps: int = 1, precision: str = "fp32") -> None:
-    env = distributed.init_distributed("cpu", "gloo")
+def run(job: Job, env: distributed.DistEnv, out_dir: Path) -> None:
+    mode, precision = job.mode, job.precision
     core = tiny_model(mode)
     if mode == "compiled":
         compile_towers(core)
     dtype = precision.removesuffix("-weights")
-    model = wrap(core, parallel, FSDPConfig(), dtype)
+    model = wrap(core, job.parallel, FSDPConfig(), dtype)
     autocast = autocast_factory(dtype, torch.device("cpu"), enabled=not precision.endswith("-weights"))
-    assert parallel != "fsdp" or all(isinstance(p, DTensor) for p in core.parameters()), "not sharded"
+    assert job.parallel != "fsdp" or all(isinstance(p, DTensor) for p in core.parameters()), "not sharded"
     objective = Objective(loss_config(mode), process_group(env.world_size))
     n = PER_RANK * env.world_size
     mine = slice(env.rank * PER_RANK, (env.rank + 1) * PER_RANK)
@@ -206,17 +229,24 @@ def main(mode: str, out_dir: Path, parallel: str = "ddp", steps: int = 1, precis
     parts = 2 if mode == "accum" else 1
     loss, grads = step(model, core, objective, batch, mask, parts, mode, autocast)
     saved = {"loss": distributed.all_reduce_mean(loss), "grads": grads}
-    if steps > 1:
-        for _ in range(steps - 1):
+    if job.steps > 1:
+        for _ in range(job.steps - 1):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             core.clamp_logit_scales()
             step(model, core, objective, batch, mask, parts, mode, autocast)
         optimizer.step()
         saved["weights"] = {n: full(p).detach().clone() for n, p in core.named_parameters()}
-    torch.save(saved, out_dir / f"rank{env.rank}.pt")
+    (out_dir / job.name).mkdir(parents=True, exist_ok=True)
+    torch.save(saved, out_dir / job.name / f"rank{env.rank}.pt")
+
+
+def main(out_dir: Path, jobs: list[Job]) -> None:
+    env = distributed.init_distributed("cpu", "gloo")
+    for job in jobs:
+        run(job, env, out_dir)
     distributed.shutdown(env)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]), *sys.argv[3:4], *map(int, sys.argv[4:5]), *sys.argv[5:6])
+    main(Path(sys.argv[1]), [Job.parse(name) for name in sys.argv[2:]])

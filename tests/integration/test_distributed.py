@@ -15,7 +15,7 @@ import torch
 from clipkit.objectives.terms.base import PAIR_TERMS
 from clipkit.train import checkpoint as ckpt
 from tests.conftest import demo_overrides, descendants, run_cli, run_command, torchrun
-from tests.integration.dist_harness import PER_RANK, reference
+from tests.integration.dist_harness import PER_RANK, Job, reference
 from tests.integration.test_export import OPEN_CLIP_ZERO_SHOT, first_images
 
 HARNESS = str(Path(__file__).with_name("dist_harness.py"))
@@ -24,44 +24,53 @@ HARNESS = str(Path(__file__).with_name("dist_harness.py"))
 # The pair terms the modes above cover; every other registered term is run as "term:NAME".
 COVERED_TERMS = {"contrastive", "sigmoid", "uniformity", "alignment", "cross_uniformity", "distill"}
 OTHER_TERMS = [f"term:{name}" for name in PAIR_TERMS.names() if name not in COVERED_TERMS]
+ONE_STEP_MODES = [
+    *("local", "global", "accum", "masked", "sigmoid", "geometry", "coca", "distill", "negatives"),
+    *OTHER_TERMS,
+]
+FSDP_MODES = ["local", "sigmoid", "locked", "accum", "coca"]
+BF16_PRECISIONS = ["bf16", "bf16-weights"]
 
 
-@pytest.mark.parametrize(
-    "mode", ["local", "global", "accum", "masked", "sigmoid", "geometry", "coca", "distill", "negatives", *OTHER_TERMS]
-)
-def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path, mode):
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory) -> Path:
+    """Every job of the three tests below, in one torchrun launch of 2 processes."""
+    jobs = [
+        *(Job(mode) for mode in ONE_STEP_MODES),
+        *(Job(mode, parallel, 20) for mode in FSDP_MODES for parallel in ("ddp", "fsdp")),
+        *(Job("coca", "fsdp", 1, precision) for precision in BF16_PRECISIONS),
+    ]
+    out = tmp_path_factory.mktemp("harness")
+    result = run_command(torchrun(2, [HARNESS, str(out), *(job.name for job in jobs)]), out, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("mode", ONE_STEP_MODES)
+def test_two_processes_equal_one_process_on_the_whole_batch(harness, mode):
     """2 ranks x B rows (local loss, full gathered matrix, 2 accumulated halves per rank, or rows
     lacking a modality, all of them on one rank; and so for the sigmoid loss, the geometry terms
     the caption loss, distillation, InfoNCE with hard negatives and their rules, and any other
     registered pair term) give the loss and the gradients of one process on the 2B rows, and
     nothing hangs."""
-    result = run_command(torchrun(2, [HARNESS, mode, str(tmp_path)]), tmp_path, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
     expected_loss, expected = reference(2 * PER_RANK, mode)
     for rank in (0, 1):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
+        got = Job(mode).results(harness, rank)
         assert abs(got["loss"].item() - expected_loss.item()) <= 1e-5
         assert got["grads"].keys() == expected.keys()
         worst = max((got["grads"][n] - expected[n]).abs().max().item() for n in expected)
         assert worst <= 1e-5, (rank, worst)
 
 
-@pytest.mark.parametrize("mode", ["local", "sigmoid", "locked", "accum", "coca"])
-def test_fsdp_equals_ddp(tmp_path, mode):
+@pytest.mark.parametrize("mode", FSDP_MODES)
+def test_fsdp_equals_ddp(harness, mode):
     """FSDP2 and DDP on 2 processes: the same first-step loss and gradients (<= 1e-6), both equal
     to one process on the whole batch, and the same weights after 20 AdamW steps (<= 1e-4). coca:
     the caption loss calls tower and head methods other than forward, which FSDP must gather for."""
-    runs = {}
-    for parallel in ("ddp", "fsdp"):
-        out = tmp_path / parallel
-        out.mkdir()
-        result = run_command(torchrun(2, [HARNESS, mode, str(out), parallel, "20"]), tmp_path, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        runs[parallel] = [torch.load(out / f"rank{rank}.pt") for rank in (0, 1)]
     expected_loss, expected = reference(2 * PER_RANK, mode)
-    ddp = runs["ddp"][0]
+    ddp = Job(mode, "ddp", 20).results(harness, 0)
     assert ddp["grads"].keys() == expected.keys()
-    for got in runs["fsdp"]:
+    for got in (Job(mode, "fsdp", 20).results(harness, rank) for rank in (0, 1)):
         assert abs(got["loss"].item() - ddp["loss"].item()) <= 1e-6
         assert abs(got["loss"].item() - expected_loss.item()) <= 1e-5
         assert got["grads"].keys() == expected.keys()
@@ -74,35 +83,31 @@ def test_fsdp_equals_ddp(tmp_path, mode):
         assert not any(n.startswith("towers.text") for n in expected)
 
 
-def test_fsdp_bf16_with_and_without_autocast_is_fp32_within_bf16_precision(tmp_path):
+@pytest.mark.parametrize("precision", BF16_PRECISIONS)
+def test_fsdp_bf16_with_and_without_autocast_is_fp32_within_bf16_precision(harness, precision):
     """FSDP2 gathering bf16 weights, under autocast and without it (trainer.fsdp.autocast=false:
     every tower op in bf16), InfoNCE with the caption loss (towers and caption head): the first
     step's loss and every gradient of 2 processes are those of one fp32 process on the whole
     batch, to bf16's precision (seen: loss 3e-4 relative, gradients <= 4.2 % of their norm)."""
-    mode = "coca"
-    expected_loss, expected = reference(2 * PER_RANK, mode)
-    for precision in ("bf16", "bf16-weights"):
-        out = tmp_path / precision
-        out.mkdir()
-        result = run_command(torchrun(2, [HARNESS, mode, str(out), "fsdp", "1", precision]), tmp_path, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        got = torch.load(out / "rank0.pt")
-        assert abs(got["loss"].item() - expected_loss.item()) <= 1e-3 * expected_loss.item(), precision
-        assert got["grads"].keys() == expected.keys()
-        for name, grad in expected.items():
-            error = (got["grads"][name] - grad).norm() / grad.norm()
-            assert error <= 0.1, (precision, name, error.item())
+    expected_loss, expected = reference(2 * PER_RANK, "coca")
+    got = Job("coca", "fsdp", 1, precision).results(harness, 0)
+    assert abs(got["loss"].item() - expected_loss.item()) <= 1e-3 * expected_loss.item()
+    assert got["grads"].keys() == expected.keys()
+    for name, grad in expected.items():
+        error = (got["grads"][name] - grad).norm() / grad.norm()
+        assert error <= 0.1, (name, error.item())
 
 
 @pytest.mark.slow
 def test_compiled_towers_under_fsdp_match_eager(tmp_path):
     """trainer.compile with trainer.parallel=fsdp: inductor's kernels on sharded towers give the
     eager single-process loss and gradients within float tolerance (measured: 2e-7 and 2e-5)."""
-    result = run_command(torchrun(2, [HARNESS, "compiled", str(tmp_path), "fsdp"]), tmp_path, timeout=600)
+    job = Job("compiled", "fsdp")
+    result = run_command(torchrun(2, [HARNESS, str(tmp_path), job.name]), tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     expected_loss, expected = reference(2 * PER_RANK, "compiled")
     for rank in (0, 1):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
+        got = job.results(tmp_path, rank)
         assert abs(got["loss"].item() - expected_loss.item()) <= 1e-5
         assert got["grads"].keys() == expected.keys()
         assert max((got["grads"][n] - expected[n]).abs().max().item() for n in expected) <= 1e-4
@@ -116,52 +121,6 @@ def start_in_background(command: list[str], cwd: Path) -> subprocess.Popen:
 
 def read_steps(run_dir: Path):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.mark.slow
-def test_two_process_training_is_killed_and_resumes_exactly(tmp_path, small_demo):
-    """In the demo's resampled mode (the FSDP kill test covers epoch mode), one data worker per
-    process: the resumed run logs the uninterrupted run's losses and ends with its weights."""
-    common = [
-        "-m",
-        "clipkit.cli.train",
-        *demo_overrides(small_demo),
-        "trainer.max_steps=24",
-        "trainer.ckpt_every_n_steps=4",
-        "trainer.log_every_n_steps=1",
-        "eval.every_n_steps=12",
-    ]
-    reference = tmp_path / "reference"
-    result = run_command(torchrun(2, [*common, f"hydra.run.dir={reference}"]), tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = tmp_path / "run"
-    args = [*common, f"hydra.run.dir={run_dir}"]
-    launch = start_in_background(torchrun(2, args), tmp_path)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (run_dir / "checkpoints" / "step_0000008").is_dir():
-        time.sleep(0.1)
-    for pid in [launch.pid, *descendants(launch.pid)]:  # the launcher and its workers: a lost node
-        os.kill(pid, signal.SIGKILL)
-    launch.wait()
-    time.sleep(0.5)
-    killed_at = max(r["step"] for r in read_steps(run_dir))
-    assert killed_at < 24, "training finished before it could be killed"
-    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
-    resumed_from = int(latest.split("_")[1])
-    assert resumed_from >= 8
-
-    result = run_command(torchrun(2, [*args, "trainer.resume=auto"]), tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"resumed from {run_dir / 'checkpoints' / latest} at step {resumed_from}" in result.stdout
-    records = read_steps(run_dir)
-    train = [r for r in records if "loss/total" in r]
-    assert [r["step"] for r in train] == list(range(1, 25))  # redone steps logged once
-    assert train[-1]["samples_seen"] == 24 * 16 * 2  # global batch
-    assert [r["step"] for r in records if "eval/shapes/acc1" in r][-2:] == [12, 24]
-    assert json.loads((run_dir / "eval" / "shapes.json").read_text())["metrics"]["num_samples"] == 96
-    expected = [r["loss/total"] for r in read_steps(reference) if "loss/total" in r]
-    assert [r["loss/total"] for r in train] == expected
-    assert all(torch.equal(final_weights(run_dir)[k], v) for k, v in final_weights(reference).items())
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
