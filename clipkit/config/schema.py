@@ -143,6 +143,9 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     ckpt_every_n_steps: int = 500
     keep_last_k: int = 3
+    # also keep, beyond the last k, every checkpoint at a multiple of this step (0: none), e.g. the
+    # points a warmup-stable-decay run branches its cooldowns from
+    keep_every_n_steps: int = 0
     # write checkpoints in a background thread while training goes on (a host copy is taken first)
     ckpt_async: bool = False
     resume: str | None = "auto"  # auto | PATH (a checkpoint folder) | null
@@ -170,6 +173,7 @@ class TrainerConfig:
             )
         self.ema.check(f"{key}.ema")
         positive(f"{key}.unmasked_final_steps", self.unmasked_final_steps, allow_zero=True)
+        positive(f"{key}.keep_every_n_steps", self.keep_every_n_steps, allow_zero=True)
         for name in ("accum_steps", "log_every_n_steps", "ckpt_every_n_steps", "keep_last_k", "max_nonfinite_steps"):
             positive(f"{key}.{name}", getattr(self, name))
         positive(f"{key}.grad_clip_norm", self.grad_clip_norm)

@@ -76,9 +76,12 @@ def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
 
 
-def publish(staging: Path, step: int, layout: str, world_size: int, keep_last_k: int) -> Path:
+def publish(
+    staging: Path, step: int, layout: str, world_size: int, keep_last_k: int, keep_every_n_steps: int = 0
+) -> Path:
     """Seals a fully written staging folder: manifest, flush, rename to ``step_NNNNNNN``, point
-    ``latest`` at it, and drop all but the newest ``keep_last_k`` complete folders."""
+    ``latest`` at it, and drop all but the newest ``keep_last_k`` complete folders, and those at a
+    multiple of ``keep_every_n_steps``."""
     root = staging.parent
     final = root / step_dir_name(step)
     files = {
@@ -96,7 +99,8 @@ def publish(staging: Path, step: int, layout: str, world_size: int, keep_last_k:
     publish_folder(staging, final)  # replaces the same step saved before (e.g. a re-run of a finished run)
     replace_file(root / "latest", final.name + "\n")
     for old in complete_checkpoints(root)[:-keep_last_k] if keep_last_k > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        if not (keep_every_n_steps and checkpoint_step(old) % keep_every_n_steps == 0):
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

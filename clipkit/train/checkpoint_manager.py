@@ -63,6 +63,7 @@ class CheckpointPolicy:
     resume: str | None  # auto | a checkpoint or run folder | None
     layout: str = "full"  # full | sharded
     asynchronous: bool = False
+    keep_every_n_steps: int = 0  # checkpoints at multiples of it are kept beyond the last k (0: none)
 
 
 @dataclass(eq=False, repr=False)
@@ -195,7 +196,9 @@ class CheckpointManager:
         (staging / ckpt.CONFIG_FILE).write_text(self.config_yaml)
 
     def _publish(self, staging: Path, step: int, layout: str) -> None:
-        folder = ckpt.publish(staging, step, layout, self.env.world_size, self.policy.keep_last_k)
+        folder = ckpt.publish(
+            staging, step, layout, self.env.world_size, self.policy.keep_last_k, self.policy.keep_every_n_steps
+        )
         log.info("saved checkpoint %s", folder)
 
     def wait(self) -> None:

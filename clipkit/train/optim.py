@@ -1,5 +1,5 @@
 """``optim`` and ``sched``: AdamW with CLIP's parameter groups, and the warmup + decay learning-rate
-schedules (a registry: cosine, constant)."""
+schedules (a registry: cosine, constant, const_cooldown)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from clipkit.models.multimodal import MultiModalModel
 from clipkit.registry import Registry
 from clipkit.train.layer_decay import LayerDecayConfig, lr_scales
 
-Decay = Callable[[float], float]  # progress after warmup, 0..1 -> the factor, 1..0 (min_lr_ratio applied after)
+# (step since the warm-up, steps after the warm-up, sched) -> the factor, 1..0 (min_lr_ratio applied after)
+Decay = Callable[[int, int, "SchedConfig"], float]
 SCHEDULES: Registry[Decay] = Registry("schedule")
 
 
@@ -42,9 +43,12 @@ class OptimConfig:
 
 @dataclass
 class SchedConfig:
-    name: str = "cosine"  # a registered schedule: cosine | constant
+    name: str = "cosine"  # a registered schedule: cosine | constant | const_cooldown
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0  # final lr as a fraction of optim.lr
+    # const_cooldown only: the last steps of the run, over which the rate falls as (1 - t)^power
+    cooldown_steps: int = 0
+    cooldown_power: float = 1.0
 
     def check(self, key: str) -> None:
         if self.name not in SCHEDULES:
@@ -52,16 +56,46 @@ class SchedConfig:
         positive(f"{key}.warmup_steps", self.warmup_steps, allow_zero=True)
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"{key}.min_lr_ratio", f"must lie in [0, 1], got {self.min_lr_ratio}")
+        positive(f"{key}.cooldown_power", self.cooldown_power)
+        if self.name == "const_cooldown" and self.cooldown_steps <= 0:
+            raise ConfigError(
+                f"{key}.cooldown_steps",
+                f"sched=const_cooldown needs the length of its cooldown, e.g. {key}.cooldown_steps=1000 (got "
+                f"{self.cooldown_steps})",
+            )
+        if self.name != "const_cooldown" and self.cooldown_steps:
+            raise ConfigError(f"{key}.cooldown_steps", f"only sched=const_cooldown has a cooldown, not '{self.name}'")
+
+    def check_total(self, key: str, total_steps: int) -> None:
+        """What needs the run's length: a cooldown inside the steps after the warm-up."""
+        if self.cooldown_steps and self.cooldown_steps > total_steps - self.warmup_steps:
+            raise ConfigError(
+                f"{key}.cooldown_steps",
+                f"{self.cooldown_steps} cooldown steps do not fit after {self.warmup_steps} warm-up steps in a run "
+                f"of {total_steps}",
+            )
 
 
 @SCHEDULES.register("cosine", SchedConfig)
-def cosine(progress: float) -> float:
-    return 0.5 * (1 + math.cos(math.pi * progress))
+def cosine(step: int, steps: int, cfg: SchedConfig) -> float:
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, steps))))
 
 
 @SCHEDULES.register("constant", SchedConfig)
-def constant(progress: float) -> float:
+def constant(step: int, steps: int, cfg: SchedConfig) -> float:
     return 1.0
+
+
+@SCHEDULES.register("const_cooldown", SchedConfig)
+def const_cooldown(step: int, steps: int, cfg: SchedConfig) -> float:
+    """Warmup-stable-decay (open_clip_train's const-cooldown): constant, then over the last
+    ``cooldown_steps`` a polynomial fall (linear at power 1). The cooldown starts at a fixed
+    distance from the end, so a stable phase resumed with a larger trainer.max_steps goes on
+    at the full rate, and a cooldown can be branched from any of its checkpoints."""
+    start = steps - cfg.cooldown_steps
+    if step < start:
+        return 1.0
+    return max(0.0, 1 - (step - start) / max(1, cfg.cooldown_steps)) ** cfg.cooldown_power
 
 
 def build_optimizer(model: MultiModalModel, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -88,11 +122,10 @@ def build_optimizer(model: MultiModalModel, cfg: OptimConfig) -> torch.optim.Opt
 
 
 def lr_factor(step: int, total_steps: int, cfg: SchedConfig) -> float:
-    """Multiplier of optim.lr at ``step``: linear warmup, then cosine (or constant) decay."""
+    """Multiplier of optim.lr at ``step`` (from 0): linear warmup, then the schedule's decay."""
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
-    decay = SCHEDULES.get(cfg.name).build(min(1.0, progress))
+    decay = SCHEDULES.get(cfg.name).build(step - cfg.warmup_steps, total_steps - cfg.warmup_steps, cfg)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
 
 
@@ -100,3 +133,11 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, total_steps: int, cfg: SchedConfig
 ) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, cfg))
+
+
+def reapply_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """After a resume: the rates of the step to come from this run's schedule, not the ones the
+    checkpoint's optimizer carries, so that a changed trainer.max_steps or sched (a cooldown
+    branched from a stable run) applies from the first resumed step."""
+    scheduler.last_epoch -= 1
+    scheduler.step()  # recomputes the rates of step last_epoch

@@ -35,7 +35,7 @@ from clipkit.train.compile import compile_towers
 from clipkit.train.ema import WeightAverage
 from clipkit.train.metrics import MetricsLogger, ThroughputWindow, results_table
 from clipkit.train.nonfinite import NonfiniteGuard, gradient_norm
-from clipkit.train.optim import build_optimizer, build_scheduler
+from clipkit.train.optim import build_optimizer, build_scheduler, reapply_schedule
 from clipkit.train.parallel import apply_fsdp, gathered, wrap
 from clipkit.train.patch_dropout import switch_off_patch_dropout
 from clipkit.train.precision import autocast_factory, grad_scaler
@@ -111,7 +111,9 @@ class Trainer:
         self.nonfinite = NonfiniteGuard(self.optimizer, self.scaler, cfg.trainer.max_nonfinite_steps)
         self.global_batch = cfg.data.batch_size * cfg.trainer.accum_steps * env.world_size
         self.total_steps = self._total_steps()
+        cfg.sched.check_total("sched", self.total_steps)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.sched)
+        self.step_lr = 0.0
         self.evaluator = Evaluator(
             cfg.eval, self.bundle.eval_loaders(), self.bundle.tokenizer, self.device, self.autocast, env
         )
@@ -138,6 +140,7 @@ class Trainer:
                 trainer.resume,
                 "sharded" if trainer.parallel == "fsdp" and env.joined else "full",
                 trainer.ckpt_async,
+                trainer.keep_every_n_steps,
             ),
             self.core,
             self.optimizer,
@@ -195,6 +198,7 @@ class Trainer:
         resumed = self.checkpoints.resume()
         if resumed is not None:
             log.info("resumed from %s at step %d", resumed, self.progress.step)
+            reapply_schedule(self.scheduler)
             if self.progress.step >= self.total_steps:
                 log.info(
                     "the run is complete (%d of %d steps); more steps: raise trainer.max_steps or trainer.epochs",
@@ -313,6 +317,7 @@ class Trainer:
         self.nonfinite.before_step(gradient_norm(self.core.parameters(), self.cfg.trainer.grad_clip_norm))
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.step_lr = self.optimizer.param_groups[0]["lr"]  # logged: the rate this step used
         self.scheduler.step()
         self.core.clamp_logit_scales()
         if self.ema is not None:
@@ -352,7 +357,7 @@ class Trainer:
             "samples_seen": self.progress.samples_seen,
             "epoch": self.stream.epoch,
             **{f"loss/{n}": v for n, v in zip(names, reduced)},
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.step_lr,
             **self.core.scale_metrics(),
             "skipped_samples": int(skipped),
             "unreadable_shards": int(unreadable),

@@ -23,10 +23,10 @@ def trained(seed=0):
     return model, optimizer
 
 
-def manager(root, model, optimizer, progress=None, keep=3, resume="auto", asynchronous=False):
+def manager(root, model, optimizer, progress=None, keep=3, resume="auto", asynchronous=False, keep_every=0):
     return CheckpointManager(
         root,
-        CheckpointPolicy(1, keep, resume, "full", asynchronous),
+        CheckpointPolicy(1, keep, resume, "full", asynchronous, keep_every),
         model,
         optimizer,
         shared={"progress": progress or TrainProgress()},
@@ -47,6 +47,16 @@ def test_layout_manifest_latest_and_keep_last_k(tmp_path):
     assert (manifest["layout"], manifest["world_size"], manifest["step"]) == ("full", 1, 40)
     assert sorted(manifest["files"]) == sorted([ckpt.MODEL_FILE, ckpt.STATE_FILE, ckpt.CONFIG_FILE])
     assert all(len(entry["sha256"]) == 64 and entry["bytes"] > 0 for entry in manifest["files"].values())
+
+
+def test_keep_every_n_steps_keeps_its_multiples_beyond_the_last_k(tmp_path):
+    model, optimizer = trained()
+    saver = manager(tmp_path, model, optimizer, keep=2, keep_every=30)
+    for step in range(10, 110, 10):
+        saver.save(step)
+    kept = ["step_0000030", "step_0000060", "step_0000090", "step_0000100"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == kept
+    assert ckpt.find_latest(tmp_path).name == "step_0000100"
 
 
 def test_half_written_checkpoints_are_never_picked(tmp_path):

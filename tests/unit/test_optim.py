@@ -29,6 +29,67 @@ def test_schedule_warms_up_then_follows_a_cosine_to_the_floor():
     assert lr_factor(110, 110, sched) == pytest.approx(0.1)
 
 
+@pytest.mark.parametrize("power, end", [(1.0, 0.0), (2.0, 0.1)])
+def test_const_cooldown_is_open_clip_trains(power, end):
+    """Warmup-stable-decay gives open_clip_train's const-cooldown rate at every step."""
+    import torch
+    from open_clip_train.scheduler import const_lr_cooldown
+
+    total, warmup, cooldown = 200, 20, 50
+    sched = SchedConfig(
+        name="const_cooldown", warmup_steps=warmup, min_lr_ratio=end, cooldown_steps=cooldown, cooldown_power=power
+    )
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    open_clip_rate = const_lr_cooldown(optimizer, 1.0, warmup, total, cooldown, power, end)
+    assert [lr_factor(step, total, sched) for step in range(total)] == pytest.approx(
+        [open_clip_rate(step) for step in range(total)]
+    )
+    assert lr_factor(149, total, sched) == 1.0 and lr_factor(150, total, sched) == 1.0 > lr_factor(151, total, sched)
+
+
+def test_a_cooldown_is_checked_against_the_schedule_and_the_run_length():
+    from clipkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="only sched=const_cooldown has a cooldown"):
+        SchedConfig(name="cosine", cooldown_steps=10).check("sched")
+    with pytest.raises(ConfigError, match="needs the length of its cooldown, e.g. sched.cooldown_steps=1000"):
+        SchedConfig(name="const_cooldown").check("sched")
+    with pytest.raises(ConfigError, match="60 cooldown steps do not fit after 50 warm-up steps in a run of 100"):
+        SchedConfig(name="const_cooldown", warmup_steps=50, cooldown_steps=60).check_total("sched", 100)
+    SchedConfig(name="const_cooldown", warmup_steps=50, cooldown_steps=50).check_total("sched", 100)
+    SchedConfig(warmup_steps=25).check_total("sched", 2)  # no cooldown: a warm-up longer than the run is allowed
+
+
+@pytest.mark.parametrize("sched", [SchedConfig(), SchedConfig(name="const_cooldown", cooldown_steps=30)])
+def test_a_resumed_schedule_takes_the_new_run_length_from_its_first_step(sched):
+    import torch
+
+    from clipkit.train.optim import build_scheduler, reapply_schedule
+
+    def optimizer_and_scheduler(total_steps: int):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5)
+        return optimizer, build_scheduler(optimizer, total_steps, sched)
+
+    optimizer, scheduler = optimizer_and_scheduler(200)
+    for _ in range(180):
+        optimizer.step()
+        scheduler.step()
+    resumed, resumed_scheduler = optimizer_and_scheduler(400)  # trainer.max_steps raised on resume
+    resumed.load_state_dict(optimizer.state_dict())
+    resumed_scheduler.load_state_dict(scheduler.state_dict())
+    assert resumed.param_groups[0]["lr"] == pytest.approx(0.5 * lr_factor(180, 200, sched))  # the old run's
+    reapply_schedule(resumed_scheduler)
+    assert (
+        resumed.param_groups[0]["lr"]
+        == pytest.approx(0.5 * lr_factor(180, 400, sched))
+        != pytest.approx(0.5 * lr_factor(180, 200, sched))
+    )
+    assert resumed_scheduler.get_last_lr() == [resumed.param_groups[0]["lr"]]
+    resumed.step()
+    resumed_scheduler.step()
+    assert resumed.param_groups[0]["lr"] == pytest.approx(0.5 * lr_factor(181, 400, sched))
+
+
 def _lr_by_name(model, optimizer):
     names = {id(p): n for n, p in model.named_parameters()}
     return {names[id(p)]: group["lr"] for group in optimizer.param_groups for p in group["params"]}

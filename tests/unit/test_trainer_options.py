@@ -112,3 +112,24 @@ def test_layer_decay_trains_every_tower_at_its_rates(small_demo, tmp_path):
     assert rates == sorted({1.0, 0.7, 0.49, 0.8, 0.64, 0.9, 0.81})
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 2 and records[-1]["loss/total"] == records[-1]["loss/total"]
+
+
+def test_a_cooldown_branched_from_a_stable_runs_checkpoint(small_demo, tmp_path):
+    """Warmup-stable-decay as its users run it: a stable (constant) run, then a cooldown started
+    from one of its checkpoints in a run folder of its own; each logs the rate its step used."""
+    stable, cooldown = tmp_path / "stable", tmp_path / "cooldown"
+    stable.mkdir(), cooldown.mkdir()
+    lr = 1e-3
+    common = [f"optim.lr={lr}", "sched.warmup_steps=2", "trainer.max_steps=6"]
+    records = train(small_demo, stable, *common, "sched=constant", "trainer.ckpt_every_n_steps=3")
+    assert [r["lr"] for r in records] == pytest.approx([lr / 2, lr, lr, lr, lr, lr])
+    records = train(
+        small_demo,
+        cooldown,
+        *common,
+        "sched=const_cooldown",
+        "sched.cooldown_steps=4",
+        f"trainer.resume={stable / 'checkpoints' / 'step_0000003'}",
+    )
+    assert [r["step"] for r in records] == [4, 5, 6]
+    assert [r["lr"] for r in records] == pytest.approx([lr * 3 / 4, lr / 2, lr / 4])
