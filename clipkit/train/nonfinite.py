@@ -1,10 +1,12 @@
 """Steps whose gradients are not finite (a diverging run) are skipped, counted, and end the run
 after too many in a row, without the host ever waiting for the device to decide.
 
-The decision stays on the device: the gradient norm's finiteness becomes the fused AdamW kernel's
-``found_inf`` flag, which makes the kernel leave weights, moments and step counts as they were
-(the mechanism GradScaler uses for fp16; under fp16 the scaler sets the flag itself). The counts
-are device tensors, read when the step is logged.
+With a fused optimizer (clipkit's AdamW) the decision stays on the device: the gradient norm's
+finiteness becomes the fused kernel's ``found_inf`` flag, which makes the kernel leave weights,
+moments and step counts as they were (the mechanism GradScaler uses for fp16; under fp16 the
+scaler sets the flag itself). Other optimizers (timm's) have no such flag: the host reads the
+finiteness each step and skips the optimizer's step, one wait for the device a step, as
+GradScaler's own path for them. The counts are device tensors, read when the step is logged.
 """
 
 from __future__ import annotations
@@ -33,8 +35,7 @@ def gradient_norm(parameters: Iterable[torch.nn.Parameter], clip: float | None) 
 
 class NonfiniteGuard:
     def __init__(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, max_in_a_row: int) -> None:
-        if not optimizer.defaults.get("fused"):
-            raise ValueError("skipping non-finite steps on the device needs a fused optimizer")
+        self.on_device = bool(optimizer.defaults.get("fused"))  # the kernel reads found_inf
         self.optimizer = optimizer
         self.scaler = scaler
         self.max_in_a_row = max_in_a_row
@@ -42,15 +43,17 @@ class NonfiniteGuard:
         self.in_a_row: torch.Tensor | None = None
         self.last_in_a_row = 0
 
-    def before_step(self, grad_norm: torch.Tensor) -> None:
-        """Called between backward and the optimizer step with the step's gradient norm."""
+    def before_step(self, grad_norm: torch.Tensor) -> bool:
+        """Called between backward and the optimizer step with the step's gradient norm; whether
+        to call the optimizer's step (always for a fused one, whose kernel skips by itself)."""
         bad = (~torch.isfinite(grad_norm)).long()
-        if not self.scaler.is_enabled():
+        if self.on_device and not self.scaler.is_enabled():
             self.optimizer.found_inf = bad.float()  # read by the fused kernel: 1 skips the update
         if self.total is None or self.in_a_row is None:
             self.total, self.in_a_row = torch.zeros_like(bad), torch.zeros_like(bad)
         self.total = self.total + bad
         self.in_a_row = (self.in_a_row + 1) * bad
+        return self.on_device or not bool(bad)  # a host read: waits for the device
 
     def read(self) -> int:
         """The steps skipped since the previous read. Reads the device: on logging steps only."""

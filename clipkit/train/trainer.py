@@ -35,7 +35,7 @@ from clipkit.train.compile import compile_towers
 from clipkit.train.ema import WeightAverage
 from clipkit.train.metrics import MetricsLogger, ThroughputWindow, results_table
 from clipkit.train.nonfinite import NonfiniteGuard, gradient_norm
-from clipkit.train.optim import build_optimizer, build_scheduler, reapply_schedule
+from clipkit.train.optim import build_optimizer, build_scheduler, optimizer_errors, reapply_schedule
 from clipkit.train.parallel import apply_fsdp, gathered, wrap
 from clipkit.train.patch_dropout import switch_off_patch_dropout
 from clipkit.train.precision import autocast_factory, grad_scaler
@@ -314,8 +314,9 @@ class Trainer:
             self.model, self.objective, inputs, present, self.step_autocast, self.scaler, self._teacher_outputs(inputs)
         )
         self.scaler.unscale_(self.optimizer)
-        self.nonfinite.before_step(gradient_norm(self.core.parameters(), self.cfg.trainer.grad_clip_norm))
-        self.scaler.step(self.optimizer)
+        if self.nonfinite.before_step(gradient_norm(self.core.parameters(), self.cfg.trainer.grad_clip_norm)):
+            with optimizer_errors(self.cfg.optim.name):
+                self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step_lr = self.optimizer.param_groups[0]["lr"]  # logged: the rate this step used
         self.scheduler.step()

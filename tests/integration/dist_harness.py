@@ -2,7 +2,7 @@
 
     torchrun --nproc_per_node=2 dist_harness.py OUT_DIR JOB [JOB ...]
 
-A job is named ``MODE+PARALLEL+STEPS+PRECISION`` (:class:`Job`); they run one after another in
+A job is named ``MODE+PARALLEL+STEPS+PRECISION+OPTIMIZER`` (:class:`Job`); they run one after another in
 the same processes (one launch: a torch process takes seconds to start, a job a fraction of one).
 MODE is ``local`` (local loss), ``global`` (full gathered matrix), ``accum`` (local loss with
 two accumulated micro-batches per rank) or ``masked`` (some rows of rank 0 and every row of rank 1
@@ -15,6 +15,7 @@ reference stays eager). Each rank saves {"loss", "grads"} of the first step to
 OUT_DIR/JOB/rank<r>.pt, and with STEPS > 1 the full weights after STEPS AdamW steps on the same
 batch as "weights". The model is wrapped in DDP (``ddp``) or sharded by FSDP2 (``fsdp``).
 PRECISION is ``fp32``, ``bf16`` (autocast) or ``bf16-weights`` (FSDP's bf16 weights, no autocast).
+OPTIMIZER is an ``optim.name`` (``adamw``, or ``timm:NAME`` for ``timm/NAME``).
 ``reference(n, mode)`` computes the first step on one process over the whole batch.
 """
 
@@ -68,15 +69,16 @@ class Job:
     parallel: str = "ddp"
     steps: int = 1
     precision: str = "fp32"
+    optimizer: str = "adamw"
 
     @property
     def name(self) -> str:
-        return f"{self.mode}+{self.parallel}+{self.steps}+{self.precision}"
+        return f"{self.mode}+{self.parallel}+{self.steps}+{self.precision}+{self.optimizer.replace('/', ':')}"
 
     @classmethod
     def parse(cls, name: str) -> Job:
-        mode, parallel, steps, precision = name.split("+")
-        return cls(mode, parallel, int(steps), precision)
+        mode, parallel, steps, precision, optimizer = name.split("+")
+        return cls(mode, parallel, int(steps), precision, optimizer.replace(":", "/"))
 
     def results(self, out_dir: Path, rank: int) -> dict:
         return torch.load(out_dir / self.name / f"rank{rank}.pt")
@@ -225,7 +227,7 @@ def run(job: Job, env: distributed.DistEnv, out_dir: Path) -> None:
     mine = slice(env.rank * PER_RANK, (env.rank + 1) * PER_RANK)
     batch = {k: v[mine] for k, v in fixed_batch(n, mode).items()}
     mask = {k: v[mine] for k, v in fixed_present(n, mode).items()}
-    optimizer = build_optimizer(core, OptimConfig(lr=1e-3, weight_decay=0.1))
+    optimizer = build_optimizer(core, OptimConfig(name=job.optimizer, lr=1e-3, weight_decay=0.1))
     parts = 2 if mode == "accum" else 1
     loss, grads = step(model, core, objective, batch, mask, parts, mode, autocast)
     saved = {"loss": distributed.all_reduce_mean(loss), "grads": grads}

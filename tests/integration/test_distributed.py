@@ -30,6 +30,7 @@ ONE_STEP_MODES = [
 ]
 FSDP_MODES = ["local", "sigmoid", "locked", "accum", "coca"]
 BF16_PRECISIONS = ["bf16", "bf16-weights"]
+TIMM_OPTIMIZERS = ["timm/lamb", "timm/lion"]  # their states follow FSDP's sharded parameters
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def harness(tmp_path_factory) -> Path:
         *(Job(mode) for mode in ONE_STEP_MODES),
         *(Job(mode, parallel, 20) for mode in FSDP_MODES for parallel in ("ddp", "fsdp")),
         *(Job("coca", "fsdp", 1, precision) for precision in BF16_PRECISIONS),
+        *(Job("local", parallel, 20, optimizer=name) for name in TIMM_OPTIMIZERS for parallel in ("ddp", "fsdp")),
     ]
     out = tmp_path_factory.mktemp("harness")
     result = run_command(torchrun(2, [HARNESS, str(out), *(job.name for job in jobs)]), out, timeout=600)
@@ -81,6 +83,20 @@ def test_fsdp_equals_ddp(harness, mode):
         assert worst <= 1e-4, worst
     if mode == "locked":  # the locked tower takes no gradient, under FSDP too
         assert not any(n.startswith("towers.text") for n in expected)
+
+
+@pytest.mark.parametrize("optimizer", TIMM_OPTIMIZERS)
+def test_timm_optimizers_under_fsdp_equal_ddp(harness, optimizer):
+    """optim.name=timm/...: LAMB's per-tensor trust ratios and Lion's signs over sharded
+    parameters give DDP's weights after 20 steps."""
+    ddp = Job("local", "ddp", 20, optimizer=optimizer).results(harness, 0)
+    adamw = Job("local", "ddp", 20).results(harness, 0)
+    for rank in (0, 1):
+        got = Job("local", "fsdp", 20, optimizer=optimizer).results(harness, rank)
+        assert got["weights"].keys() == ddp["weights"].keys()
+        worst = max((got["weights"][n] - ddp["weights"][n]).abs().max().item() for n in ddp["weights"])
+        assert worst <= 1e-4, worst
+    assert any(not torch.allclose(ddp["weights"][n], adamw["weights"][n]) for n in ddp["weights"])  # not AdamW
 
 
 @pytest.mark.parametrize("precision", BF16_PRECISIONS)

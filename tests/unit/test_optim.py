@@ -22,6 +22,27 @@ def test_decay_groups_follow_open_clip_train():
     assert any("class_embedding" in n for n in exempt)
 
 
+@pytest.mark.parametrize("name", ["timm/lamb", "timm/sgd"])
+def test_a_timm_optimizer_gets_the_same_groups(name):
+    model = tiny_model(LossConfig())
+    cfg = OptimConfig(name=name, lr=0.01, weight_decay=0.1, momentum=0.8)
+    cfg.check("optim")
+    ours, timms = build_optimizer(model, OptimConfig(lr=0.01, weight_decay=0.1)), build_optimizer(model, cfg)
+    assert type(timms).__name__ == {"timm/lamb": "Lamb", "timm/sgd": "SGD"}[name]
+    for group, expected in zip(timms.param_groups, ours.param_groups, strict=True):
+        assert [id(p) for p in group["params"]] == [id(p) for p in expected["params"]]
+        assert (group["lr"], group["weight_decay"]) == (expected["lr"], expected["weight_decay"])
+    assert timms.defaults.get("momentum", 0.8) == 0.8 and timms.defaults.get("betas", (0.9, 0.98)) == (0.9, 0.98)
+
+
+def test_an_unknown_optimizer_is_named():
+    from clipkit.errors import ConfigError
+
+    for name in ("lamb", "timm/nope"):
+        with pytest.raises(ConfigError, match=f"unknown optimizer '{name}': adamw, or timm/NAME"):
+            OptimConfig(name=name).check("optim")
+
+
 def test_schedule_warms_up_then_follows_a_cosine_to_the_floor():
     sched = SchedConfig(warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, 110, sched) == pytest.approx(0.1) and lr_factor(9, 110, sched) == 1.0
@@ -156,3 +177,16 @@ def test_schedule_keeps_each_groups_rate():
     optimizer.step()
     scheduler.step()
     assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([b * 0.5 for b in base])
+
+
+def test_an_optimizer_that_cannot_step_sharded_parameters_is_one_line():
+    from clipkit.errors import ConfigError
+    from clipkit.train.optim import optimizer_errors
+
+    mixed = "aten.lerp_.Scalar got mixed torch.Tensor and DTensor, need to convert all torch.Tensor to DTensor"
+    with pytest.raises(ConfigError, match="timm/adafactor cannot update FSDP's sharded parameters"):
+        with optimizer_errors("timm/adafactor"):
+            raise RuntimeError(mixed)
+    with pytest.raises(RuntimeError, match="something else"):
+        with optimizer_errors("timm/adafactor"):
+            raise RuntimeError("something else")

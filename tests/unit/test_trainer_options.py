@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from clipkit.config.compose import compose_config
 from clipkit.config.validate import check_config
@@ -133,3 +134,19 @@ def test_a_cooldown_branched_from_a_stable_runs_checkpoint(small_demo, tmp_path)
     )
     assert [r["step"] for r in records] == [4, 5, 6]
     assert [r["lr"] for r in records] == pytest.approx([lr * 3 / 4, lr / 2, lr / 4])
+
+
+def test_a_timm_optimizer_trains_and_resumes_exactly(small_demo, tmp_path):
+    """optim.name=timm/lamb: its state is checkpointed, so a run resumed at step 2 ends with the
+    weights of the uninterrupted one."""
+    from clipkit.train import checkpoint as ckpt
+
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    whole.mkdir(), resumed.mkdir()
+    common = ["optim.name=timm/lamb", "trainer.max_steps=4", "sched=constant"]
+    records = train(small_demo, whole, *common, "trainer.ckpt_every_n_steps=2", "trainer.keep_last_k=2")
+    assert all(r["loss/total"] == r["loss/total"] for r in records)  # no NaN
+    train(small_demo, resumed, *common, f"trainer.resume={whole / 'checkpoints' / 'step_0000002'}")
+    expected = ckpt.read_model_state(ckpt.find_latest(whole / "checkpoints"))
+    got = ckpt.read_model_state(ckpt.find_latest(resumed / "checkpoints"))
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
