@@ -8,6 +8,10 @@ from collections.abc import Collection
 from clipkit.errors import ConfigError
 
 
+def asks_for_help(argv: list[str]) -> bool:
+    return any(arg in ("-h", "--help") for arg in argv)
+
+
 def split_arguments(argv: list[str], own: Collection[str], usage: str) -> tuple[dict[str, list[str]], list[str]]:
     """The values of the command's ``own`` keys, each in the order given (a key may repeat), and
     the other arguments, as config overrides in their order."""

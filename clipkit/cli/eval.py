@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from clipkit.cli.arguments import split_arguments
+from clipkit.cli.arguments import asks_for_help, split_arguments
 from clipkit.cli.errors import USER_ERRORS, fail
 from clipkit.cli.launch import run_main
 from clipkit.errors import ConfigError
@@ -93,8 +93,12 @@ def _label(checkpoint: str, taken: dict[str, object]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if asks_for_help(argv):
+        print(__doc__.strip().replace("``", ""))
+        return
     try:
-        checkpoints, out, overrides = _parse(sys.argv[1:] if argv is None else argv)
+        checkpoints, out, overrides = _parse(argv)
         if len(checkpoints) == 1:
             every = {checkpoints[0]: evaluate_checkpoint(checkpoints[0], overrides, out)}
         else:

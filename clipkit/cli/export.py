@@ -1,8 +1,10 @@
-"""``clipkit-export checkpoint=PATH format=open_clip|onnx out=DIR [KEY=VALUE ...]``.
+"""``clipkit-export checkpoint=PATH format=open_clip|onnx out=DIR [KEY=VALUE ...]``: export a
+saved checkpoint (a step folder, or a run folder for its latest).
 
 open_clip: ``open_clip_config.json`` + ``open_clip_model.safetensors`` for the image–text part,
 loadable with ``open_clip.create_model_and_transforms('local-dir:DIR')``. onnx: one file per
-tower, checked against PyTorch with onnxruntime after writing.
+tower, checked against PyTorch with onnxruntime after writing. ``KEY=VALUE`` overrides change the
+checkpoint's config.yaml before the model is built (as clipkit-eval's).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from clipkit.cli.arguments import split_arguments
+from clipkit.cli.arguments import asks_for_help, split_arguments
 from clipkit.cli.errors import USER_ERRORS, fail
 from clipkit.cli.launch import run_main
 from clipkit.errors import ConfigError
@@ -38,8 +40,12 @@ def _parse(argv: list[str]) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     logging.getLogger("clipkit").setLevel(logging.INFO)  # not the ONNX tools' own INFO lines
+    argv = sys.argv[1:] if argv is None else argv
+    if asks_for_help(argv):
+        print(__doc__.strip().replace("``", ""))
+        return
     try:
-        args = _parse(sys.argv[1:] if argv is None else argv)
+        args = _parse(argv)
         import torch
 
         from clipkit.saved import load_checkpoint

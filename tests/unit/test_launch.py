@@ -1,9 +1,12 @@
-"""The console scripts import a command with the garbage collector paused, then freeze that heap."""
+"""The console scripts: each imports its command with the garbage collector paused, then freezes that
+heap; the KEY=VALUE commands answer --help."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 PROBE = """
 import gc
@@ -50,3 +53,11 @@ def test_every_console_script_goes_through_the_launcher():
         "clipkit-data": "clipkit.cli.launch:data",
         "clipkit-export": "clipkit.cli.launch:export",
     }
+
+
+@pytest.mark.parametrize("program", ["eval", "export"])
+def test_help_prints_the_usage_and_exits_0(program, capsys):
+    import importlib
+
+    importlib.import_module(f"clipkit.cli.{program}").main(["--help"])
+    assert capsys.readouterr().out.startswith(f"clipkit-{program} checkpoint=PATH")
