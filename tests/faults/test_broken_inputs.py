@@ -50,6 +50,10 @@ def test_broken_eval_sets_are_one_line(trained, small_demo, tmp_path):
     (shapes / "classnames.txt").write_text("\n".join(names[:5]) + "\n")  # 24 labels, 5 names
     assert "names 5 classes" in one_line_error(evaluate(trained, shapes, tmp_path))
 
+    # a retrieval set under the default task: the line says which task to set
+    hint = "classnames.txt; for a retrieval set add eval.datasets.broken.task=retrieval"
+    assert hint in one_line_error(evaluate(trained, small_demo / "eval" / "scenes", tmp_path))
+
     corrupt = tmp_path / "corrupt"
     write_eval_set(
         corrupt,

@@ -28,7 +28,7 @@ class ZeroShotClassification(EvalTask):
         for attr, file in FILES.items():
             path = root / file
             if not path.is_file():
-                raise ConfigError(f"{key}.root", f"zero-shot classification needs {path}")
+                raise ConfigError(f"{key}.root", f"zero-shot classification needs {path}{_other_task(root, key)}")
             setattr(eval_set, attr, file_lines(path))
             if not getattr(eval_set, attr):
                 raise ConfigError(f"{key}.root", f"{path} is empty")
@@ -69,3 +69,11 @@ class ZeroShotClassification(EvalTask):
         )
         metrics = {**classification_metrics(all_logits, all_labels), **geometry, "num_samples": len(all_labels)}
         return TaskResult(metrics, [])
+
+
+def _other_task(root: Path, key: str) -> str:
+    """The task a set without class names is more likely for: the one its dataset_type.txt names
+    (clipkit's writers leave one), else retrieval (CLIP_benchmark's caption sets)."""
+    written = root / "dataset_type.txt"
+    task = file_lines(written)[0] if written.is_file() and file_lines(written) else "retrieval"
+    return f"; for a {task} set add {key}.task={task}"
