@@ -112,6 +112,12 @@ class Trainer:
         self.global_batch = cfg.data.batch_size * cfg.trainer.accum_steps * env.world_size
         self.total_steps = self._total_steps()
         cfg.sched.check_total("sched", self.total_steps)
+        if cfg.sched.warmup_steps > self.total_steps and env.is_main:
+            log.warning(
+                "sched.warmup_steps=%d is longer than the run (%d steps): the rate never reaches optim.lr",
+                cfg.sched.warmup_steps,
+                self.total_steps,
+            )
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.sched)
         self.step_lr = 0.0
         self.evaluator = Evaluator(
