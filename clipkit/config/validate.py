@@ -119,9 +119,8 @@ def check_config(raw: DictConfig) -> CheckedConfig:
     positive("data.workers", data.workers, allow_zero=True)
     positive("data.train.num_samples", data.train.num_samples)
     positive("data.train.shuffle_buffer", data.train.shuffle_buffer, allow_zero=True)
-    if len(data.image.mean) != 3 or len(data.image.std) != 3:
-        raise ConfigError("data.image.mean", "mean and std need 3 values (RGB)")
     _check_decode_device(data.decode_device, cfg.trainer.device)
+    data.image.check("data.image", data.decode_device)
 
     cfg.trainer.check("trainer")
     cfg.optim.check("optim")

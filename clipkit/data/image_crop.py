@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms.v2 import ColorJitter, RandomGrayscale
 
 DCT_SCALES = (8, 4, 2)  # the reductions libjpeg-turbo decodes to with its SIMD code, largest first
 # torchvision's RandomResizedCrop default aspect-ratio range, which open_clip keeps.
@@ -52,21 +53,47 @@ def _scaled_box(
     )
 
 
+class ColourAugment:
+    """open_clip_train's optional colour augmentations (``aug_cfg``'s ``color_jitter_prob`` and
+    ``gray_scale_prob``), on the uint8 crop: with probability ``jitter_prob`` torchvision's
+    ColorJitter(brightness, contrast, saturation, hue), then RandomGrayscale(``gray_prob``)."""
+
+    def __init__(self, jitter: Sequence[float], jitter_prob: float, gray_prob: float) -> None:
+        self.jitter = ColorJitter(*jitter) if jitter_prob > 0 else None
+        self.jitter_prob = jitter_prob
+        self.gray = RandomGrayscale(gray_prob) if gray_prob > 0 else None
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if self.jitter is not None and torch.rand(()) < self.jitter_prob:
+            image = self.jitter(image)
+        return self.gray(image) if self.gray is not None else image
+
+
 class TrainImageDecoder:
     """Image bytes -> ``uint8`` tensor (3, size, size): a random resized crop of the image, resized
-    with the antialiased bicubic filter, as open_clip's training crop always is."""
+    with the antialiased bicubic filter, as open_clip's training crop always is, then the colour
+    augmentations if any."""
 
-    def __init__(self, size: int, scale: Sequence[float]) -> None:
+    def __init__(
+        self,
+        size: int,
+        scale: Sequence[float],
+        ratio: Sequence[float] = RATIO,
+        colour: ColourAugment | None = None,
+    ) -> None:
         self.size = size
         self.scale = [float(scale[0]), float(scale[1])]
+        self.ratio = [float(ratio[0]), float(ratio[1])]
+        self.colour = colour
 
     def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
         """(top, left, height, width) in full-size pixels: torchvision's draw from torch's generator
         (it reads only the image's shape: here a tensor of that shape that holds no memory)."""
-        return RandomResizedCrop.get_params(_NO_MEMORY.expand(3, height, width), self.scale, list(RATIO))
+        return RandomResizedCrop.get_params(_NO_MEMORY.expand(3, height, width), self.scale, self.ratio)
 
     def __call__(self, data: bytes) -> torch.Tensor:
-        return self.resize(*self.decode(data))
+        image = self.resize(*self.decode(data))
+        return self.colour(image) if self.colour is not None else image
 
     def decode(self, data: bytes) -> tuple[torch.Tensor, tuple[slice, slice]]:
         """The decoded pixels (H, W, 3), at a DCT scale where one applies, and the crop's rows and

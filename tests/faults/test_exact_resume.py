@@ -1,8 +1,9 @@
 """Exact resume for real: runs killed with SIGKILL at a random step or inside a checkpoint save
 resume to log every loss of the uninterrupted run and end with its weights, bit for bit (fp32,
 CPU), with 0 or 2 data workers, in epoch and resampled mode, for the tri-modal demo (three
-weighted sources) and the image+text one, with 1 and 2 processes, and with evaluations between
-steps. (One data worker per process under FSDP: tests/integration/test_distributed.py.)"""
+weighted sources) and the image+text one (with colour jitter and grayscale), with 1 and 2
+processes, and with evaluations between steps. (One data worker per process under FSDP:
+tests/integration/test_distributed.py.)"""
 
 import json
 import os
@@ -88,8 +89,9 @@ def test_a_killed_run_resumes_bit_identical(tmp_path, small_demo, processes, exp
     training stream, and the resumed run logs each once."""
     evaluates = processes == 2 and resampled
     overrides = demo_overrides(small_demo)
-    if experiment == "demo_image_text":  # image and text towers only
+    if experiment == "demo_image_text":  # image and text towers only, with colour augmentations
         overrides = [o for o in overrides if not o.startswith("model.towers.audio.")]
+        overrides += ["data.image.color_jitter_prob=0.8", "data.image.gray_scale_prob=0.2"]
     args = [
         f"experiment={experiment}",
         *overrides,

@@ -110,3 +110,49 @@ def test_normalising_a_uint8_batch_is_totensor_and_normalize_bit_for_bit():
     assert torch.equal(ImageNormalizer(MEAN, STD)(pixels), expected)
     stand_in = torch.zeros(2, 3, 8, 8)
     assert ImageNormalizer(MEAN, STD)(stand_in) is stand_in  # absent images' float zeros pass as they are
+
+
+def test_the_aspect_ratio_range_and_the_colour_augmentations():
+    """data.image.train_crop_ratio bounds the crops' shapes; with color_jitter_prob and
+    gray_scale_prob at 1 every crop is jittered, then grey, the same for the same draws."""
+    from clipkit.data.image_crop import ColourAugment
+
+    data = photo(160, 90)
+    square = TrainImageDecoder(32, (0.3, 1.0), ratio=(1.0, 1.0))
+    for seed in range(20):
+        torch.manual_seed(seed)
+        _, _, height, width = square.crop_box(90, 160)
+        assert height == width
+    plain = TrainImageDecoder(32, (0.9, 1.0))
+    grey = TrainImageDecoder(32, (0.9, 1.0), colour=ColourAugment((0.4, 0.4, 0.4, 0.1), 1.0, 1.0))
+    torch.manual_seed(0)
+    original = plain(data)
+    torch.manual_seed(0)
+    augmented = grey(data)
+    assert augmented.dtype == torch.uint8 and augmented.shape == original.shape
+    assert torch.equal(augmented[0], augmented[1]) and torch.equal(augmented[1], augmented[2])
+    assert not torch.equal(original[0], original[1])
+    torch.manual_seed(0)
+    assert torch.equal(grey(data), augmented)  # drawn from torch's generator: a resume redraws them
+    jittered = TrainImageDecoder(32, (0.9, 1.0), colour=ColourAugment((0.4, 0.4, 0.4, 0.1), 1.0, 0.0))
+    torch.manual_seed(0)
+    assert not torch.equal(jittered(data), original)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("train_crop_ratio", [1.5, 1.0], "needs [min, max]"),
+        ("train_crop_scale", [0.5, 1.2], "needs [min, max]"),
+        ("color_jitter", [0.4, 0.4, 0.4], "needs [brightness, contrast, saturation, hue]"),
+        ("gray_scale_prob", 1.5, "must lie in [0, 1]"),
+    ],
+)
+def test_image_transform_values_are_checked(field, value, message):
+    from clipkit.data.transforms import ImageTransformConfig
+    from clipkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"data.image.{field}: {message}".replace("[", r"\[")):
+        ImageTransformConfig(**{field: value}).check("data.image", "cpu")
+    with pytest.raises(ConfigError, match="they need data.decode_device=cpu"):
+        ImageTransformConfig(color_jitter_prob=0.5).check("data.image", "cuda")
