@@ -29,12 +29,13 @@ from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 
 from clipkit import distributed as dist_utils
-from clipkit.errors import CheckpointError
+from clipkit.errors import CheckpointError, ConfigError
 from clipkit.train import checkpoint as ckpt
 from clipkit.train.ema import WeightAverage
 from clipkit.train.parallel import full_state, load_full_model_state, load_full_optimizer_state
@@ -219,6 +220,7 @@ class CheckpointManager:
         folder = self._resume_folder()
         if folder is None:
             return None
+        _check_same_optimizer(folder, self.config_yaml)
         state = _upgrade(ckpt.load_train_state(folder))
         try:
             average = None  # the moving average, when it comes with the shards
@@ -268,6 +270,23 @@ class CheckpointManager:
         if error is not None:
             raise CheckpointError(error)
         return Path(found) if found is not None else None
+
+
+def _check_same_optimizer(folder: Path, config_yaml: str) -> None:
+    """An optimizer's state fits its own kind only (loaded into another, it fails at the first
+    step on a missing option): a resume under another ``optim.name`` is one line."""
+
+    def name(text: str) -> str:
+        return str(OmegaConf.select(OmegaConf.create(text), "optim.name", default="adamw"))
+
+    saved_config = folder / ckpt.CONFIG_FILE
+    saved, current = name(saved_config.read_text()) if saved_config.is_file() else None, name(config_yaml)
+    if saved is not None and saved != current:
+        raise ConfigError(
+            "optim.name",
+            f"{folder} holds the state of optim.name={saved}, not of {current}: resume with optim.name={saved}, or "
+            f"start a new run from its weights with model.init.clipkit={folder}",
+        )
 
 
 def _disk_full(exc: BaseException, folder: Path) -> bool:

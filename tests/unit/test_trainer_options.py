@@ -156,3 +156,14 @@ def test_a_warm_up_as_long_as_the_run_is_named(small_demo, tmp_path, caplog):
     records = train(small_demo, tmp_path, "sched.warmup_steps=4", "optim.lr=0.004")
     assert "sched.warmup_steps=4 is longer than the run (3 steps): the rate never reaches optim.lr" in caplog.text
     assert [r["lr"] for r in records] == pytest.approx([0.001, 0.002, 0.003])
+
+
+def test_a_resume_under_another_optimizer_is_one_line(small_demo, tmp_path):
+    from clipkit.errors import ConfigError
+
+    first, second = tmp_path / "adamw", tmp_path / "lion"
+    first.mkdir(), second.mkdir()
+    train(small_demo, first, "trainer.max_steps=2")
+    checkpoint = first / "checkpoints" / "step_0000002"
+    with pytest.raises(ConfigError, match="holds the state of optim.name=adamw, not of timm/lion: resume with"):
+        train(small_demo, second, "optim.name=timm/lion", f"trainer.resume={checkpoint}")
