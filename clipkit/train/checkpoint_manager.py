@@ -273,8 +273,9 @@ class CheckpointManager:
 
 
 def _check_same_optimizer(folder: Path, config_yaml: str) -> None:
-    """An optimizer's state fits its own kind only (loaded into another, it fails at the first
-    step on a missing option): a resume under another ``optim.name`` is one line."""
+    """An optimizer's state fits its own kind only (loaded into another, the load fails on keys
+    it does not know, reported as a checkpoint that does not fit the model): a resume under
+    another ``optim.name`` is one line, before anything is read."""
 
     def name(text: str) -> str:
         return str(OmegaConf.select(OmegaConf.create(text), "optim.name", default="adamw"))

@@ -75,5 +75,6 @@ def _other_task(root: Path, key: str) -> str:
     """The task a set without class names is more likely for: the one its dataset_type.txt names
     (clipkit's writers leave one), else retrieval (CLIP_benchmark's caption sets)."""
     written = root / "dataset_type.txt"
-    task = file_lines(written)[0] if written.is_file() and file_lines(written) else "retrieval"
+    lines = file_lines(written) if written.is_file() else []
+    task = lines[0] if lines else "retrieval"
     return f"; for a {task} set add {key}.task={task}"
