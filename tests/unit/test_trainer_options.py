@@ -152,7 +152,7 @@ def test_a_timm_optimizer_trains_and_resumes_exactly(small_demo, tmp_path):
     assert all(torch.equal(got[k], v) for k, v in expected.items())
 
 
-def test_a_warm_up_as_long_as_the_run_is_named(small_demo, tmp_path, caplog):
+def test_a_warm_up_longer_than_the_run_is_named(small_demo, tmp_path, caplog):
     records = train(small_demo, tmp_path, "sched.warmup_steps=4", "optim.lr=0.004")
     assert "sched.warmup_steps=4 is longer than the run (3 steps): the rate never reaches optim.lr" in caplog.text
     assert [r["lr"] for r in records] == pytest.approx([0.001, 0.002, 0.003])
