@@ -121,6 +121,7 @@ def check_config(raw: DictConfig) -> CheckedConfig:
     positive("data.train.shuffle_buffer", data.train.shuffle_buffer, allow_zero=True)
     _check_decode_device(data.decode_device, cfg.trainer.device)
     data.image.check("data.image", data.decode_device)
+    data.keys.check("data.keys")
 
     cfg.trainer.check("trainer")
     cfg.optim.check("optim")

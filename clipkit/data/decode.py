@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from PIL import Image
 
 from clipkit.data.negatives import NegativeCaptions
+from clipkit.data.weighted import weighted_order
+from clipkit.errors import ConfigError
 
 
 @dataclass
@@ -23,7 +27,30 @@ class SampleKeysConfig:
     image: list[str] = field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
     text: list[str] = field(default_factory=lambda: ["txt", "json"])
     audio: list[str] = field(default_factory=lambda: ["flac", "wav", "mp3", "ogg"])
-    caption_field: str = "caption"  # the field holding the caption in a `json` member
+    # The field of a `json` member holding the caption, or a list of fields (say, the alt text and
+    # recaptions): the first non-empty one in the list's order is taken (open_clip_train's
+    # --json-text-key), or with `caption_field_weights` in an order drawn per sample
+    caption_field: Any = "caption"
+    # One weight per field (open_clip_train's --json-text-key-probs): a sample's fields are ordered
+    # by a draw in proportion to them, those of weight 0 last, and the first non-empty one is taken
+    caption_field_weights: list[float] | None = None
+
+    @property
+    def caption_fields(self) -> list[str]:
+        return [self.caption_field] if isinstance(self.caption_field, str) else list(self.caption_field)
+
+    def check(self, key: str) -> None:
+        fields = self.caption_field if isinstance(self.caption_field, (list, tuple)) else [self.caption_field]
+        if not fields or not all(isinstance(f, str) and f for f in fields):
+            raise ConfigError(
+                f"{key}.caption_field", f"needs a field name or a list of them, got {self.caption_field!r}"
+            )
+        weights = self.caption_field_weights
+        if weights is not None and (len(weights) != len(fields) or min(weights) < 0 or not sum(weights) > 0):
+            raise ConfigError(
+                f"{key}.caption_field_weights",
+                f"needs one weight >= 0 per caption field ({len(fields)}), not all 0, got {weights}",
+            )
 
 
 class CorruptSample(Exception):
@@ -40,14 +67,22 @@ def decode_image(data: bytes) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_caption(ext: str, data: bytes, caption_field: str) -> str:
+def decode_caption(ext: str, data: bytes, fields: Sequence[str], weights: Sequence[float] | None = None) -> str:
+    """A ``txt`` member's text, or from a ``json`` member the first non-empty string among
+    ``fields``, taken in their order or, with ``weights``, in one drawn from Python's generator
+    (which the pipeline seeds per sample)."""
     text = data.decode("utf-8")
-    if ext == "json":
-        value = json.loads(text)
-        if not isinstance(value, dict) or not isinstance(value.get(caption_field), str):
-            raise ValueError(f"json member has no string field '{caption_field}'")
-        text = value[caption_field]
-    return text.strip()
+    if ext != "json":
+        return text.strip()
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError("json member is not an object")
+    order = fields if weights is None else [fields[i] for i in weighted_order(weights, random.random)]
+    for name in order:
+        caption = value.get(name)
+        if isinstance(caption, str) and caption.strip():
+            return caption.strip()
+    raise ValueError(f"json member has no non-empty string field {' or '.join(repr(f) for f in fields)}")
 
 
 class ImageLoader:
@@ -81,7 +116,9 @@ class SampleDecoder:
             if self.tokenizer is not None:
                 ext = _first_member(sample, self.keys.text)
                 if ext is not None:
-                    caption = decode_caption(ext, sample[ext], self.keys.caption_field)
+                    caption = decode_caption(
+                        ext, sample[ext], self.keys.caption_fields, self.keys.caption_field_weights
+                    )
                     if not caption:
                         raise ValueError("empty caption")
                     out["text"] = caption

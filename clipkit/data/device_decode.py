@@ -73,6 +73,7 @@ class DeferredImageDecoder(TrainImageDecoder):
             height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data)
         except ValueError:
             return super().__call__(data)
+        self.check_size(height, width)
         if colourspace not in _NVJPEG_COLOURSPACES:
             return super().__call__(data)
         if not data[-64:].rstrip(b"\0").endswith(b"\xff\xd9"):  # no end-of-image marker: a cut file

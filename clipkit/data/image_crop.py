@@ -72,7 +72,8 @@ class ColourAugment:
 class TrainImageDecoder:
     """Image bytes -> ``uint8`` tensor (3, size, size): a random resized crop of the image, resized
     with the antialiased bicubic filter, as open_clip's training crop always is, then the colour
-    augmentations if any."""
+    augmentations if any. An image of more than ``max_pixels`` is refused from its header, before
+    any pixel is decoded (the sample is skipped and counted)."""
 
     def __init__(
         self,
@@ -80,11 +81,17 @@ class TrainImageDecoder:
         scale: Sequence[float],
         ratio: Sequence[float] = RATIO,
         colour: ColourAugment | None = None,
+        max_pixels: int | None = None,
     ) -> None:
         self.size = size
         self.scale = [float(scale[0]), float(scale[1])]
         self.ratio = [float(ratio[0]), float(ratio[1])]
         self.colour = colour
+        self.max_pixels = max_pixels
+
+    def check_size(self, height: int, width: int) -> None:
+        if self.max_pixels is not None and height * width > self.max_pixels:
+            raise ValueError(f"image of {width} x {height} px is over data.image.max_pixels ({self.max_pixels:_} px)")
 
     def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
         """(top, left, height, width) in full-size pixels: torchvision's draw from torch's generator
@@ -103,6 +110,7 @@ class TrainImageDecoder:
             full_height, full_width, _, _ = simplejpeg.decode_jpeg_header(data)
         except ValueError:
             return self._decode_with_pillow(data)
+        self.check_size(full_height, full_width)
         crop = self.crop_box(full_height, full_width)
         reduction = dct_reduction(crop[3], crop[2], self.size)
         try:
@@ -120,6 +128,7 @@ class TrainImageDecoder:
     ) -> tuple[torch.Tensor, tuple[slice, slice]]:
         image = Image.open(io.BytesIO(data))  # reads the header only
         full_width, full_height = image.size
+        self.check_size(full_height, full_width)
         crop = crop or self.crop_box(full_height, full_width)
         reduction = dct_reduction(crop[3], crop[2], self.size) if image.format == "JPEG" else 1
         if reduction > 1:

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clipkit.data.decode import CorruptSample, SampleDecoder
 from clipkit.data.shards import ShardSource, shard_sizes
+from clipkit.data.weighted import weighted_order
 from clipkit.errors import DataError
 from clipkit.lifetime import data_worker_init, end_workers_at_exit
 
@@ -106,9 +107,9 @@ class StreamState:
 
 
 class _DataLosses:
-    """What a worker's stream lost, counted in samples: corrupt samples, and the samples missing
-    from shards that failed to read or ended early (a cut file), as far as ``sizes.json`` says
-    how many a shard holds; such shards are also counted, and named in a warning. ``muted`` while
+    """What a worker's stream lost, counted in samples: corrupt or refused samples, and the samples
+    missing from shards that failed to read or ended early (a cut file), as far as ``sizes.json``
+    says how many a shard holds; such shards are also counted, and named in a warning. ``muted`` while
     a resumed run replays what the interrupted one had read (and counted) already."""
 
     def __init__(self, sizes: dict[str, int]) -> None:
@@ -120,7 +121,7 @@ class _DataLosses:
     def corrupt(self, exc: Exception) -> None:
         if not self.muted:
             self.samples += 1
-            log.warning("skipping a corrupt sample: %s", exc)
+            log.warning("skipping a sample: %s", exc)
 
     def shard_read(self, url: str, samples_read: int, error: str | None) -> None:
         expected = self.sizes.get(url)
@@ -203,11 +204,10 @@ def seeded_draws(seed: int) -> Iterator[None]:
 def pick_source(weights: Sequence[float], exhausted: set[int], rng: random.Random) -> int:
     """A source drawn with probability proportional to its weight among those not exhausted.
 
-    The draw orders all sources (Efraimidis-Spirakis: key u^(1/w), largest first) and takes the
-    first not exhausted, so its result does not depend on when an exhaustion was discovered: a run
-    resumed after a source ran out draws what the uninterrupted run drew."""
-    keys = [rng.random() ** (1.0 / w) for w in weights]
-    return next(i for i in sorted(range(len(weights)), key=lambda j: -keys[j]) if i not in exhausted)
+    The draw orders all sources and takes the first not exhausted, so its result does not depend on
+    when an exhaustion was discovered: a run resumed after a source ran out draws what the
+    uninterrupted run drew."""
+    return next(i for i in weighted_order(weights, rng.random) if i not in exhausted)
 
 
 def _position(worker: int, taken: list[int], losses: _DataLosses, reported: tuple[int, int]) -> dict:

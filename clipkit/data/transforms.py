@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from open_clip.transform import image_transform
 
+from clipkit.config.checks import positive
 from clipkit.data.device_decode import DeferredImageDecoder
 from clipkit.data.image_crop import RATIO, ColourAugment, TrainImageDecoder
 from clipkit.errors import ConfigError
@@ -29,6 +30,9 @@ class ImageTransformConfig:
     color_jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
     color_jitter_prob: float = 0.0
     gray_scale_prob: float = 0.0
+    # Training images of more pixels (width x height) are skipped and counted, judged from the file's
+    # header before any decode (open_clip_train's --max-image-pixels); null: no limit
+    max_pixels: int | None = 25_000_000
 
     def check(self, key: str, decode_device: str) -> None:
         if len(self.mean) != 3 or len(self.std) != 3:
@@ -45,6 +49,7 @@ class ImageTransformConfig:
         for name in ("color_jitter_prob", "gray_scale_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{key}.{name}", f"must lie in [0, 1], got {getattr(self, name)}")
+        positive(f"{key}.max_pixels", self.max_pixels)
         if decode_device == "cuda" and (self.color_jitter_prob or self.gray_scale_prob):
             raise ConfigError(
                 f"{key}.color_jitter_prob",
@@ -79,4 +84,4 @@ def build_train_image_loader(
         if cfg.color_jitter_prob or cfg.gray_scale_prob
         else None
     )
-    return loader(image_size, cfg.train_crop_scale, cfg.train_crop_ratio, colour)
+    return loader(image_size, cfg.train_crop_scale, cfg.train_crop_ratio, colour, cfg.max_pixels)

@@ -104,6 +104,52 @@ def test_json_captions_are_read(shards):
     assert odd <= seen  # odd samples carry their caption in a json member
 
 
+def test_a_caption_comes_from_the_first_non_empty_json_field_or_a_weighted_draw():
+    """data.keys.caption_field as a list (alt text and recaptions): without weights the first
+    non-empty field wins; with caption_field_weights the order is drawn per sample in proportion
+    to them (0: fallback only), from the generator the pipeline seeds by the sample's position."""
+    from clipkit.data.decode import decode_caption
+
+    def read(meta, fields, weights=None):
+        return decode_caption("json", json.dumps(meta).encode(), fields, weights)
+
+    both = {"alt": "a dog", "recap": "a brown dog on grass", "empty": " "}
+    assert read(both, ["alt", "recap"]) == "a dog"
+    assert read(both, ["empty", "missing", "recap"]) == "a brown dog on grass"
+    assert read({"alt": "a dog", "recap": None}, ["recap", "alt"], [1.0, 0.0]) == "a dog"  # fallback
+    with pytest.raises(ValueError, match="no non-empty string field 'empty' or 'missing'"):
+        read(both, ["empty", "missing"])
+    draws = []
+    for position in range(2000):
+        with seeded_draws(position):
+            draws.append(read(both, ["alt", "recap"], [1.0, 3.0]))
+    assert 0.70 < draws.count("a brown dog on grass") / len(draws) < 0.80
+    with seeded_draws(7):
+        again = read(both, ["alt", "recap"], [1.0, 3.0])
+    assert again == draws[7]
+    assert {read(both, ["alt", "recap"], [0.0, 1.0]) for _ in range(50)} == {"a brown dog on grass"}
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.keys.caption_field=[]"], "data.keys.caption_field: needs a field name or a list of them"),
+        (
+            ["data.keys.caption_field=[a,b]", "data.keys.caption_field_weights=[1]"],
+            "one weight >= 0 per caption field (2)",
+        ),
+        (["data.keys.caption_field=[a,b]", "data.keys.caption_field_weights=[0,0]"], "not all 0"),
+    ],
+)
+def test_caption_field_settings_are_checked(overrides, message):
+    from clipkit.config.compose import compose_config
+    from clipkit.config.validate import check_config
+    from clipkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        check_config(compose_config(overrides))
+
+
 def test_sizes_json_gives_epoch_length(shards):
     assert count_samples(resolve_sources(str(shards / "shard-{000000..000003}.tar"))) == 40
 

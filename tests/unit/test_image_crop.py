@@ -102,6 +102,25 @@ def test_a_truncated_jpeg_fails_in_the_decoder():
         TrainImageDecoder(64, (0.9, 1.0))(data[: len(data) // 2])
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_an_image_over_max_pixels_is_refused_from_its_header(fmt, monkeypatch):
+    """data.image.max_pixels: judged before any decode (none runs), on either decode path and for
+    the device decode's worker side; at the limit the image passes."""
+    from clipkit.data.device_decode import DeferredImageDecoder
+
+    data = photo(120, 100, fmt=fmt)
+    assert TrainImageDecoder(32, (0.9, 1.0), max_pixels=120 * 100)(data).shape == (3, 32, 32)
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("decoded an image over the limit")
+
+    monkeypatch.setattr("simplejpeg.decode_jpeg", no_decode)
+    monkeypatch.setattr(Image.Image, "load", no_decode)
+    for decoder in (TrainImageDecoder, DeferredImageDecoder):
+        with pytest.raises(ValueError, match=r"image of 120 x 100 px is over data.image.max_pixels \(11_999 px\)"):
+            decoder(32, (0.9, 1.0), max_pixels=120 * 100 - 1)(data)
+
+
 def test_normalising_a_uint8_batch_is_totensor_and_normalize_bit_for_bit():
     pixels = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     expected = torch.stack(
@@ -146,6 +165,7 @@ def test_the_aspect_ratio_range_and_the_colour_augmentations():
         ("train_crop_scale", [0.5, 1.2], "needs [min, max]"),
         ("color_jitter", [0.4, 0.4, 0.4], "needs [brightness, contrast, saturation, hue]"),
         ("gray_scale_prob", 1.5, "must lie in [0, 1]"),
+        ("max_pixels", 0, "must be > 0"),
     ],
 )
 def test_image_transform_values_are_checked(field, value, message):
