@@ -3,7 +3,7 @@
     python benchmarks/train_step_vs_open_clip.py [--model tiny|vit_b16|vit_b32|...] [--batch 128]
         [--steps 10] [--device cpu|cuda] [--precision fp32|bf16] [--compile] [--repeats 3]
         [--peak-tflops T] [--set KEY=VALUE ...] [--out results.jsonl]
-        [--parallel ddp|fsdp --processes N] [--profile DIR]
+        [--parallel ddp|fsdp --processes N] [--profile DIR] [--text-pad-multiple M]
 
 Both sides start from the same weights: open_clip's model is the one `clipkit-export format=open_clip`
 writes, built with open_clip's own classes and loaded with clipkit's weights. Each times one full
@@ -29,6 +29,11 @@ with local_loss and gather_with_grad): clipkit wrapped in DDP or sharded by FSDP
 `trainer.parallel` does, open_clip in DDP (open_clip_torch 3.3.0 has no FSDP). Peak memory is the
 largest over the processes; samples/s counts every process's rows. `--parallel fsdp --set
 trainer.fsdp.autocast=false` times clipkit's step in FSDP's bf16 weights without autocast.
+
+With `--text-pad-multiple M`, clipkit's captions are cut after the batch's longest one, rounded up to
+a multiple of M, as `data.text_pad_multiple=M` cuts them (open_clip_torch 3.3.0's trainer always
+pads to the context length). The captions here are short (10 tokens): the figure is what batches of
+short captions gain, not web alt text, whose longest caption per batch reaches the context.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from clipkit.config.compose import compose_config
 from clipkit.config.validate import check_config
+from clipkit.data.text_length import used_length
 from clipkit.distributed import all_reduce_mean, init_distributed
 from clipkit.export.open_clip import open_clip_config, open_clip_state_dict
 from clipkit.models.build import build_bundle
@@ -199,6 +205,8 @@ def measure(framework: str, args: argparse.Namespace) -> dict[str, float]:
     torch.manual_seed(0)
     bundle = build_bundle(checked, device)
     batch = _batch(bundle.tokenizer, args.batch, checked.towers["image"].image_size, device)
+    if framework == "clipkit" and args.text_pad_multiple:
+        batch["text"] = batch["text"][:, : used_length(batch["text"].cpu(), args.text_pad_multiple)]
     core = bundle.model
     del bundle  # open_clip's step keeps no reference to clipkit's model
     step, compile_now, optimizer = (_clipkit_step if framework == "clipkit" else _open_clip_step)(
@@ -304,6 +312,9 @@ def main() -> None:
         help="run each side under torchrun: clipkit in DDP or FSDP, open_clip in DDP",
     )
     parser.add_argument("--processes", type=int, default=2, help="processes with --parallel")
+    parser.add_argument(
+        "--text-pad-multiple", type=int, help="clipkit's captions cut as data.text_pad_multiple=M cuts them"
+    )
     parser.add_argument("--framework", choices=["clipkit", "open_clip"], help="(internal) measure one side")
     args = parser.parse_args()
     if args.framework:
@@ -314,6 +325,7 @@ def main() -> None:
     setting = (
         f"model={args.model} {' '.join(args.set)} batch={args.batch} device={args.device} "
         f"precision={args.precision} compile={args.compile}"
+        + (f" text_pad_multiple={args.text_pad_multiple} (clipkit)" if args.text_pad_multiple else "")
         + (f" parallel={args.parallel} (open_clip: ddp) processes={args.processes}" if args.parallel else "")
     )
     launcher = (

@@ -117,6 +117,10 @@ class DataConfig:
     # nvJPEG: for hosts short of CPU cores; see clipkit.data.device_decode)
     decode_device: str = "cpu"
     keys: SampleKeysConfig = field(default_factory=SampleKeysConfig)
+    # null: every caption is padded to the text tower's context length. M: a batch's tokens are cut
+    # after its longest caption, rounded up to a multiple of M (open_clip's --text-pad-multiple); the
+    # text tower then works on fewer positions and computes the same (see clipkit.data.text_length)
+    text_pad_multiple: int | None = None
     # When set, the built-in demo data set is generated here first if it is absent.
     demo_root: str | None = None
 

@@ -122,6 +122,7 @@ def check_config(raw: DictConfig) -> CheckedConfig:
     _check_decode_device(data.decode_device, cfg.trainer.device)
     data.image.check("data.image", data.decode_device)
     data.keys.check("data.keys")
+    _check_text_pad_multiple(data.text_pad_multiple, towers.get("text"))
 
     cfg.trainer.check("trainer")
     cfg.optim.check("optim")
@@ -140,6 +141,21 @@ def check_config(raw: DictConfig) -> CheckedConfig:
     for name, dataset in cfg.eval.datasets.items():
         dataset.check(f"eval.datasets.{name}", run)
     return CheckedConfig(cfg, towers)
+
+
+def _check_text_pad_multiple(multiple: int | None, text: TowerConfig | None) -> None:
+    if multiple is None:
+        return
+    positive("data.text_pad_multiple", multiple)
+    if text is None:
+        raise ConfigError("data.text_pad_multiple", "cuts captions' padding, but the model has no text tower")
+    if not getattr(text, "padding_is_inert", False):
+        raise ConfigError(
+            "data.text_pad_multiple",
+            f"cutting captions' padding would change what the '{text.name}' text tower computes; it needs "
+            "open_clip's causal text transformer pooling the end-of-text or first token "
+            "(no_causal_mask=false, pool_type=argmax|first)",
+        )
 
 
 def _check_decode_device(decode_device: str, training_device: str) -> None:

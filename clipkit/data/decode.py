@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from clipkit.data.negatives import NegativeCaptions
+from clipkit.data.text_length import used_length
 from clipkit.data.weighted import weighted_order
 from clipkit.errors import ConfigError
 
@@ -104,6 +105,7 @@ class SampleDecoder:
     loaders: dict[str, Callable[[bytes], object]]  # per modality other than text: member bytes -> row
     tokenizer: Callable | None = None  # None: no text
     negatives: NegativeCaptions | None = None  # hard-negative captions (loss.contrastive.hard_negatives)
+    text_pad_multiple: int | None = None  # cut a batch's tokens after its longest caption (clipkit.data.text_length)
 
     def __call__(self, sample: dict[str, object]) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -156,7 +158,18 @@ class SampleDecoder:
                 batch[modality] = torch.stack([r if r is not None else torch.zeros_like(template) for r in rows])
         if self.negatives is not None:
             self._collate_negatives(samples, batch)
+        if self.text_pad_multiple is not None:
+            self._cut_padding(batch)
         return batch
+
+    def _cut_padding(self, batch: dict) -> None:
+        """The captions and their hard negatives, encoded in one call, cut to one length."""
+        token_keys = [key for key in ("text", "text_negatives") if key in batch]
+        if not token_keys:
+            return
+        length = max(used_length(batch[key], self.text_pad_multiple) for key in token_keys)
+        for key in token_keys:
+            batch[key] = batch[key][..., :length].contiguous()
 
     def _collate_negatives(self, samples: list[dict[str, object]], batch: dict) -> None:
         """``text_negatives`` (rows x k x context tokens) and ``has_text_negatives`` (rows x k), also

@@ -129,6 +129,7 @@ class Trainer:
             self.bundle.train_loaders(),
             self.bundle.tokenizer,
             NegativeCaptions(hard_negatives) if hard_negatives.source else None,
+            cfg.data.text_pad_multiple,
         )
         self.rows_with_negatives = [0, 0]  # rows with a hard negative, rows, since the last log
         self.pass_samples = self._pass_samples()

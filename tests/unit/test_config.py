@@ -193,6 +193,9 @@ def test_weighted_sources(tmp_path):
         (["experiment=demo_image_text", "+loss.anchors.image_audio=image"], "loss.anchors.image_audio"),
         (["+loss.anchors.image_text=audio"], "loss.anchors.image_text"),  # not in the pair
         (["experiment=demo_image_text", "+loss.anchors.image_text=text"], "loss.anchors"),  # no gradient
+        (["data.text_pad_multiple=8", "model.towers.text.pool_type=last"], "data.text_pad_multiple"),
+        (["data.text_pad_multiple=8", "model.towers.text.no_causal_mask=true"], "data.text_pad_multiple"),
+        (["data.text_pad_multiple=0"], "data.text_pad_multiple"),
     ],
 )
 def test_objective_and_captioning_settings_are_checked(overrides, key):

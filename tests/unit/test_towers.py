@@ -119,3 +119,22 @@ def test_fsdp_units_are_each_towers_blocks():
     assert shard_units(vit) == list(vit.encoder.transformer.resblocks)
     assert shard_units(text) == list(text.encoder.transformer.resblocks)
     assert shard_units(resnet) == [getattr(resnet.encoder.trunk, f"layer{i}") for i in range(1, 5)]
+
+
+@pytest.mark.parametrize("pool_type", ["argmax", "first"])
+def test_a_text_tower_encodes_captions_cut_after_their_padding_as_padded(pool_type):
+    """data.text_pad_multiple: rows cut after the longest caption (open_clip 3.3 needs its causal
+    mask cut too) give the embeddings and caption-head token features of the full context."""
+    from clipkit.data.text_length import used_length
+    from clipkit.models.towers.text import build_text_transformer
+
+    torch.manual_seed(0)
+    tower = build_text_transformer(TextTransformerConfig(width=32, heads=2, layers=2, pool_type=pool_type), 16)
+    tower.eval().enable_tokens()
+    tokens = build_tokenizer(TextTransformerConfig())(["a dog", "a red square left of a small blue circle", "!"])
+    length = used_length(tokens, 8)
+    assert length == 16 and torch.equal(tokens[:, 16:], torch.zeros_like(tokens[:, 16:]))
+    full, full_tokens = tower.forward_with_tokens(tokens)
+    cut, cut_tokens = tower.forward_with_tokens(tokens[:, :length])
+    torch.testing.assert_close(cut, full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cut_tokens, full_tokens[:, :length], atol=1e-5, rtol=0)

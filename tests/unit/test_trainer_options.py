@@ -167,3 +167,46 @@ def test_a_resume_under_another_optimizer_is_one_line(small_demo, tmp_path):
     checkpoint = first / "checkpoints" / "step_0000002"
     with pytest.raises(ConfigError, match="holds the state of optim.name=adamw, not of timm/lion: resume with"):
         train(small_demo, second, "optim.name=timm/lion", f"trainer.resume={checkpoint}")
+
+
+@pytest.mark.parametrize("experiment", ["demo_coca", "demo_hard_negatives"])
+def test_cutting_captions_padding_trains_as_the_full_context(small_demo, tmp_path, experiment, monkeypatch):
+    """data.text_pad_multiple=8: the batches' tokens are cut (the demo's captions fit in 24 of the
+    77 positions) and every loss term, the caption head's on images and sounds and the hard
+    negatives' included, is the full context's."""
+    from clipkit.data.decode import SampleDecoder
+
+    lengths = []
+    collate = SampleDecoder.collate
+
+    def collate_and_note_length(self, samples):
+        batch = collate(self, samples)
+        lengths.append(batch["text"].shape[1])
+        return batch
+
+    monkeypatch.setattr(SampleDecoder, "collate", collate_and_note_length)
+    overrides = [
+        f"experiment={experiment}",
+        *(o for o in demo_overrides(small_demo) if experiment == "demo_coca" or "audio" not in o),
+        "data.workers=0",  # collate in this process, where it is watched
+        "model.towers.text.context_length=77",
+        "trainer.max_steps=3",
+        "trainer.log_every_n_steps=1",
+        "eval=none",
+    ]
+
+    def losses(run_dir, *more):
+        run_dir.mkdir()
+        run(
+            compose_config([*overrides, "trainer.max_steps=3", "trainer.log_every_n_steps=1", "eval=none", *more]),
+            run_dir,
+        )
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k.startswith("loss/")} for r in records]
+
+    expected = losses(tmp_path / "full")
+    assert set(lengths) == {77} and len(expected[0]) >= 2
+    lengths.clear()
+    got = losses(tmp_path / "cut", "data.text_pad_multiple=8")
+    assert lengths and max(lengths) <= 24 and all(n % 8 == 0 for n in lengths)
+    assert got == [pytest.approx(e, abs=2e-5) for e in expected]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import torch
 from open_clip.model import CLIPTextCfg, _build_text_tower
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
@@ -42,10 +43,29 @@ class TextTransformerConfig(TowerConfig):
         heads_divide(f"{key}.width", self.width, self.heads, f"{key}.heads")
         one_of(f"{key}.pool_type", self.pool_type, ("argmax", "first", "last"))
 
+    @property
+    def padding_is_inert(self) -> bool:
+        """Whether the padding after a caption changes nothing the tower computes, so that it can
+        be cut: with the causal mask no token sees a later one, and the end-of-text (argmax) or
+        first token pooled lies before the padding."""
+        return not self.no_causal_mask and self.pool_type in ("argmax", "first")
+
+
+def _causal_mask_for_length(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict]:
+    """open_clip 3.3's TextTransformer hands its transformer the causal mask of the whole context
+    whatever the length of the tokens (its main branch cuts it, as here): cut to the length, so
+    batches of captions shorter than the context (data.text_pad_multiple) can be encoded."""
+    mask: torch.Tensor | None = kwargs.get("attn_mask")
+    length = args[0].shape[1]  # (batch, length, width): open_clip's towers are batch-first
+    if mask is not None and mask.shape[-1] != length:
+        kwargs = {**kwargs, "attn_mask": mask[..., :length, :length]}
+    return args, kwargs
+
 
 @TOWERS.register("transformer", TextTransformerConfig)
 def build_text_transformer(cfg: TextTransformerConfig, embed_dim: int) -> Tower:
     encoder = _build_text_tower(embed_dim, cfg.open_clip_cfg(), quick_gelu=cfg.quick_gelu)
+    encoder.transformer.register_forward_pre_hook(_causal_mask_for_length, with_kwargs=True)
     return finish_tower(encoder, cfg, token_width=cfg.width)
 
 
