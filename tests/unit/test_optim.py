@@ -35,6 +35,21 @@ def test_a_timm_optimizer_gets_the_same_groups(name):
     assert timms.defaults.get("momentum", 0.8) == 0.8 and timms.defaults.get("betas", (0.9, 0.98)) == (0.9, 0.98)
 
 
+def test_optimizer_keywords_reach_the_optimizer_and_a_wrong_one_is_one_line():
+    """optim.kwargs (open_clip_train's --opt-kwargs), for timm's optimizers and torch's AdamW."""
+    from clipkit.errors import ConfigError
+
+    model = tiny_model(LossConfig())
+    lamb = build_optimizer(model, OptimConfig(name="timm/lamb", kwargs={"trust_clip": True, "max_grad_norm": None}))
+    assert lamb.defaults["trust_clip"] is True and lamb.defaults["max_grad_norm"] is None
+    adamw = build_optimizer(model, OptimConfig(kwargs={"fused": False, "amsgrad": True}))
+    assert adamw.defaults["amsgrad"] is True and not adamw.defaults["fused"]
+    with pytest.raises(ConfigError, match=r"^optim.kwargs: timm/lamb: .*'nesterov'"):
+        build_optimizer(model, OptimConfig(name="timm/lamb", kwargs={"nesterov": True}))
+    with pytest.raises(ConfigError, match=r"^optim.kwargs: torch.optim.AdamW: .*'trust_clip'"):
+        build_optimizer(model, OptimConfig(kwargs={"trust_clip": True}))
+
+
 def test_an_unknown_optimizer_is_named():
     from clipkit.errors import ConfigError
 
