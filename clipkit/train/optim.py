@@ -3,6 +3,7 @@ the warmup + decay learning-rate schedules (a registry: cosine, constant, const_
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +26,11 @@ SCHEDULES: Registry[Decay] = Registry("schedule")
 
 
 TIMM_PREFIX = "timm/"
+MUON_FAMILY = "muon"  # in the name of timm's hybrid optimizers: Muon for matrices, AdamW for the rest
+
+
+def muon_family() -> list[str]:
+    return [TIMM_PREFIX + name for name in list_optimizers() if MUON_FAMILY in name]
 
 
 @dataclass
@@ -39,6 +45,14 @@ class OptimConfig:
     # Further keyword arguments of the optimizer (open_clip_train's --opt-kwargs), added from the
     # command line with a +: +optim.kwargs.trust_clip=true (timm/lamb), +optim.kwargs.fused=false
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # Parameters trained without weight decay besides the model's own choice (tensors of fewer than
+    # 2 dimensions, the logit scales): fnmatch patterns on clipkit's parameter names, e.g.
+    # "*positional_embedding" (open_clip_train's --wd-exclude)
+    no_weight_decay: list[str] = field(default_factory=list)
+    # Parameters a Muon-family timm optimizer (timm/muon, timm/adamuon, ...) updates with its AdamW
+    # fallback, not by Muon: patterns as above, e.g. "*token_embedding*" (open_clip_train's
+    # --opt-fallback-list). Unmatched ones are routed by timm from their shape.
+    fallback: list[str] = field(default_factory=list)
     # Layer-wise learning-rate decay per tower (BEiT's rule, see clipkit.train.layer_decay)
     layer_decay: LayerDecayConfig = field(default_factory=LayerDecayConfig)
 
@@ -56,6 +70,11 @@ class OptimConfig:
         positive(f"{key}.weight_decay", self.weight_decay, allow_zero=True)
         if len(self.betas) != 2:
             raise ConfigError(f"{key}.betas", "needs two values")
+        if self.fallback and MUON_FAMILY not in self.name.removeprefix(TIMM_PREFIX):
+            raise ConfigError(
+                f"{key}.fallback",
+                f"only Muon-family timm optimizers have a fallback ({', '.join(muon_family())}), not {self.name}",
+            )
 
 
 @dataclass
@@ -116,20 +135,33 @@ def const_cooldown(step: int, steps: int, cfg: SchedConfig) -> float:
 
 
 def build_optimizer(model: MultiModalModel, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """One group per (learning-rate factor, decayed or not); the full-rate groups first, so that
-    ``param_groups[0]["lr"]`` is the schedule's rate. What is not decayed, the model declares
-    (``no_weight_decay()``, timm's protocol)."""
+    """One group per (learning-rate factor, decayed or not, Muon's fallback or not); the full-rate
+    groups first, so that ``param_groups[0]["lr"]`` is the schedule's rate. What is not decayed, the
+    model declares (``no_weight_decay()``, timm's protocol), and ``cfg.no_weight_decay`` adds to."""
+    names = [name for name, _ in model.named_parameters()]
+    for key, patterns in (("no_weight_decay", cfg.no_weight_decay), ("fallback", cfg.fallback)):
+        unmatched = [p for p in patterns if not any(_matches(name, [p]) for name in names)]
+        if unmatched:
+            raise ConfigError(
+                f"optim.{key}", f"{unmatched[0]!r} matches no parameter of the model (names look like {names[0]})"
+            )
     scales = lr_scales(model, vars(cfg.layer_decay))
     no_decay = model.no_weight_decay()
-    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    groups: dict[tuple[float, bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            key = (scales.get(name, 1.0), name not in no_decay)
+            decayed = name not in no_decay and not _matches(name, cfg.no_weight_decay)
+            key = (scales.get(name, 1.0), decayed, _matches(name, cfg.fallback))
             groups.setdefault(key, []).append(param)
-    ordered = sorted(groups.items(), key=lambda item: (-item[0][0], not item[0][1]))
+    ordered = sorted(groups.items(), key=lambda item: (-item[0][0], not item[0][1], item[0][2]))
     param_groups = [
-        {"params": params, "lr": cfg.lr * scale, "weight_decay": cfg.weight_decay if decayed else 0.0}
-        for (scale, decayed), params in ordered
+        {
+            "params": params,
+            "lr": cfg.lr * scale,
+            "weight_decay": cfg.weight_decay if decayed else 0.0,
+            **({"use_fallback": True} if fallback else {}),  # read by timm's Muon-family optimizers
+        }
+        for (scale, decayed, fallback), params in ordered
     ]
     if cfg.name.startswith(TIMM_PREFIX):
         try:  # timm drops betas, eps and momentum where its optimizer has none
@@ -157,6 +189,10 @@ def build_optimizer(model: MultiModalModel, cfg: OptimConfig) -> torch.optim.Opt
         )
     except (TypeError, RuntimeError) as exc:  # a keyword AdamW does not take, or not with the fused kernel
         raise ConfigError("optim.kwargs", f"torch.optim.AdamW: {exc}") from None
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 @contextmanager

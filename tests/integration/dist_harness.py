@@ -11,9 +11,12 @@ loss terms (see ``loss_config``), and ``negatives``, InfoNCE with two hard-negat
 (some absent), hardness weighting, debiasing and the decoupled form, each with a few rows lacking
 the image on each rank; or ``locked``,
 InfoNCE with the text tower locked; or ``compiled``, InfoNCE with the towers compiled (the
-reference stays eager). Each rank saves {"loss", "grads"} of the first step to
-OUT_DIR/JOB/rank<r>.pt, and with STEPS > 1 the full weights after STEPS AdamW steps on the same
-batch as "weights". The model is wrapped in DDP (``ddp``) or sharded by FSDP2 (``fsdp``).
+reference stays eager); or ``gradients``, where every optimizer step takes seeded full-rank random
+gradients instead (the same on every rank and layout): the tiny model's own are of rank at most
+its rows, on which Muon's bf16 Newton-Schulz amplifies rounding whatever the layout. Each rank
+saves {"loss", "grads"} of the first step to OUT_DIR/JOB/rank<r>.pt, and with STEPS > 1 the full
+weights after STEPS optimizer steps on the same batch as "weights". The model is wrapped in DDP
+(``ddp``) or sharded by FSDP2 (``fsdp``).
 PRECISION is ``fp32``, ``bf16`` (autocast) or ``bf16-weights`` (FSDP's bf16 weights, no autocast).
 OPTIMIZER is an ``optim.name`` (``adamw``, or ``timm:NAME`` for ``timm/NAME``).
 ``reference(n, mode)`` computes the first step on one process over the whole batch.
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from clipkit import distributed
 from clipkit.config.schema import (
@@ -201,6 +204,17 @@ def step(
     return losses["total"].detach(), grads
 
 
+def random_gradients(core: MultiModalModel, step_index: int) -> None:
+    """Every parameter's gradient: seeded random values, the same whole tensor on every rank,
+    this rank's shard of it under FSDP."""
+    generator = torch.Generator().manual_seed(1000 + step_index)
+    for param in core.parameters():
+        grad = torch.randn(param.shape, generator=generator)
+        if isinstance(param, DTensor):
+            grad = distribute_tensor(grad, param.device_mesh, param.placements)
+        param.grad = grad
+
+
 def full(tensor: torch.Tensor) -> torch.Tensor:
     """The whole tensor, also of a parameter or gradient that FSDP shards."""
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
@@ -232,11 +246,15 @@ def run(job: Job, env: distributed.DistEnv, out_dir: Path) -> None:
     loss, grads = step(model, core, objective, batch, mask, parts, mode, autocast)
     saved = {"loss": distributed.all_reduce_mean(loss), "grads": grads}
     if job.steps > 1:
-        for _ in range(job.steps - 1):
+        for i in range(job.steps - 1):
+            if mode == "gradients":
+                random_gradients(core, i)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             core.clamp_logit_scales()
             step(model, core, objective, batch, mask, parts, mode, autocast)
+        if mode == "gradients":
+            random_gradients(core, job.steps - 1)
         optimizer.step()
         saved["weights"] = {n: full(p).detach().clone() for n, p in core.named_parameters()}
     (out_dir / job.name).mkdir(parents=True, exist_ok=True)

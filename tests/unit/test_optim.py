@@ -50,6 +50,29 @@ def test_optimizer_keywords_reach_the_optimizer_and_a_wrong_one_is_one_line():
         build_optimizer(model, OptimConfig(kwargs={"trust_clip": True}))
 
 
+def test_patterns_route_parameters_out_of_weight_decay_and_to_muons_fallback():
+    """optim.no_weight_decay and optim.fallback (open_clip_train's --wd-exclude and
+    --opt-fallback-list): fnmatch patterns on clipkit's names; one matching nothing is named."""
+    from clipkit.errors import ConfigError
+
+    model = tiny_model(LossConfig())
+    cfg = OptimConfig(
+        name="timm/muon", no_weight_decay=["*positional_embedding"], fallback=["*token_embedding*", "*.proj"]
+    )
+    cfg.check("optim")
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = build_optimizer(model, cfg).param_groups
+    fallback = {names[id(p)] for g in groups if g.get("use_fallback") for p in g["params"]}
+    assert fallback == {"towers.text.encoder.token_embedding.weight", "towers.image.encoder.proj"}
+    exempt = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert {"towers.image.encoder.positional_embedding", "towers.text.encoder.positional_embedding"} <= exempt
+    assert "towers.text.encoder.token_embedding.weight" not in exempt
+    with pytest.raises(ConfigError, match=r"^optim.fallback: only Muon-family timm optimizers .*timm/muon"):
+        OptimConfig(name="timm/lamb", fallback=["*"]).check("optim")
+    with pytest.raises(ConfigError, match=r"^optim.no_weight_decay: '\*pos_embed' matches no parameter"):
+        build_optimizer(model, OptimConfig(no_weight_decay=["*pos_embed"]))
+
+
 def test_an_unknown_optimizer_is_named():
     from clipkit.errors import ConfigError
 

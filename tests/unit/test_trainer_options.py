@@ -136,14 +136,18 @@ def test_a_cooldown_branched_from_a_stable_runs_checkpoint(small_demo, tmp_path)
     assert [r["lr"] for r in records] == pytest.approx([lr * 3 / 4, lr / 2, lr / 4])
 
 
-def test_a_timm_optimizer_trains_and_resumes_exactly(small_demo, tmp_path):
-    """optim.name=timm/lamb: its state is checkpointed, so a run resumed at step 2 ends with the
-    weights of the uninterrupted one."""
+@pytest.mark.parametrize(
+    "optimizer", [["optim.name=timm/lamb"], ["optim.name=timm/muon", "optim.fallback=[*token_embedding*]"]]
+)
+def test_a_timm_optimizer_trains_and_resumes_exactly(small_demo, tmp_path, optimizer):
+    """optim.name=timm/lamb, and Muon with the token embeddings on its AdamW fallback: the
+    optimizer's state (Muon's choice per parameter included) is checkpointed, so a run resumed at
+    step 2 ends with the weights of the uninterrupted one."""
     from clipkit.train import checkpoint as ckpt
 
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     whole.mkdir(), resumed.mkdir()
-    common = ["optim.name=timm/lamb", "trainer.max_steps=4", "sched=constant"]
+    common = [*optimizer, "trainer.max_steps=4", "sched=constant"]
     records = train(small_demo, whole, *common, "trainer.ckpt_every_n_steps=2", "trainer.keep_last_k=2")
     assert all(r["loss/total"] == r["loss/total"] for r in records)  # no NaN
     train(small_demo, resumed, *common, f"trainer.resume={whole / 'checkpoints' / 'step_0000002'}")
