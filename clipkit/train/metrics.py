@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -66,6 +67,32 @@ class ThroughputWindow:
             "data_time": self.data_time / steps,
             "data_wait_share": min(self.data_time / seconds, 1.0),
         }
+
+
+class LossWindow:
+    """The loss terms of the steps since the last record, summed on the device (a read per step
+    would wait for the GPU). Their mean, ``loss_mean/<term>`` beside the last step's ``loss/<term>``,
+    is what shows the trend when records are far apart; a non-finite value (a skipped step) is
+    left out of it."""
+
+    def __init__(self) -> None:
+        self.sums: torch.Tensor | None = None
+        self.counts: torch.Tensor | None = None
+
+    def add(self, values: torch.Tensor) -> None:
+        """``values``: one step's loss terms, stacked in a fixed order."""
+        finite = values.isfinite()
+        values = torch.where(finite, values, torch.zeros_like(values))
+        if self.sums is None:
+            self.sums, self.counts = values, finite.float()
+        else:
+            self.sums, self.counts = self.sums + values, self.counts + finite
+
+    def means(self) -> torch.Tensor:
+        """The mean of each term over the window (NaN where no step was finite); starts a new window."""
+        means = self.sums / self.counts
+        self.sums = self.counts = None
+        return means
 
 
 def _drop_records_after(path: Path, step: int) -> None:
@@ -137,7 +164,7 @@ class MetricsLogger:
         if not self.cfg.console:
             return
         summary = {
-            "loss": f"{record['loss/total']:.4g}",
+            "loss": f"{record['loss/total']:.4g} (mean {record['loss_mean/total']:.4g})",
             "lr": f"{record['lr']:.4g}",
             "samples/s": f"{record['samples_per_second']:.4g}",
             "waiting for data": f"{100 * record['data_wait_share']:.0f}%",

@@ -33,7 +33,7 @@ from clipkit.train import checkpoint as ckpt
 from clipkit.train.checkpoint_manager import CheckpointManager, CheckpointPolicy
 from clipkit.train.compile import compile_towers
 from clipkit.train.ema import WeightAverage
-from clipkit.train.metrics import MetricsLogger, ThroughputWindow, results_table
+from clipkit.train.metrics import LossWindow, MetricsLogger, ThroughputWindow, results_table
 from clipkit.train.nonfinite import NonfiniteGuard, gradient_norm
 from clipkit.train.optim import build_optimizer, build_scheduler, optimizer_errors, reapply_schedule
 from clipkit.train.parallel import apply_fsdp, gathered, wrap
@@ -55,6 +55,11 @@ def locked_without_weights(checked: CheckedConfig) -> list[str]:
         for modality, tower in checked.towers.items()
         if tower.lock and not tower.weights and modality not in from_init
     ]
+
+
+def stacked(losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A step's loss terms as one tensor, in the order of their sorted names."""
+    return torch.stack([losses[name].float() for name in sorted(losses)])
 
 
 class Trainer:
@@ -137,6 +142,7 @@ class Trainer:
             workers=cfg.data.workers, endless=cfg.data.train.resampled and self.pass_samples is None
         )
         self.progress = TrainProgress()
+        self.loss_window = LossWindow()
         self.unmasked = cfg.trainer.unmasked_final_steps == 0  # the final unmasked phase has begun
         trainer = cfg.trainer
         self.checkpoints = CheckpointManager(
@@ -248,6 +254,7 @@ class Trainer:
         progress = self.progress
         while progress.step < self.total_steps:
             losses = self._train_step(data, window)
+            self.loss_window.add(stacked(losses))
             progress.step += 1
             if progress.step % self.cfg.trainer.log_every_n_steps == 0 or progress.step == self.total_steps:
                 record = self._record(losses, window)  # every rank: the values are reduced
@@ -356,7 +363,8 @@ class Trainer:
         """The metrics.jsonl record of the step just taken; collective, so every rank makes it."""
         # Per-process loss values differ (local rows); report their mean, the global-batch loss.
         names = sorted(losses)
-        reduced = dist_utils.all_reduce_mean(torch.stack([losses[n].float() for n in names])).tolist()
+        values = torch.cat([stacked(losses), self.loss_window.means()])
+        reduced = dist_utils.all_reduce_mean(values).tolist()
         skipped, unreadable = dist_utils.all_reduce_sum(
             torch.tensor([self.stream.skipped, self.stream.unreadable_shards], device=self.device)
         ).tolist()
@@ -365,6 +373,7 @@ class Trainer:
             "samples_seen": self.progress.samples_seen,
             "epoch": self.stream.epoch,
             **{f"loss/{n}": v for n, v in zip(names, reduced)},
+            **{f"loss_mean/{n}": v for n, v in zip(names, reduced[len(names) :])},
             "lr": self.step_lr,
             **self.core.scale_metrics(),
             "skipped_samples": int(skipped),

@@ -214,3 +214,29 @@ def test_cutting_captions_padding_trains_as_the_full_context(small_demo, tmp_pat
     got = losses(tmp_path / "cut", "data.text_pad_multiple=8")
     assert lengths and max(lengths) <= 24 and all(n % 8 == 0 for n in lengths)
     assert got == [pytest.approx(e, abs=2e-5) for e in expected]
+
+
+def test_a_record_carries_the_mean_loss_of_its_steps(small_demo, tmp_path):
+    """loss_mean/<term>: the mean over the steps since the previous record (loss/<term> is the
+    last step's); the same run logged every step gives the steps' values."""
+    every, third = tmp_path / "every", tmp_path / "third"
+    every.mkdir(), third.mkdir()
+    steps = train(small_demo, every)
+    assert all(r["loss_mean/total"] == pytest.approx(r["loss/total"]) for r in steps)
+    (record,) = train(small_demo, third, "trainer.log_every_n_steps=3")
+    assert record["loss/total"] == pytest.approx(steps[-1]["loss/total"])
+    assert record["loss_mean/total"] == pytest.approx(sum(r["loss/total"] for r in steps) / 3)
+    assert {k.removeprefix("loss_mean/") for k in record if k.startswith("loss_mean/")} == {
+        k.removeprefix("loss/") for k in record if k.startswith("loss/")
+    }
+
+
+def test_a_skipped_steps_loss_is_left_out_of_the_mean():
+    from clipkit.train.metrics import LossWindow
+
+    window = LossWindow()
+    for values in ([1.0, 2.0], [float("nan"), 4.0], [3.0, float("inf")]):
+        window.add(torch.tensor(values))
+    assert window.means().tolist() == [2.0, 3.0]
+    window.add(torch.tensor([float("nan")]))
+    assert window.means().isnan().all()  # a new window, all of it skipped
