@@ -38,10 +38,10 @@ class SampleKeysConfig:
 
     @property
     def caption_fields(self) -> list[str]:
-        return [self.caption_field] if isinstance(self.caption_field, str) else list(self.caption_field)
+        return list(self.caption_field) if isinstance(self.caption_field, (list, tuple)) else [self.caption_field]
 
     def check(self, key: str) -> None:
-        fields = self.caption_field if isinstance(self.caption_field, (list, tuple)) else [self.caption_field]
+        fields = self.caption_fields
         if not fields or not all(isinstance(f, str) and f for f in fields):
             raise ConfigError(
                 f"{key}.caption_field", f"needs a field name or a list of them, got {self.caption_field!r}"
