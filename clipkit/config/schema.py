@@ -39,6 +39,7 @@ from clipkit.objectives.terms.sigmoid import SigmoidLossConfig as SigmoidLossCon
 from clipkit.train.ema import EMAConfig
 from clipkit.train.layer_decay import LayerDecayConfig as LayerDecayConfig
 from clipkit.train.metrics import LoggerConfig
+from clipkit.train.mirror import check_mirror
 from clipkit.train.optim import OptimConfig, SchedConfig
 from clipkit.train.parallel import FSDPConfig
 from clipkit.train.precision import PRECISIONS
@@ -153,6 +154,10 @@ class TrainerConfig:
     # write checkpoints in a background thread while training goes on (a host copy is taken first)
     ckpt_async: bool = False
     resume: str | None = "auto"  # auto | PATH (a checkpoint folder) | null
+    # A second place every checkpoint is copied to, a folder or an fsspec URL (s3://bucket/run with
+    # s3fs installed): resume=auto takes the latest from there when the run folder has none
+    # (see clipkit.train.mirror)
+    mirror: str | None = None
 
     def check(self, key: str) -> None:
         if (self.max_steps is None) == (self.epochs is None):
@@ -181,6 +186,7 @@ class TrainerConfig:
         for name in ("accum_steps", "log_every_n_steps", "ckpt_every_n_steps", "keep_last_k", "max_nonfinite_steps"):
             positive(f"{key}.{name}", getattr(self, name))
         positive(f"{key}.grad_clip_norm", self.grad_clip_norm)
+        check_mirror(self.mirror)
         if self.resume not in (None, "auto") and not Path(self.resume).expanduser().exists():
             raise ConfigError(f"{key}.resume", f"no checkpoint at {self.resume} (use auto, null or a path)")
 

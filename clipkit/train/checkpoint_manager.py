@@ -38,6 +38,7 @@ from clipkit import distributed as dist_utils
 from clipkit.errors import CheckpointError, ConfigError
 from clipkit.train import checkpoint as ckpt
 from clipkit.train.ema import WeightAverage
+from clipkit.train.mirror import METRICS, CheckpointMirror
 from clipkit.train.parallel import full_state, load_full_model_state, load_full_optimizer_state
 from clipkit.train.sharded import read_shards, saved_model_shapes, write_shards
 
@@ -78,6 +79,7 @@ class CheckpointManager:
     config_yaml: str
     env: dist_utils.DistEnv
     ema: WeightAverage | None = None
+    mirror: CheckpointMirror | None = None  # on the main process only
 
     def __post_init__(self) -> None:
         root, policy, env = self.root, self.policy, self.env
@@ -201,17 +203,24 @@ class CheckpointManager:
             staging, step, layout, self.env.world_size, self.policy.keep_last_k, self.policy.keep_every_n_steps
         )
         log.info("saved checkpoint %s", folder)
+        if self.mirror is not None:
+            kept = [p.name for p in ckpt.complete_checkpoints(self.root)]
+            self.mirror.upload(folder, kept, self.root.parent / METRICS)
 
     def wait(self) -> None:
         """Until the save in flight (if any) is published; raises what it raised."""
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.result()
+        if self.mirror is not None:
+            self.mirror.wait()
 
     def close(self) -> None:
         self.wait()
         if self._writer is not None:
             self._writer.shutdown()
+        if self.mirror is not None:
+            self.mirror.close()
 
     # ------------------------------------------------------------------------------ resuming
     def resume(self) -> Path | None:
@@ -261,6 +270,8 @@ class CheckpointManager:
                 folder = (
                     ckpt.find_latest(self.root, checksums=True) if choice == "auto" else ckpt.resolve_checkpoint(choice)
                 )
+                if folder is None and choice == "auto" and self.mirror is not None:
+                    folder = self.mirror.fetch_latest(self.root) and ckpt.find_latest(self.root, checksums=True)
                 if folder is not None and choice != "auto":
                     error = ckpt.problem(folder, checksums=True)
                 found = str(folder) if folder is not None else None

@@ -34,6 +34,7 @@ from clipkit.train.checkpoint_manager import CheckpointManager, CheckpointPolicy
 from clipkit.train.compile import compile_towers
 from clipkit.train.ema import WeightAverage
 from clipkit.train.metrics import LossWindow, MetricsLogger, ThroughputWindow, results_table
+from clipkit.train.mirror import CheckpointMirror
 from clipkit.train.nonfinite import NonfiniteGuard, gradient_norm
 from clipkit.train.optim import build_optimizer, build_scheduler, optimizer_errors, reapply_schedule
 from clipkit.train.parallel import apply_fsdp, gathered, wrap
@@ -162,6 +163,7 @@ class Trainer:
             config_yaml=OmegaConf.to_yaml(OmegaConf.structured(cfg)),
             env=env,
             ema=self.ema,
+            mirror=CheckpointMirror(trainer.mirror) if trainer.mirror and env.is_main else None,
         )
 
     # ------------------------------------------------------------------------------ set-up

@@ -240,3 +240,39 @@ def test_a_skipped_steps_loss_is_left_out_of_the_mean():
     assert window.means().tolist() == [2.0, 3.0]
     window.add(torch.tensor([float("nan")]))
     assert window.means().isnan().all()  # a new window, all of it skipped
+
+
+def test_a_run_whose_folder_is_lost_resumes_from_its_mirror_exactly(small_demo, tmp_path):
+    """trainer.mirror: each checkpoint is copied there (only the kept ones stay, latest last, with
+    metrics.jsonl); a run started in an empty folder with the same mirror resumes from its latest
+    checkpoint and ends with the weights of a run never interrupted."""
+    from clipkit.train import checkpoint as ckpt
+
+    lost, fresh, whole, mirror = (tmp_path / n for n in ("lost", "fresh", "whole", "mirror"))
+    for folder in (lost, fresh, whole):
+        folder.mkdir()
+    common = ["sched=constant", "trainer.ckpt_every_n_steps=2", "trainer.keep_last_k=1"]
+    train(small_demo, lost, *common, "trainer.max_steps=4", f"trainer.mirror={mirror}")
+    assert sorted(p.name for p in (mirror / "checkpoints").iterdir()) == ["latest", "step_0000004"]
+    assert (mirror / "checkpoints" / "latest").read_text() == "step_0000004\n"
+    local = lost / "checkpoints" / "step_0000004"
+    for file in (p for p in local.rglob("*") if p.is_file()):
+        assert (mirror / "checkpoints" / "step_0000004" / file.relative_to(local)).read_bytes() == file.read_bytes()
+    assert len((mirror / "metrics.jsonl").read_text().splitlines()) == 4
+
+    records = train(small_demo, fresh, *common, "trainer.max_steps=6", f"trainer.mirror={mirror}")
+    # the mirror's records of steps 1-4 (their timings are the first run's), then this run's
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert records[:4] == [json.loads(line) for line in (lost / "metrics.jsonl").read_text().splitlines()]
+    train(small_demo, whole, *common, "trainer.max_steps=6")
+    expected = ckpt.read_model_state(ckpt.find_latest(whole / "checkpoints"))
+    got = ckpt.read_model_state(ckpt.find_latest(fresh / "checkpoints"))
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+    assert sorted(p.name for p in (mirror / "checkpoints").iterdir()) == ["latest", "step_0000006"]
+
+
+def test_a_mirror_fsspec_cannot_reach_is_one_line():
+    from clipkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^trainer.mirror: cannot use nope://x: Protocol not known: nope"):
+        check_config(compose_config(["trainer.mirror=nope://x"]))
