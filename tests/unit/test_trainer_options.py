@@ -242,7 +242,8 @@ def test_a_skipped_steps_loss_is_left_out_of_the_mean():
     assert window.means().isnan().all()  # a new window, all of it skipped
 
 
-def test_a_run_whose_folder_is_lost_resumes_from_its_mirror_exactly(small_demo, tmp_path):
+@pytest.mark.parametrize("ckpt_async", [False, True])
+def test_a_run_whose_folder_is_lost_resumes_from_its_mirror_exactly(small_demo, tmp_path, ckpt_async):
     """trainer.mirror: each checkpoint is copied there (only the kept ones stay, latest last, with
     metrics.jsonl); a run started in an empty folder with the same mirror resumes from its latest
     checkpoint and ends with the weights of a run never interrupted."""
@@ -251,7 +252,12 @@ def test_a_run_whose_folder_is_lost_resumes_from_its_mirror_exactly(small_demo, 
     lost, fresh, whole, mirror = (tmp_path / n for n in ("lost", "fresh", "whole", "mirror"))
     for folder in (lost, fresh, whole):
         folder.mkdir()
-    common = ["sched=constant", "trainer.ckpt_every_n_steps=2", "trainer.keep_last_k=1"]
+    common = [
+        "sched=constant",
+        "trainer.ckpt_every_n_steps=2",
+        "trainer.keep_last_k=1",
+        f"trainer.ckpt_async={ckpt_async}",
+    ]
     train(small_demo, lost, *common, "trainer.max_steps=4", f"trainer.mirror={mirror}")
     assert sorted(p.name for p in (mirror / "checkpoints").iterdir()) == ["latest", "step_0000004"]
     assert (mirror / "checkpoints" / "latest").read_text() == "step_0000004\n"
