@@ -97,8 +97,8 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------------------ saving
     def maybe_save(self, step: int, final: bool = False) -> None:
-        """Saves at every ``every_n_steps``-th step, and at the ``final`` one unless just saved."""
-        if step % self.policy.every_n_steps == 0 or (final and self.last_saved != step):
+        """Saves at every ``every_n_steps``-th step and at the ``final`` one, each once."""
+        if (step % self.policy.every_n_steps == 0 or final) and self.last_saved != step:
             self.save(step)
 
     def save(self, step: int) -> None:

@@ -1,6 +1,7 @@
 """Short in-process runs of the trainer with the options a recipe can switch on."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -282,3 +283,10 @@ def test_a_mirror_fsspec_cannot_reach_is_one_line():
 
     with pytest.raises(ConfigError, match=r"^trainer.mirror: cannot use nope://x: Protocol not known: nope"):
         check_config(compose_config(["trainer.mirror=nope://x"]))
+
+
+def test_a_run_ending_on_a_checkpoint_step_writes_it_once(small_demo, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="clipkit.train.checkpoint_manager")
+    train(small_demo, tmp_path, "trainer.max_steps=4", "trainer.ckpt_every_n_steps=2")
+    saved = [r.getMessage().rsplit("/", 1)[-1] for r in caplog.records if r.getMessage().startswith("saved checkpoint")]
+    assert saved == ["step_0000002", "step_0000004"]
