@@ -7,7 +7,8 @@ and ``metrics.jsonl``. A checkpoint is copied by a background thread once it is 
 training goes on meanwhile; the mirror's ``latest`` is written after the folder's last file, so it
 names complete copies only (object stores have no atomic rename), and the checkpoints that the
 run's own folder no longer keeps are deleted there too. The next save waits for the copy before it,
-and so do the end of the run and a preempted run's last save.
+and so do the end of the run and a preempted run's last save. A copy that fails is a warning:
+training goes on, and the next checkpoint is copied whole.
 
 A resume with ``trainer.resume=auto`` that finds no checkpoint in the run folder copies the mirror's
 latest one into it first (and its metrics.jsonl, where the run folder has none); its files are then
@@ -59,6 +60,14 @@ class CheckpointMirror:
         self._pending = self._writer.submit(self._upload, folder, kept, metrics)
 
     def _upload(self, folder: Path, kept: list[str], metrics: Path) -> None:
+        """A failed copy (the network, the store) is a warning, not the end of the run: training
+        goes on, and the next checkpoint is copied whole."""
+        try:
+            self._copy(folder, kept, metrics)
+        except Exception as exc:  # any failure of the store's client
+            log.warning("copying checkpoint %s to trainer.mirror=%s failed: %s", folder.name, self.url, exc)
+
+    def _copy(self, folder: Path, kept: list[str], metrics: Path) -> None:
         remote = f"{self.checkpoints}/{folder.name}"
         if self.fs.exists(remote):  # the same step saved before (a re-run of a finished run)
             self.fs.rm(remote, recursive=True)
@@ -81,13 +90,10 @@ class CheckpointMirror:
         return sorted(name for name in names if ckpt.STEP_DIR.match(name))
 
     def wait(self) -> None:
-        """Until the copy in flight (if any) is done; raises what it raised, in one line."""
+        """Until the copy in flight (if any) is done."""
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            try:
-                pending.result()
-            except OSError as exc:
-                raise CheckpointError(f"copying a checkpoint to trainer.mirror={self.url} failed: {exc}") from exc
+            pending.result()
 
     def close(self) -> None:
         self.wait()
@@ -95,7 +101,15 @@ class CheckpointMirror:
 
     def fetch_latest(self, local: Path) -> Path | None:
         """The mirror's latest checkpoint copied into the checkpoints folder ``local`` (and named
-        in its ``latest``), or None when the mirror holds none."""
+        in its ``latest``), or None when the mirror holds none. A failure is one CheckpointError."""
+        try:
+            return self._fetch_latest(local)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # any failure of the store's client
+            raise CheckpointError(f"copying the latest checkpoint from trainer.mirror={self.url}: {exc}") from exc
+
+    def _fetch_latest(self, local: Path) -> Path | None:
         pointer = f"{self.checkpoints}/{LATEST}"
         if not self.fs.isfile(pointer):
             return None
@@ -103,6 +117,8 @@ class CheckpointMirror:
         if not ckpt.STEP_DIR.match(name):
             raise CheckpointError(f"trainer.mirror={self.url}: checkpoints/latest names no checkpoint ({name!r})")
         remote = f"{self.checkpoints}/{name}"
+        if not self.fs.isdir(remote):
+            raise CheckpointError(f"trainer.mirror={self.url}: checkpoints/latest names {name}, which it does not hold")
         local.mkdir(parents=True, exist_ok=True)
         staging = ckpt.staging_dir(local, int(ckpt.STEP_DIR.match(name).group(1)))  # cleared if left by a kill
         shutil.rmtree(staging, ignore_errors=True)

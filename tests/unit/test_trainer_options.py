@@ -278,6 +278,33 @@ def test_a_run_whose_folder_is_lost_resumes_from_its_mirror_exactly(small_demo, 
     assert sorted(p.name for p in (mirror / "checkpoints").iterdir()) == ["latest", "step_0000006"]
 
 
+def test_a_failed_copy_to_the_mirror_is_a_warning_and_training_goes_on(small_demo, tmp_path, caplog):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the mirror's folder would go")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    records = train(
+        small_demo, run_dir, "trainer.max_steps=4", "trainer.ckpt_every_n_steps=2", f"trainer.mirror={blocked}"
+    )
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    failed = [r.getMessage() for r in caplog.records if "to trainer.mirror" in r.getMessage()]
+    assert len(failed) == 2 and failed[0].startswith("copying checkpoint step_0000002 to trainer.mirror=")
+
+
+@pytest.mark.parametrize(
+    "latest, message", [("garbage", "names no checkpoint ('garbage')"), ("step_0000004", "which it does not hold")]
+)
+def test_a_mirror_whose_latest_is_wrong_is_one_line(tmp_path, latest, message):
+    from clipkit.errors import CheckpointError
+    from clipkit.train.mirror import CheckpointMirror
+
+    (tmp_path / "mirror" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "mirror" / "checkpoints" / "latest").write_text(latest + "\n")
+    with pytest.raises(CheckpointError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        CheckpointMirror(str(tmp_path / "mirror")).fetch_latest(tmp_path / "run" / "checkpoints")
+    assert CheckpointMirror(str(tmp_path / "empty")).fetch_latest(tmp_path / "run" / "checkpoints") is None
+
+
 def test_a_mirror_fsspec_cannot_reach_is_one_line():
     from clipkit.errors import ConfigError
 
