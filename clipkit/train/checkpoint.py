@@ -42,6 +42,7 @@ EMA_FILE = "ema.safetensors"  # the weights' moving average (trainer.ema), full 
 STATE_FILE = "train_state.pt"
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "manifest.json"
+LATEST_FILE = "latest"  # beside the step folders: names the newest complete one
 SHARDS_DIR = "shards"
 LAYOUTS = ("full", "sharded")
 _LEGACY_REQUIRED = (MODEL_FILE, STATE_FILE, CONFIG_FILE)  # folders written before manifests
@@ -97,7 +98,7 @@ def publish(
     }
     (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
     publish_folder(staging, final)  # replaces the same step saved before (e.g. a re-run of a finished run)
-    replace_file(root / "latest", final.name + "\n")
+    replace_file(root / LATEST_FILE, final.name + "\n")
     for old in complete_checkpoints(root)[:-keep_last_k] if keep_last_k > 0 else []:
         if not (keep_every_n_steps and checkpoint_step(old) % keep_every_n_steps == 0):
             shutil.rmtree(old, ignore_errors=True)
@@ -156,7 +157,7 @@ def find_latest(ckpt_root: Path, checksums: bool = False) -> Path | None:
     ``checksums``, a folder whose files do not match their checksums is passed over (with a
     warning) for the next older one."""
     candidates = complete_checkpoints(ckpt_root)[::-1]
-    pointer = ckpt_root / "latest"
+    pointer = ckpt_root / LATEST_FILE
     if pointer.is_file():
         name = pointer.read_bytes()[:100].decode("utf-8", "replace").strip()
         named = ckpt_root / name

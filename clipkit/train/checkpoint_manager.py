@@ -38,7 +38,8 @@ from clipkit import distributed as dist_utils
 from clipkit.errors import CheckpointError, ConfigError
 from clipkit.train import checkpoint as ckpt
 from clipkit.train.ema import WeightAverage
-from clipkit.train.mirror import METRICS, CheckpointMirror
+from clipkit.train.metrics import METRICS_FILE
+from clipkit.train.mirror import CheckpointMirror
 from clipkit.train.parallel import full_state, load_full_model_state, load_full_optimizer_state
 from clipkit.train.sharded import read_shards, saved_model_shapes, write_shards
 
@@ -205,7 +206,7 @@ class CheckpointManager:
         log.info("saved checkpoint %s", folder)
         if self.mirror is not None:
             kept = [p.name for p in ckpt.complete_checkpoints(self.root)]
-            self.mirror.upload(folder, kept, self.root.parent / METRICS)
+            self.mirror.upload(folder, kept, self.root.parent / METRICS_FILE)
 
     def wait(self) -> None:
         """Until the save in flight (if any) is published; raises what it raised."""

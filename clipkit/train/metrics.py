@@ -30,6 +30,7 @@ class LoggerConfig:
 
 
 log = logging.getLogger("clipkit")
+METRICS_FILE = "metrics.jsonl"  # in the run folder
 
 
 @dataclass
@@ -124,8 +125,8 @@ class MetricsLogger:
         start_step: int,
     ) -> None:
         self.cfg = cfg
-        _drop_records_after(run_dir / "metrics.jsonl", start_step)
-        self.file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        _drop_records_after(run_dir / METRICS_FILE, start_step)
+        self.file = open(run_dir / METRICS_FILE, "a", encoding="utf-8")
         self.bar: tqdm | None = None
         if cfg.console and sys.stderr.isatty():
             self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, desc="train")

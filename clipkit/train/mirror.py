@@ -27,11 +27,9 @@ import fsspec
 from clipkit.atomic import replace_file
 from clipkit.errors import CheckpointError, ConfigError
 from clipkit.train import checkpoint as ckpt
+from clipkit.train.metrics import METRICS_FILE
 
 log = logging.getLogger(__name__)
-
-LATEST = "latest"
-METRICS = "metrics.jsonl"
 
 
 def check_mirror(url: str | None) -> None:
@@ -75,12 +73,12 @@ class CheckpointMirror:
             target = f"{remote}/{file.relative_to(folder).as_posix()}"
             self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
             self.fs.put_file(str(file), target)
-        self.fs.pipe_file(f"{self.checkpoints}/{LATEST}", f"{folder.name}\n".encode())
+        self.fs.pipe_file(f"{self.checkpoints}/{ckpt.LATEST_FILE}", f"{folder.name}\n".encode())
         for stale in self._steps():
             if stale not in kept:
                 self.fs.rm(f"{self.checkpoints}/{stale}", recursive=True)
         if metrics.is_file():
-            self.fs.put_file(str(metrics), f"{self.run}/{METRICS}")
+            self.fs.put_file(str(metrics), f"{self.run}/{METRICS_FILE}")
         log.info("mirrored checkpoint %s to %s", folder.name, self.url)
 
     def _steps(self) -> list[str]:
@@ -110,7 +108,7 @@ class CheckpointMirror:
             raise CheckpointError(f"copying the latest checkpoint from trainer.mirror={self.url}: {exc}") from exc
 
     def _fetch_latest(self, local: Path) -> Path | None:
-        pointer = f"{self.checkpoints}/{LATEST}"
+        pointer = f"{self.checkpoints}/{ckpt.LATEST_FILE}"
         if not self.fs.isfile(pointer):
             return None
         name = self.fs.cat_file(pointer).decode().strip()
@@ -130,9 +128,9 @@ class CheckpointMirror:
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
-        replace_file(local / LATEST, f"{name}\n")
-        metrics = local.parent / METRICS  # the curves so far, where the run folder lost them too
-        if not metrics.exists() and self.fs.isfile(f"{self.run}/{METRICS}"):
-            self.fs.get_file(f"{self.run}/{METRICS}", str(metrics))
+        replace_file(local / ckpt.LATEST_FILE, f"{name}\n")
+        metrics = local.parent / METRICS_FILE  # the curves so far, where the run folder lost them too
+        if not metrics.exists() and self.fs.isfile(f"{self.run}/{METRICS_FILE}"):
+            self.fs.get_file(f"{self.run}/{METRICS_FILE}", str(metrics))
         log.info("copied checkpoint %s from trainer.mirror=%s to resume from", name, self.url)
         return final

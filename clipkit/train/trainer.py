@@ -33,7 +33,7 @@ from clipkit.train import checkpoint as ckpt
 from clipkit.train.checkpoint_manager import CheckpointManager, CheckpointPolicy
 from clipkit.train.compile import compile_towers
 from clipkit.train.ema import WeightAverage
-from clipkit.train.metrics import LossWindow, MetricsLogger, ThroughputWindow, results_table
+from clipkit.train.metrics import METRICS_FILE, LossWindow, MetricsLogger, ThroughputWindow, results_table
 from clipkit.train.mirror import CheckpointMirror
 from clipkit.train.nonfinite import NonfiniteGuard, gradient_norm
 from clipkit.train.optim import build_optimizer, build_scheduler, optimizer_errors, reapply_schedule
@@ -414,7 +414,7 @@ class Trainer:
             f"clipkit run: {self.cfg.name}",
             results,
             self.evaluator.pairs,
-            self.run_dir / "metrics.jsonl",
+            self.run_dir / METRICS_FILE,
             preamble,
         )
         for row in results_table(results) if results else []:
