@@ -15,6 +15,7 @@
 #             training process's own threads remove the slow windows? Each run also samples the
 #             trainer and its workers with py-spy (raw stacks in $OUT/py-spy-N-workers)
 #   pipeline_gpu_decode  the same with data.decode_device=cuda (nvJPEG), and with 2 workers only
+#   zeroshot  benchmarks/zeroshot_classifier_vs_open_clip.py: ImageNet's 1,000 classes x 80 prompts, ViT-B/32, bf16
 # REPEATS (default 2): alternating runs of each framework in a step phase; STEP_TIMEOUT (400 s) bounds one.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -40,6 +41,8 @@ for phase in "$@"; do
                    2>&1 | tee "$OUT/compile_tests.log" | tail -8 ;;
         decode_tests) timeout 120 python3 -m pytest -m cuda -v -p no:cacheprovider tests/unit/test_device_decode.py \
                    2>&1 | tee "$OUT/decode_tests.log" | tail -5 ;;
+        zeroshot) timeout "${STEP_TIMEOUT:-400}" python3 benchmarks/zeroshot_classifier_vs_open_clip.py --device cuda \
+                   --precision bf16 --classes 1000 --repeats "${REPEATS:-2}" 2>&1 | tee -a "$OUT/zeroshot.log" ;;
         step_b16) step vit_b16 256 --repeats "${REPEATS:-2}" ;;
         step_b32) step vit_b32 512 --repeats "${REPEATS:-2}" ;;
         compiled_b16) step vit_b16 256 --repeats "${REPEATS:-2}" --compile ;;

@@ -37,6 +37,7 @@ def _parse(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
 
 def evaluate_checkpoint(checkpoint: str, overrides: list[str], out: str | None) -> dict[str, dict[str, float]]:
     from clipkit import distributed
+    from clipkit.data.text_length import inert_multiple
     from clipkit.eval.report import write_report
     from clipkit.eval.runner import Evaluator
     from clipkit.saved import load_checkpoint, load_config
@@ -55,6 +56,7 @@ def evaluate_checkpoint(checkpoint: str, overrides: list[str], out: str | None) 
             env.device,
             autocast_factory(checked.cfg.trainer.precision, env.device),
             env,
+            inert_multiple(checked.cfg.eval.text_pad_multiple, checked.towers.get("text")),
         )
         if not evaluator.sets:
             raise ConfigError(

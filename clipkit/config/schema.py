@@ -204,6 +204,10 @@ class EvalConfig:
     # Embedding geometry (modality gap, uniformity, alignment, ...) on at most this many pairs
     # per set, drawn with a fixed seed (its pairwise terms cost O(n^2)); 0: no geometry.
     geometry_max_pairs: int = 5000
+    # Prompts and captions are encoded cut after the longest of each batch, rounded up to this
+    # multiple, where the text tower allows it (its padding_is_inert; clipkit.data.text_length):
+    # the same embeddings from fewer positions. null: padded to the context length.
+    text_pad_multiple: int | None = 8
 
 
 # ------------------------------------------------------------------------------------------ root

@@ -130,6 +130,8 @@ def check_config(raw: DictConfig) -> CheckedConfig:
 
     positive("eval.every_n_steps", cfg.eval.every_n_steps, allow_zero=True)
     positive("eval.batch_size", cfg.eval.batch_size)
+    if cfg.eval.text_pad_multiple is not None:
+        positive("eval.text_pad_multiple", cfg.eval.text_pad_multiple)
     cfg.eval.generation.check("eval.generation")
     # An open mapping in the schema, so that `+eval.datasets.NAME.root=...` can add a set (OmegaConf
     # cannot add a dict to a mapping typed with a dataclass); typed here, each entry.

@@ -12,6 +12,8 @@ context length in most large batches and gains little.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from clipkit.models.caption import PAD_ID
@@ -25,3 +27,14 @@ def used_length(tokens: torch.Tensor, multiple: int) -> int:
         return context
     ends = ((tokens != PAD_ID) * torch.arange(1, context + 1)).amax()  # 1 + the last token's position
     return min(context, -(-max(int(ends), 1) // multiple) * multiple)
+
+
+def cut_padding(tokens: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``tokens`` cut after :func:`used_length` positions."""
+    return tokens[..., : used_length(tokens, multiple)].contiguous()
+
+
+def inert_multiple(multiple: int | None, text_tower: Any) -> int | None:
+    """``multiple`` where the text tower's padding can be cut without changing what it computes
+    (``padding_is_inert``), else None: full rows."""
+    return multiple if getattr(text_tower, "padding_is_inert", False) else None

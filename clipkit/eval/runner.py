@@ -13,6 +13,7 @@ import torch
 
 from clipkit import distributed as dist_utils
 from clipkit.config.schema import EvalConfig
+from clipkit.data.text_length import cut_padding
 from clipkit.errors import ConfigError
 from clipkit.eval.datasets import eval_loader, open_eval_set
 from clipkit.eval.eval_set import EvalSet
@@ -31,7 +32,8 @@ Metrics = dict[str, float]
 class Evaluator:
     """Runs every set of ``cfg.datasets`` through the model; the tasks use its helpers below.
     ``loaders``: per modality the model encodes, bytes -> eval input (text goes through
-    ``tokenizer``)."""
+    ``tokenizer``). ``text_pad_multiple``: prompts and captions are encoded cut after the longest
+    of each batch, rounded up to this multiple (clipkit.data.text_length); None: full rows."""
 
     cfg: EvalConfig
     loaders: dict[str, Loader]
@@ -39,6 +41,7 @@ class Evaluator:
     device: torch.device
     autocast: Callable
     env: dist_utils.DistEnv = dist_utils.DistEnv()
+    text_pad_multiple: int | None = None
 
     def __post_init__(self) -> None:
         cfg, tokenizer, loaders = self.cfg, self.tokenizer, self.loaders
@@ -96,11 +99,15 @@ class Evaluator:
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         return dist_utils.gather_rows(rows, self.device).cpu()
 
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(texts)
+        return tokens if self.text_pad_multiple is None else cut_padding(tokens, self.text_pad_multiple)
+
     def encode_texts(self, model: MultiModalModel, texts: list[str]) -> torch.Tensor:
         return torch.cat(
             [torch.zeros(0, model.embed_dim, device=self.device)]
             + [
-                self.encode(model, "text", self.tokenizer(texts[i : i + self.cfg.batch_size]))
+                self.encode(model, "text", self.tokenize(texts[i : i + self.cfg.batch_size]))
                 for i in range(0, len(texts), self.cfg.batch_size)
             ]
         )

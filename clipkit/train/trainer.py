@@ -19,6 +19,7 @@ from clipkit.data.decode import SampleDecoder
 from clipkit.data.negatives import NegativeCaptions
 from clipkit.data.pipeline import StreamState, TrainStream, batches, make_loader
 from clipkit.data.shards import ShardSource, count_samples
+from clipkit.data.text_length import inert_multiple
 from clipkit.errors import ConfigError
 from clipkit.eval.report import write_report
 from clipkit.eval.runner import Evaluator
@@ -127,7 +128,13 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.sched)
         self.step_lr = 0.0
         self.evaluator = Evaluator(
-            cfg.eval, self.bundle.eval_loaders(), self.bundle.tokenizer, self.device, self.autocast, env
+            cfg.eval,
+            self.bundle.eval_loaders(),
+            self.bundle.tokenizer,
+            self.device,
+            self.autocast,
+            env,
+            inert_multiple(cfg.eval.text_pad_multiple, checked.towers.get("text")),
         )
         hard_negatives = cfg.loss.contrastive.hard_negatives
         self.decoder = SampleDecoder(

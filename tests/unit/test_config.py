@@ -196,6 +196,7 @@ def test_weighted_sources(tmp_path):
         (["data.text_pad_multiple=8", "model.towers.text.pool_type=last"], "data.text_pad_multiple"),
         (["data.text_pad_multiple=8", "model.towers.text.no_causal_mask=true"], "data.text_pad_multiple"),
         (["data.text_pad_multiple=0"], "data.text_pad_multiple"),
+        (["eval.text_pad_multiple=0"], "eval.text_pad_multiple"),
     ],
 )
 def test_objective_and_captioning_settings_are_checked(overrides, key):

@@ -43,7 +43,7 @@ class ZeroShotClassification(EvalTask):
         device = evaluator.device
         classifier = zero_shot_classifier(
             lambda t: evaluator.encode(model, "text", t),
-            evaluator.tokenizer,
+            evaluator.tokenize,
             eval_set.classnames,
             eval_set.templates,
             device,
