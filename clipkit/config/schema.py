@@ -122,6 +122,11 @@ class DataConfig:
     # after its longest caption, rounded up to a multiple of M (open_clip's --text-pad-multiple); the
     # text tower then works on fewer positions and computes the same (see clipkit.data.text_length)
     text_pad_multiple: int | None = None
+    # null: batches as the samples come. N: each data worker orders pools of N raw samples by caption
+    # length and makes its batches from those groups, so that text_pad_multiple pays on web data
+    # whose long captions would otherwise reach every batch (open_clip's --length-bucketing,
+    # --bucket-pool; see clipkit.data.length_buckets). A multiple of batch_size
+    bucket_pool: int | None = None
     # When set, the built-in demo data set is generated here first if it is absent.
     demo_root: str | None = None
 

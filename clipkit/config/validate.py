@@ -123,6 +123,7 @@ def check_config(raw: DictConfig) -> CheckedConfig:
     data.image.check("data.image", data.decode_device)
     data.keys.check("data.keys")
     _check_text_pad_multiple(data.text_pad_multiple, towers.get("text"))
+    _check_bucket_pool(data.bucket_pool, data.batch_size, data.text_pad_multiple)
 
     cfg.trainer.check("trainer")
     cfg.optim.check("optim")
@@ -143,6 +144,19 @@ def check_config(raw: DictConfig) -> CheckedConfig:
     for name, dataset in cfg.eval.datasets.items():
         dataset.check(f"eval.datasets.{name}", run)
     return CheckedConfig(cfg, towers)
+
+
+def _check_bucket_pool(pool: int | None, batch_size: int, text_pad_multiple: int | None) -> None:
+    if pool is None:
+        return
+    if pool < batch_size or pool % batch_size:
+        raise ConfigError("data.bucket_pool", f"needs a multiple of data.batch_size ({batch_size}), got {pool}")
+    if text_pad_multiple is None:
+        raise ConfigError(
+            "data.bucket_pool",
+            "groups captions of similar length so that data.text_pad_multiple can cut their padding; "
+            "set data.text_pad_multiple too (8 or 16)",
+        )
 
 
 def _check_text_pad_multiple(multiple: int | None, text: TowerConfig | None) -> None:

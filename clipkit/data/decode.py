@@ -5,10 +5,11 @@ A sample that cannot be decoded raises :class:`CorruptSample`; the pipeline skip
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,19 @@ class SampleKeysConfig:
 
 class CorruptSample(Exception):
     pass
+
+
+def _name(sample: dict[str, object]) -> str:
+    return f"{sample.get('__key__', '?')} in {sample.get('__url__', '?')}"
+
+
+@contextlib.contextmanager
+def _corrupt_on_error(sample: dict[str, object]) -> Iterator[None]:
+    """Any decoder failure means this one sample is unusable: a :class:`CorruptSample` naming it."""
+    try:
+        yield
+    except Exception as exc:
+        raise CorruptSample(f"sample {_name(sample)}: {exc}") from exc
 
 
 def _first_member(sample: dict[str, object], extensions) -> str | None:
@@ -108,32 +122,42 @@ class SampleDecoder:
     text_pad_multiple: int | None = None  # cut a batch's tokens after its longest caption (clipkit.data.text_length)
 
     def __call__(self, sample: dict[str, object]) -> dict[str, object]:
+        return self.combine(sample, self.members(sample), self.caption(sample))
+
+    def members(self, sample: dict[str, object]) -> dict[str, object]:
+        """The rows of every modality but text (images, sounds) that the sample has."""
         out: dict[str, object] = {}
-        key = sample.get("__key__", "?")
-        try:
+        with _corrupt_on_error(sample):
             for modality, loader in self.loaders.items():
                 ext = _first_member(sample, getattr(self.keys, modality))
                 if ext is not None:
                     out[modality] = loader(sample[ext])
-            if self.tokenizer is not None:
-                ext = _first_member(sample, self.keys.text)
-                if ext is not None:
-                    caption = decode_caption(
-                        ext, sample[ext], self.keys.caption_fields, self.keys.caption_field_weights
-                    )
-                    if not caption:
-                        raise ValueError("empty caption")
-                    out["text"] = caption
-                    if self.negatives is not None:
-                        out["text_negatives"] = self.negatives(sample, caption)
-        except Exception as exc:  # any decoder failure means this one sample is unusable
-            raise CorruptSample(f"sample {key} in {sample.get('__url__', '?')}: {exc}") from exc
-        if not out:
+        return out
+
+    def caption(self, sample: dict[str, object]) -> dict[str, object]:
+        """The sample's caption (``text``) and its hard negatives, if it has one."""
+        out: dict[str, object] = {}
+        ext = _first_member(sample, self.keys.text) if self.tokenizer is not None else None
+        if ext is None:
+            return out
+        with _corrupt_on_error(sample):
+            caption = decode_caption(ext, sample[ext], self.keys.caption_fields, self.keys.caption_field_weights)
+            if not caption:
+                raise ValueError("empty caption")
+            out["text"] = caption
+            if self.negatives is not None:
+                out["text_negatives"] = self.negatives(sample, caption)
+        return out
+
+    @staticmethod
+    def combine(sample: dict[str, object], members: dict[str, object], caption: dict[str, object]) -> dict:
+        """A decoded sample from its parts; one with none of the configured members is corrupt."""
+        if not members and not caption:
             raise CorruptSample(
-                f"sample {key} in {sample.get('__url__', '?')} has none of the "
+                f"sample {_name(sample)} has none of the "
                 f"configured members ({', '.join(k for k in sample if not k.startswith('__'))})"
             )
-        return out
+        return {**members, **caption}
 
     def collate(self, samples: list[dict[str, object]]) -> dict:
         """Decoded samples -> a batch: per modality the stacked rows (zeros where a row lacks it;

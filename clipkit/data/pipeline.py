@@ -4,12 +4,15 @@ Every process (rank) and DataLoader worker reads its own slot of the shards. The
 deterministic function of (seed, epoch, slot), so a resumed run replays it and skips what was
 already consumed. Every random draw after the shard order and the shuffle buffer is a function of
 the sample's position in its slot's pass (the number of raw samples taken before it): which source
-it comes from, and the random augmentation of its image and audio. A resumed run therefore
+it comes from, which caption it gives, and the random augmentation of its image and audio. A resumed run therefore
 continues with the same samples, augmented the same way, whatever the number of data workers.
 Batches carry the bookkeeping with them:
 
-- ``position``: (worker, raw samples taken per source) when the batch was made. The trainer keeps
-  the latest one per worker; resuming skips that many raw samples (read, never decoded).
+- ``position``: (worker, raw samples taken per source, pool offset) when the batch was made. The
+  trainer keeps the latest one per worker; resuming skips that many raw samples (read, never
+  decoded). With ``data.bucket_pool`` (clipkit.data.length_buckets) the counts are those before the
+  current pool, and the offset is how much of the pool's order was used: a resumed run reads the
+  pool again, orders it the same way and goes on at the offset.
 - ``num_skipped``: samples lost since the previous batch: corrupt ones, and those missing from
   unreadable or cut shards (as far as ``sizes.json`` tells); ``num_unreadable_shards``: such shards.
 - ``num_rows``: the batch size; 0 in the record that closes a worker's stream with its last skips.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +38,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clipkit.data.decode import CorruptSample, SampleDecoder
+from clipkit.data.length_buckets import bucketed_order, caption_lengths
 from clipkit.data.shards import ShardSource, shard_sizes
 from clipkit.data.weighted import weighted_order
 from clipkit.errors import DataError
@@ -52,15 +57,18 @@ class StreamState:
     endless: bool = False  # resampled with no pass length: a resume cannot replay it
     epoch: int = 0
     taken: dict[int, list[int]] = field(default_factory=dict)
+    pool_offsets: dict[int, int] = field(default_factory=dict)  # per worker, with data.bucket_pool
     skipped: int = 0
     unreadable_shards: int = 0
     last_worker: int = -1  # the worker of the last record taken in this pass
     replay: dict[int, list[int]] = field(default_factory=dict)
+    replay_offsets: dict[int, int] = field(default_factory=dict)
     replay_first_worker: int = 0
 
     def consume(self, record: dict) -> None:
-        worker, counts = record["position"]
+        worker, counts, offset = record["position"]
         self.taken[int(worker)] = list(counts)
+        self.pool_offsets[int(worker)] = int(offset)
         self.last_worker = int(worker)
         self.skipped += record["num_skipped"]
         self.unreadable_shards += record["num_unreadable_shards"]
@@ -69,6 +77,7 @@ class StreamState:
         return {
             "epoch": self.epoch,
             "taken": {str(k): v for k, v in self.taken.items()},
+            "pool_offsets": {str(k): v for k, v in self.pool_offsets.items()},
             "last_worker": self.last_worker,
             "skipped": self.skipped,
             "unreadable_shards": self.unreadable_shards,
@@ -78,6 +87,7 @@ class StreamState:
     def next_pass(self) -> None:
         self.epoch += 1
         self.taken = {}
+        self.pool_offsets = {}
         self.last_worker = -1
 
     def load_process_states(self, states: list[dict], rank: int, world_size: int) -> None:
@@ -91,6 +101,7 @@ class StreamState:
             self.epoch += 1
         elif len(states) == world_size and int(states[0]["workers"]) == self.workers:
             self.replay = {int(k): list(v) for k, v in states[rank]["taken"].items()}
+            self.replay_offsets = {int(k): int(v) for k, v in states[rank].get("pool_offsets", {}).items()}
             # The DataLoader takes its workers' records in turn, always from worker 0 first: the
             # replay starts the turn at the worker after the one that made the last record taken.
             if self.workers:
@@ -210,13 +221,61 @@ def pick_source(weights: Sequence[float], exhausted: set[int], rng: random.Rando
     return next(i for i in weighted_order(weights, rng.random) if i not in exhausted)
 
 
-def _position(worker: int, taken: list[int], losses: _DataLosses, reported: tuple[int, int]) -> dict:
+Place = tuple[list[int], int]  # raw samples taken per source, and the offset in the current pool
+
+
+def _position(worker: int, place: Place, losses: _DataLosses, reported: tuple[int, int]) -> dict:
     """A record's bookkeeping: where the worker is, and what it lost since its previous record."""
     return {
-        "position": (worker, list(taken)),
+        "position": (worker, *place),
         "num_skipped": losses.samples - reported[0],
         "num_unreadable_shards": losses.shards - reported[1],
     }
+
+
+class _SlotReader:
+    """The raw samples of one reader slot's pass, each with its position: the number of raw samples
+    the slot took before it. With several sources, each sample's source is drawn with a generator
+    seeded by its position. ``taken``: the raw samples taken so far, per source."""
+
+    def __init__(
+        self, streams: list[Iterator[dict]], weights: list[float], seed: int, epoch: int, slot: int, limit: int | None
+    ) -> None:
+        self.streams, self.weights = streams, weights
+        self.seed, self.epoch, self.slot, self.limit = seed, epoch, slot, limit
+        self.taken = [0] * len(streams)
+        self.exhausted: set[int] = set()
+
+    def skip(self, counts: Sequence[int]) -> None:
+        """Take ``counts`` raw samples per source without handing them out (a resumed run's)."""
+        for i, n in enumerate(counts[: len(self.streams)]):
+            for _ in range(n):
+                if next(self.streams[i], None) is None:
+                    break
+                self.taken[i] += 1
+
+    def __iter__(self) -> Iterator[tuple[int, dict]]:
+        return self
+
+    def __next__(self) -> tuple[int, dict]:
+        while len(self.exhausted) < len(self.streams) and (self.limit is None or sum(self.taken) < self.limit):
+            position = sum(self.taken)
+            i = (
+                0
+                if len(self.streams) == 1
+                else pick_source(
+                    self.weights,
+                    self.exhausted,
+                    random.Random(position_seed(self.seed, self.epoch, self.slot, "mix", position)),
+                )
+            )
+            raw = next(self.streams[i], None)
+            if raw is None:
+                self.exhausted.add(i)
+                continue
+            self.taken[i] += 1
+            return position, raw
+        raise StopIteration
 
 
 def _slot_urls(urls: Sequence[str], epoch: int, seed: int, slot: int, slots: int) -> list[str]:
@@ -232,7 +291,9 @@ class TrainStream(IterableDataset):
     worker 0) goes on where the interrupted run's was. A resampled stream (shards drawn
     with replacement) is endless unless ``pass_samples`` cuts each slot's pass at that many raw
     samples, as open_clip's epochs of a resampled stream are: then a resume replays at most one
-    pass."""
+    pass. ``bucket_pool``: batches of similar caption length from pools of that many raw samples
+    (clipkit.data.length_buckets); ``skip_offsets``: per worker, where in its current pool a
+    resumed run goes on."""
 
     def __init__(
         self,
@@ -248,6 +309,8 @@ class TrainStream(IterableDataset):
         skip: dict[int, list[int]] | None = None,
         first_worker: int = 0,
         pass_samples: int | None = None,
+        bucket_pool: int | None = None,
+        skip_offsets: dict[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.sources = list(sources)
@@ -261,6 +324,8 @@ class TrainStream(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.skip = skip or {}
+        self.skip_offsets = skip_offsets or {}
+        self.bucket_pool = bucket_pool
         self.skip_epoch = epoch
         self.first_worker = first_worker
         self.sizes = shard_sizes([url for source in self.sources for url in source.urls])
@@ -289,53 +354,93 @@ class TrainStream(IterableDataset):
         info = get_worker_info()
         epoch = self.epoch
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        if epoch == self.skip_epoch:
+        replaying = epoch == self.skip_epoch
+        if replaying:
             worker = (worker + self.first_worker) % workers
         slot, slots = self.rank * workers + worker, self.world_size * workers
         losses = _DataLosses(self.sizes)
         streams = [self._raw_source(i, epoch, slot, slots, losses) for i in range(len(self.sources))]
-        taken = [0] * len(streams)
+        reader = _SlotReader(
+            streams, [source.weight for source in self.sources], self.seed, epoch, slot, self.pass_samples
+        )
         # Replaying a resumed epoch: drop what this worker already delivered, before decoding.
-        skip = self.skip.get(worker, []) if epoch == self.skip_epoch else []
         losses.muted = True
-        for i, n in enumerate(skip[: len(streams)]):
-            for _ in range(n):
-                if next(streams[i], None) is None:
-                    break
-                taken[i] += 1
+        reader.skip(self.skip.get(worker, []) if replaying else [])
         losses.muted = False
-        weights = [source.weight for source in self.sources]
-        exhausted: set[int] = set()
+        offset = self.skip_offsets.get(worker, 0) if replaying else 0
+        decoded = (
+            self._bucketed(reader, losses, epoch, slot, offset)
+            if self.bucket_pool
+            else self._in_order(reader, losses, epoch, slot)
+        )
         samples: list[dict] = []
         reported = (0, 0)
-        while len(exhausted) < len(streams) and (self.pass_samples is None or sum(taken) < self.pass_samples):
-            position = sum(taken)  # raw samples this slot took before this one, in this pass
-            i = (
-                0
-                if len(streams) == 1
-                else pick_source(
-                    weights, exhausted, random.Random(position_seed(self.seed, epoch, slot, "mix", position))
-                )
-            )
-            raw = next(streams[i], None)
-            if raw is None:
-                exhausted.add(i)
-                continue
-            taken[i] += 1
-            try:
-                with seeded_draws(position_seed(self.seed, epoch, slot, "augment", position)):
-                    samples.append(self.decoder(raw))
-            except CorruptSample as exc:
-                losses.corrupt(exc)
-                continue
+        for sample, place in decoded:
+            samples.append(sample)
             if len(samples) == self.batch_size:
-                yield {**self.decoder.collate(samples), **_position(worker, taken, losses, reported)}
+                yield {**self.decoder.collate(samples), **_position(worker, place, losses, reported)}
                 reported = (losses.samples, losses.shards)
                 samples = []
         # A partial last batch is dropped, as every rank must see full batches of the same size.
         # Losses counted since the last batch still travel, in a record with no rows.
         if (losses.samples, losses.shards) != reported:
-            yield {**_position(worker, taken, losses, reported), "num_rows": 0}
+            yield {**_position(worker, (reader.taken, 0), losses, reported), "num_rows": 0}
+
+    def _in_order(
+        self, reader: _SlotReader, losses: _DataLosses, epoch: int, slot: int
+    ) -> Iterator[tuple[dict, Place]]:
+        """Decoded samples in the order they are read, each with the place after it."""
+        for position, raw in reader:
+            try:
+                sample = self._decode(raw, position, epoch, slot)
+            except CorruptSample as exc:
+                losses.corrupt(exc)
+                continue
+            yield sample, (list(reader.taken), 0)
+
+    def _bucketed(
+        self, reader: _SlotReader, losses: _DataLosses, epoch: int, slot: int, offset: int
+    ) -> Iterator[tuple[dict, Place]]:
+        """Decoded samples pool by pool, each pool's in batch-sized groups of similar caption
+        length (clipkit.data.length_buckets), each with the place after it. Only captions are
+        decoded before the pool is ordered; images and sounds wait in their raw bytes."""
+        while True:
+            start = list(reader.taken)
+            losses.muted = offset > 0  # a resumed pool: its losses were counted before
+            pool = list(itertools.islice(reader, self.bucket_pool))
+            captions: list[dict | None] = []
+            for position, raw in pool:
+                try:
+                    with seeded_draws(position_seed(self.seed, epoch, slot, "caption", position)):
+                        captions.append(self.decoder.caption(raw))
+                except CorruptSample as exc:
+                    losses.corrupt(exc)
+                    captions.append(None)
+            losses.muted = False
+            if not pool:
+                return
+            kept = [i for i, caption in enumerate(captions) if caption is not None]
+            lengths = caption_lengths(self.decoder.tokenizer, [captions[i].get("text") for i in kept])
+            rng = seeded_rng(self.seed, epoch, slot, "buckets", sum(start))
+            order = [kept[j] for j in bucketed_order(lengths, self.batch_size, rng)]
+            for k in range(offset, len(order)):
+                position, raw = pool[order[k]]
+                try:
+                    sample = self._decode(raw, position, epoch, slot, captions[order[k]])
+                except CorruptSample as exc:
+                    losses.corrupt(exc)
+                    continue
+                yield sample, ((list(reader.taken), 0) if k + 1 == len(order) else (start, k + 1))
+            offset = 0
+
+    def _decode(self, raw: dict, position: int, epoch: int, slot: int, caption: dict | None = None) -> dict:
+        """A raw sample decoded with the draws of its position (its caption's, unless given)."""
+        if caption is None:
+            with seeded_draws(position_seed(self.seed, epoch, slot, "caption", position)):
+                caption = self.decoder.caption(raw)
+        with seeded_draws(position_seed(self.seed, epoch, slot, "augment", position)):
+            members = self.decoder.members(raw)
+        return self.decoder.combine(raw, members, caption)
 
 
 def check_reader_slots(sources: Sequence[ShardSource], world_size: int, workers: int) -> None:

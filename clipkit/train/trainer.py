@@ -212,6 +212,8 @@ class Trainer:
             skip=self.stream.replay,
             first_worker=self.stream.replay_first_worker,
             pass_samples=self.pass_samples,
+            bucket_pool=self.cfg.data.bucket_pool,
+            skip_offsets=self.stream.replay_offsets,
         )
         return make_loader(stream, self.cfg.data.workers, pin_memory=self.device.type == "cuda")
 

@@ -2,8 +2,8 @@
 resume to log every loss of the uninterrupted run and end with its weights, bit for bit (fp32,
 CPU), with 0 or 2 data workers, in epoch and resampled mode, for the tri-modal demo (three
 weighted sources) and the image+text one (with colour jitter and grayscale), with 1 and 2
-processes, and with evaluations between steps. (One data worker per process under FSDP:
-tests/integration/test_distributed.py.)"""
+processes, with evaluations between steps, and with batches ordered by caption length. (One
+data worker per process under FSDP: tests/integration/test_distributed.py.)"""
 
 import json
 import os
@@ -72,21 +72,24 @@ def killed_run(processes: int, args: list[str], run_dir: Path, moment: str, cwd:
 
 
 @pytest.mark.parametrize(
-    "processes, experiment, workers, resampled, moment",
+    "processes, experiment, workers, resampled, moment, bucketed",
     [
-        (1, "demo", 2, False, "random"),
-        (1, "demo", 0, True, "random"),
-        (1, "demo", 2, True, "save"),
-        (1, "demo_image_text", 2, False, "save"),
-        (1, "demo_image_text", 0, True, "random"),
-        (2, "demo", 2, False, "random"),
-        (2, "demo", 0, True, "save"),
+        (1, "demo", 2, False, "random", True),
+        (1, "demo", 0, True, "random", False),
+        (1, "demo", 2, True, "save", False),
+        (1, "demo_image_text", 2, False, "save", False),
+        (1, "demo_image_text", 0, True, "random", True),
+        (2, "demo", 2, False, "random", False),
+        (2, "demo", 0, True, "save", False),
     ],
     ids=lambda v: str(v),
 )
-def test_a_killed_run_resumes_bit_identical(tmp_path, small_demo, processes, experiment, workers, resampled, moment):
+def test_a_killed_run_resumes_bit_identical(
+    tmp_path, small_demo, processes, experiment, workers, resampled, moment, bucketed
+):
     """Under DDP in resampled mode with evaluations every 12 steps: they draw nothing from the
-    training stream, and the resumed run logs each once."""
+    training stream, and the resumed run logs each once. ``bucketed``: batches from pools ordered
+    by caption length (data.bucket_pool), a run killed inside a pool."""
     evaluates = processes == 2 and resampled
     overrides = demo_overrides(small_demo)
     if experiment == "demo_image_text":  # image and text towers only, with colour augmentations
@@ -102,6 +105,8 @@ def test_a_killed_run_resumes_bit_identical(tmp_path, small_demo, processes, exp
         f"data.train.resampled={resampled}",
         f"trainer.ckpt_every_n_steps={1 if moment == 'save' else 4}",
         "trainer.keep_last_k=2",
+        # pools of 5 batches of 16: checkpoints every 4 steps fall inside a pool
+        *(["data.text_pad_multiple=8", "data.bucket_pool=80"] if bucketed else []),
     ]
     reference = tmp_path / "reference"
     result = run_command(command(processes, [*args, f"hydra.run.dir={reference}"]), tmp_path)

@@ -197,6 +197,8 @@ def test_weighted_sources(tmp_path):
         (["data.text_pad_multiple=8", "model.towers.text.no_causal_mask=true"], "data.text_pad_multiple"),
         (["data.text_pad_multiple=0"], "data.text_pad_multiple"),
         (["eval.text_pad_multiple=0"], "eval.text_pad_multiple"),
+        (["data.text_pad_multiple=8", "data.batch_size=64", "data.bucket_pool=1000"], "data.bucket_pool"),
+        (["data.batch_size=64", "data.bucket_pool=1024"], "data.bucket_pool"),  # nothing to cut
     ],
 )
 def test_objective_and_captioning_settings_are_checked(overrides, key):
