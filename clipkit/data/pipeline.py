@@ -4,8 +4,9 @@ Every process (rank) and DataLoader worker reads its own slot of the shards. The
 deterministic function of (seed, epoch, slot), so a resumed run replays it and skips what was
 already consumed. Every random draw after the shard order and the shuffle buffer is a function of
 the sample's position in its slot's pass (the number of raw samples taken before it): which source
-it comes from, which caption it gives, and the random augmentation of its image and audio. A resumed run therefore
-continues with the same samples, augmented the same way, whatever the number of data workers.
+it comes from, which caption it gives, and the random augmentation of its image and audio. A
+resumed run therefore continues with the same samples, augmented the same way, whatever the
+number of data workers.
 Batches carry the bookkeeping with them:
 
 - ``position``: (worker, raw samples taken per source, pool offset) when the batch was made. The
