@@ -21,6 +21,7 @@ from PIL import Image
 
 from clipkit.config.validate import CheckedConfig
 from clipkit.data.audio import fit_length
+from clipkit.data.text_length import inert_multiple, tokenize
 from clipkit.eval.zeroshot import zero_shot_classifier
 from clipkit.modalities.audio import AUDIO
 from clipkit.modalities.image import IMAGE
@@ -42,6 +43,9 @@ class ClipkitModel:
     clip_samples: int | None
     config: CheckedConfig
     device: torch.device
+    # strings' tokens are cut after the longest, rounded up to this multiple, where the text tower
+    # allows it (eval.text_pad_multiple; clipkit.data.text_length): the same embeddings, sooner
+    text_pad_multiple: int | None = None
 
     def _tower(self, modality: str) -> None:
         if modality not in self.model.towers:
@@ -64,8 +68,11 @@ class ClipkitModel:
         if isinstance(texts, str):
             texts = [texts]
         if not isinstance(texts, torch.Tensor):
-            texts = self.tokenizer(list(texts))
+            texts = self._tokenize(list(texts))
         return self.model.encode(TEXT, texts.to(self.device)).float()
+
+    def _tokenize(self, texts: list[str]) -> torch.Tensor:
+        return tokenize(self.tokenizer, texts, self.text_pad_multiple)
 
     @torch.no_grad()
     def encode_audio(self, waveforms: Waveforms, sample_rate: int | None = None) -> torch.Tensor:
@@ -93,7 +100,7 @@ class ClipkitModel:
         """(embed_dim, classes): per class the normalised mean of its templates' text embeddings
         (each template with a ``{c}`` placeholder); ``embeddings @ classifier`` gives the logits."""
         return zero_shot_classifier(
-            lambda tokens: self.encode_text(tokens), self.tokenizer, classnames, templates, self.device
+            lambda tokens: self.encode_text(tokens), self._tokenize, classnames, templates, self.device
         )
 
 
@@ -111,4 +118,5 @@ def load(path: str, device: str | torch.device = "cpu", overrides: Sequence[str]
         clip_samples=audio.clip_samples if audio else None,
         config=checked,
         device=device,
+        text_pad_multiple=inert_multiple(checked.cfg.eval.text_pad_multiple, checked.towers.get(TEXT)),
     )

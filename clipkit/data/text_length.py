@@ -12,6 +12,7 @@ context length in most large batches and gains little.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -32,6 +33,12 @@ def used_length(tokens: torch.Tensor, multiple: int) -> int:
 def cut_padding(tokens: torch.Tensor, multiple: int) -> torch.Tensor:
     """``tokens`` cut after :func:`used_length` positions."""
     return tokens[..., : used_length(tokens, multiple)].contiguous()
+
+
+def tokenize(tokenizer: Callable[[list[str]], torch.Tensor], texts: list[str], multiple: int | None) -> torch.Tensor:
+    """``texts`` tokenized, cut after :func:`used_length` positions unless ``multiple`` is None."""
+    tokens = tokenizer(texts)
+    return tokens if multiple is None else cut_padding(tokens, multiple)
 
 
 def inert_multiple(multiple: int | None, text_tower: Any) -> int | None:

@@ -13,7 +13,7 @@ import torch
 
 from clipkit import distributed as dist_utils
 from clipkit.config.schema import EvalConfig
-from clipkit.data.text_length import cut_padding
+from clipkit.data.text_length import tokenize
 from clipkit.errors import ConfigError
 from clipkit.eval.datasets import eval_loader, open_eval_set
 from clipkit.eval.eval_set import EvalSet
@@ -100,8 +100,7 @@ class Evaluator:
         return dist_utils.gather_rows(rows, self.device).cpu()
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(texts)
-        return tokens if self.text_pad_multiple is None else cut_padding(tokens, self.text_pad_multiple)
+        return tokenize(self.tokenizer, texts, self.text_pad_multiple)
 
     def encode_texts(self, model: MultiModalModel, texts: list[str]) -> torch.Tensor:
         return torch.cat(

@@ -153,6 +153,10 @@ def test_python_api_round_trip(trained):
     assert torch.allclose(by_pil.norm(dim=-1), torch.ones(1), atol=1e-5)
     texts = model.encode_text(["a red circle", "a blue square"])
     assert texts.shape == (2, model.model.embed_dim)
+    # strings are encoded cut after the longest (eval.text_pad_multiple): as the full rows are
+    assert model.text_pad_multiple == 8 and model._tokenize(["a red circle"]).shape[1] == 8
+    full_rows = model.encode_text(model.tokenizer(["a red circle", "a blue square"]))
+    torch.testing.assert_close(texts, full_rows, atol=1e-6, rtol=0)
     # A waveform at another rate is resampled; the same sound through the eval loader agrees.
     tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(22050) / 22050).astype(np.float32)
     from_wave = model.encode_audio(tone, sample_rate=22050)
