@@ -13,7 +13,7 @@ import torch
 
 from clipkit import distributed as dist_utils
 from clipkit.config.schema import EvalConfig
-from clipkit.data.text_length import tokenize
+from clipkit.data.text_length import cut_padding, tokenize
 from clipkit.errors import ConfigError
 from clipkit.eval.datasets import eval_loader, open_eval_set
 from clipkit.eval.eval_set import EvalSet
@@ -21,6 +21,7 @@ from clipkit.eval.geometry import geometry_metrics
 from clipkit.eval.report import COUNTS
 from clipkit.eval.tasks import EVAL_TASKS
 from clipkit.modalities.base import Loader
+from clipkit.models.caption import PAD_ID
 from clipkit.models.multimodal import MultiModalModel
 
 log = logging.getLogger(__name__)
@@ -103,13 +104,22 @@ class Evaluator:
         return tokenize(self.tokenizer, texts, self.text_pad_multiple)
 
     def encode_texts(self, model: MultiModalModel, texts: list[str]) -> torch.Tensor:
-        return torch.cat(
-            [torch.zeros(0, model.embed_dim, device=self.device)]
-            + [
-                self.encode(model, "text", self.tokenize(texts[i : i + self.cfg.batch_size]))
-                for i in range(0, len(texts), self.cfg.batch_size)
-            ]
-        )
+        """Embeddings of ``texts``, in their order. With ``text_pad_multiple`` they are encoded
+        shortest first, so that each batch holds texts of nearly one length and is cut short."""
+        embeddings = torch.zeros(len(texts), model.embed_dim, device=self.device)
+        if not texts:
+            return embeddings
+        tokens = self.tokenizer(texts)
+        order = torch.arange(len(texts))
+        if self.text_pad_multiple is not None:
+            order = (tokens != PAD_ID).sum(dim=-1).argsort(stable=True)
+        for start in range(0, len(texts), self.cfg.batch_size):
+            rows = order[start : start + self.cfg.batch_size]
+            batch = (
+                tokens[rows] if self.text_pad_multiple is None else cut_padding(tokens[rows], self.text_pad_multiple)
+            )
+            embeddings[rows.to(self.device)] = self.encode(model, "text", batch)
+        return embeddings
 
     def geometry(self, name: str, x: torch.Tensor, y: torch.Tensor, x_name: str, y_name: str) -> Metrics:
         self.pairs[name] = (x, y, x_name, y_name)
