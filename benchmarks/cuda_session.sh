@@ -6,6 +6,8 @@
 #   compile_tests, decode_tests  the CUDA cases of tests/unit/test_compile.py, test_device_decode.py alone
 #   step_b16, step_b32  benchmarks/train_step_vs_open_clip.py, eager, bf16: ViT-B/16 @256, ViT-B/32 @512
 #   compiled_b16, compiled_b32  the same with --compile
+#   text24_b32  ViT-B/32 @512 with clipkit's captions cut to 24 positions (what data.bucket_pool
+#             reached on long-tailed captions; open_clip pads to 77)
 #   fsdp_b16  the ViT-B/16 step with clipkit under FSDP2 on one process (open_clip in DDP)
 #   fsdp_bf16w_b16, fsdp_bf16w_compiled_b16  the same with trainer.fsdp.autocast=false (the step in
 #             FSDP's bf16 weights, no autocast), eager and compiled
@@ -45,6 +47,7 @@ for phase in "$@"; do
                    --precision bf16 --classes 1000 --repeats "${REPEATS:-2}" 2>&1 | tee -a "$OUT/zeroshot.log" ;;
         step_b16) step vit_b16 256 --repeats "${REPEATS:-2}" ;;
         step_b32) step vit_b32 512 --repeats "${REPEATS:-2}" ;;
+        text24_b32) step vit_b32 512 --repeats "${REPEATS:-2}" --text-pad-multiple 24 ;;
         compiled_b16) step vit_b16 256 --repeats "${REPEATS:-2}" --compile ;;
         compiled_b32) step vit_b32 512 --repeats "${REPEATS:-2}" --compile ;;
         fsdp_b16) step vit_b16 256 --repeats "${REPEATS:-2}" --parallel fsdp --processes 1 ;;
